@@ -1,0 +1,49 @@
+# rlhf_kit: `make demo` runs every stage on the embedded tiny default; `make test` runs the test suite.
+# Both install what they need on first use. Override e.g. RUN_CONFIGS=recipes/configs/<model> or
+# ACCELERATE_CONFIG=recipes/accelerate/<hardware>.yaml.
+
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+ACCELERATE_CONFIG ?= recipes/accelerate/cpu.yaml
+RUN_CONFIGS ?= recipes/configs/demo
+LAUNCH = $(PYTHON) -m accelerate.commands.launch --config_file $(ACCELERATE_CONFIG)
+STAMP := .install.stamp
+export TRL_EXPERIMENTAL_SILENCE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test lint demo base sft compare reward ppo clean
+
+install: $(STAMP)
+
+# torch first, pinned: it resolves to the CPU build here; an unpinned torch would pull several GB of CUDA wheels.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m pip install --quiet "$(TORCH)"
+	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PYTHON) -m pytest -q tests
+
+lint: install
+	$(PYTHON) -m ruff check rlhf_kit recipes tests
+
+demo: install
+	$(MAKE) base sft compare reward ppo
+
+base: install
+	$(LAUNCH) recipes/base.py --config $(RUN_CONFIGS)/base.yaml
+
+sft: install
+	$(LAUNCH) recipes/sft.py --config $(RUN_CONFIGS)/sft.yaml
+
+compare: install
+	$(PYTHON) recipes/compare.py --config $(RUN_CONFIGS)/compare.yaml
+
+reward: install
+	$(LAUNCH) recipes/reward.py --config $(RUN_CONFIGS)/reward.yaml
+
+ppo: install
+	$(LAUNCH) recipes/ppo.py --config $(RUN_CONFIGS)/ppo.yaml
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,55 @@
+"""Stage 3 -- PPO against the reward model (InstructGPT Sec. 3.5): policy and reference from the SFT model (with
+LoRA the reference is the adapter-disabled model), value model initialised from the reward model, per-token KL
+penalty R = r(x, y) - beta log pi_RL(y|x) / pi_SFT(y|x). Wraps ``trl.experimental.ppo.PPOTrainer``.
+
+    accelerate launch recipes/ppo.py --config recipes/configs/demo/ppo.yaml
+"""
+
+import time
+
+from rlhf_kit.configs import PPOArguments, parse_stage_args
+from rlhf_kit.errors import exit_on_user_error
+from rlhf_kit.trl_compat import ModelConfig, PPOConfig
+
+
+def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelConfig):
+    from accelerate import PartialState
+
+    from rlhf_kit import modeling, runs
+    from rlhf_kit.data import build_prompt_dataset, load_rows
+    from rlhf_kit.training import last_logged, setup_logging
+    from rlhf_kit.trl_compat import PPOTrainer
+
+    setup_logging(training_args)
+    started, out, is_main = time.time(), training_args.output_dir, PartialState().is_main_process
+    if runs.skip_if_complete(out, "ppo", script_args.force):
+        return
+    sft, rm = model_args.model_name_or_path, training_args.reward_model_path
+    runs.require_stage_output(sft, "SFT policy")
+    runs.require_stage_output(rm, "reward model")
+    tokenizer = modeling.load_tokenizer(sft, padding_side="left")  # rollouts continue prompts from the right
+    modeling.require_same_tokenizer(tokenizer, modeling.load_tokenizer(rm), "policy", "reward model")
+    prompts = build_prompt_dataset(load_rows(script_args.dataset_path, script_args.dataset_split), tokenizer,
+                                   script_args.max_prompt_length, script_args.dataset_path, "ppo",
+                                   max_rows=script_args.max_rows)
+    peft_config = modeling.build_peft_config(model_args, "CAUSAL_LM")
+    policy = modeling.load_causal_lm(sft, model_args, "SFT policy")
+    ref_policy = None if peft_config else modeling.load_causal_lm(sft, what="SFT reference")
+    reward_model = modeling.load_reward_model(rm)
+    value_model = modeling.load_reward_model(rm)  # InstructGPT: the value function starts from the RM
+    runs.start_stage(out, "ppo", (script_args, training_args, model_args), is_main)
+    trainer = PPOTrainer(
+        args=training_args, processing_class=tokenizer, model=policy, ref_model=ref_policy,
+        reward_model=reward_model, value_model=value_model, train_dataset=prompts,
+        eval_dataset=prompts.select(range(min(script_args.eval_rows, len(prompts)))), peft_config=peft_config,
+    )
+    trainer.train()
+    if is_main:
+        policy = trainer.accelerator.unwrap_model(trainer.model).policy
+        modeling.save_stage_model(policy, tokenizer, out, sft, model_args)
+    summary = last_logged(trainer, ["objective/scores", "objective/kl", "objective/rlhf_reward", "episode"])
+    runs.finish_stage(out, "ppo", started, {k.split("/")[-1]: v for k, v in summary.items()}, is_main)
+
+
+if __name__ == "__main__":
+    exit_on_user_error(lambda: main(*parse_stage_args((PPOArguments, PPOConfig, ModelConfig))))

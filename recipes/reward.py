@@ -1,0 +1,50 @@
+"""Stage 2 -- reward model from comparisons (InstructGPT Sec. 3.5): initialised from the SFT model, trained on
+(prompt, chosen, rejected) with -log sigma(r(x, y_w) - r(x, y_l)). Wraps TRL's ``RewardTrainer``; LoRA with the
+score head trained and saved; the merged model is what PPO loads.
+
+    accelerate launch recipes/reward.py --config recipes/configs/demo/reward.yaml
+"""
+
+import time
+
+from rlhf_kit.configs import RewardArguments, parse_stage_args
+from rlhf_kit.errors import exit_on_user_error
+from rlhf_kit.trl_compat import ModelConfig, RewardConfig
+
+
+def main(script_args: RewardArguments, training_args: RewardConfig, model_args: ModelConfig):
+    from accelerate import PartialState
+
+    from rlhf_kit import modeling, runs
+    from rlhf_kit.data import build_preference_dataset, load_rows
+    from rlhf_kit.training import last_logged, setup_logging, train_with_resume
+    from rlhf_kit.trl_compat import RewardTrainer
+
+    setup_logging(training_args)
+    started, out, is_main = time.time(), training_args.output_dir, PartialState().is_main_process
+    if runs.skip_if_complete(out, "reward", script_args.force):
+        return
+    sft = model_args.model_name_or_path
+    runs.require_stage_output(sft, "SFT model")
+    tokenizer = modeling.load_tokenizer(sft)
+    prepare = lambda path: build_preference_dataset(  # noqa: E731
+        load_rows(path, script_args.dataset_split), tokenizer, training_args.max_length, path, script_args.max_rows)
+    train_set = prepare(script_args.dataset_path)
+    eval_set = prepare(script_args.eval_dataset_path) if script_args.eval_dataset_path else None
+    model = modeling.load_reward_model(sft, model_args, "SFT model")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    runs.start_stage(out, "reward", (script_args, training_args, model_args), is_main)
+    trainer = RewardTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
+                            processing_class=tokenizer, peft_config=modeling.build_peft_config(model_args, "SEQ_CLS"))
+    metrics = train_with_resume(trainer, out)
+    summary = {"pairs": len(train_set), "train_loss": metrics.get("train_loss")}
+    if eval_set is not None:
+        summary["heldout_accuracy"] = trainer.evaluate()["eval_accuracy"]
+    summary.update(last_logged(trainer, ["accuracy"]))
+    if is_main:
+        modeling.save_stage_model(trainer.model, tokenizer, out, sft, model_args)
+    runs.finish_stage(out, "reward", started, summary, is_main)
+
+
+if __name__ == "__main__":
+    exit_on_user_error(lambda: main(*parse_stage_args((RewardArguments, RewardConfig, ModelConfig))))

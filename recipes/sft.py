@@ -1,0 +1,44 @@
+"""Stage 1 -- supervised fine-tuning on labelers' demonstrations (InstructGPT Sec. 3.5), LoRA or QLoRA, loss on
+assistant tokens only. Wraps TRL's ``SFTTrainer``; saves the merged model and the adapter.
+
+    accelerate launch recipes/sft.py --config recipes/configs/demo/sft.yaml
+"""
+
+import time
+
+from rlhf_kit.configs import DataArguments, parse_stage_args
+from rlhf_kit.errors import exit_on_user_error
+from rlhf_kit.trl_compat import ModelConfig, SFTConfig
+
+
+def main(script_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig):
+    from accelerate import PartialState
+
+    from rlhf_kit import modeling, runs
+    from rlhf_kit.data import build_sft_dataset, load_rows
+    from rlhf_kit.training import setup_logging, train_with_resume
+    from rlhf_kit.trl_compat import SFTTrainer
+
+    setup_logging(training_args)
+    started, out, is_main = time.time(), training_args.output_dir, PartialState().is_main_process
+    if runs.skip_if_complete(out, "sft", script_args.force):
+        return
+    base = model_args.model_name_or_path
+    runs.require_stage_output(base, "base model")
+    tokenizer = modeling.load_tokenizer(base)
+    rows = load_rows(script_args.dataset_path, script_args.dataset_split)
+    dataset, assistant_only = build_sft_dataset(rows, tokenizer, training_args.max_length, script_args.dataset_path,
+                                                script_args.max_rows)
+    training_args.assistant_only_loss = assistant_only
+    model = modeling.load_causal_lm(base, model_args, "base model")
+    runs.start_stage(out, "sft", (script_args, training_args, model_args), is_main)
+    trainer = SFTTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=modeling.build_peft_config(model_args, "CAUSAL_LM"))
+    metrics = train_with_resume(trainer, out)
+    if is_main:
+        modeling.save_stage_model(trainer.model, tokenizer, out, base, model_args)
+    runs.finish_stage(out, "sft", started, {"rows": len(dataset), "train_loss": metrics.get("train_loss")}, is_main)
+
+
+if __name__ == "__main__":
+    exit_on_user_error(lambda: main(*parse_stage_args((DataArguments, SFTConfig, ModelConfig))))

@@ -1,0 +1,115 @@
+"""Script-argument dataclasses (only the fields TRL lacks) and the parser every recipe uses.
+
+A run is ``recipe --config <stage>.yaml [--key value ...]``: the YAML sets defaults, the command line overrides,
+and an unknown key is an error (TRL's ``TrlParser``, as in alignment-handbook).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+import yaml
+
+from rlhf_kit.errors import UserError
+
+
+@dataclass
+class StageArguments:
+    """Fields shared by every stage."""
+
+    force: bool = field(default=False, metadata={"help": "Rerun the stage even if its output is marked complete."})
+
+
+@dataclass
+class BaseArguments(StageArguments):
+    """Stage 0: build and briefly pretrain the embedded tiny model on the demo world's corpus."""
+
+    data_dir: str = field(default="runs/demo/data", metadata={"help": "Where the demo world's JSONL splits go."})
+    world_seed: int = field(default=0, metadata={"help": "Seed of the demo world (prompts, demonstrations)."})
+    flaw_rate: float = field(default=0.2, metadata={"help": "Chance of each flaw in a demonstration (0 to 1)."})
+    hidden_size: int = field(default=64, metadata={"help": "Width of the tiny Llama."})
+    intermediate_size: int = field(default=256, metadata={"help": "MLP width of the tiny Llama."})
+    num_hidden_layers: int = field(default=2, metadata={"help": "Layers of the tiny Llama."})
+    num_attention_heads: int = field(default=4, metadata={"help": "Attention heads of the tiny Llama."})
+    max_position_embeddings: int = field(default=128, metadata={"help": "Longest sequence the tiny model takes."})
+
+
+@dataclass
+class DataArguments(StageArguments):
+    """A training stage's dataset: a local file (.jsonl/.json/.parquet/.csv), a local folder, or a Hub id."""
+
+    dataset_path: str = field(default="", metadata={"help": "Dataset file, folder or Hub id."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
+    max_rows: int | None = field(default=None, metadata={"help": "Use at most this many rows (after filtering)."})
+
+
+@dataclass
+class CompareArguments(StageArguments):
+    """InstructGPT's comparison collection: K samples per prompt from the SFT policy, ranked by a labeler."""
+
+    model_name_or_path: str = field(default="runs/demo/sft", metadata={"help": "The SFT policy to sample from."})
+    dataset_path: str = field(default="runs/demo/data/prompts.jsonl", metadata={"help": "Prompts to sample for."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of the prompts."})
+    output_dir: str = field(default="runs/demo/compare", metadata={"help": "Where rankings and pairs are written."})
+    num_responses: int = field(default=4, metadata={"help": "K responses per prompt (InstructGPT: 4 to 9)."})
+    labeler_noise: float = field(default=0.1, metadata={"help": "Std of the simulated labeler's score noise."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    max_new_tokens: int = field(default=24, metadata={"help": "Longest response."})
+    max_prompt_length: int = field(default=64, metadata={"help": "Prompts longer than this are dropped."})
+    batch_size: int = field(default=64, metadata={"help": "Prompts per generation batch."})
+    heldout_fraction: float = field(default=0.1, metadata={"help": "Share of prompts kept for RM evaluation."})
+    seed: int = field(default=0, metadata={"help": "Sampling and labeler seed."})
+
+    def __post_init__(self):
+        if not 2 <= self.num_responses <= 9:
+            raise UserError(f"num_responses={self.num_responses} is out of range; InstructGPT's K is 2 to 9")
+
+
+def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
+    """Parse ``--config file.yaml`` plus CLI overrides into the given dataclasses; user mistakes become UserError."""
+    from rlhf_kit.trl_compat import TrlParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise UserError("--config needs a path: --config recipes/configs/demo/<stage>.yaml")
+        path = argv[i + 1]
+        if not os.path.isfile(path):
+            raise UserError(f"config file {path} not found; pass an existing YAML, e.g. recipes/configs/demo/sft.yaml")
+        try:
+            with open(path) as f:
+                config = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise UserError(f"config file {path} is not valid YAML ({str(err).splitlines()[0]}); fix its syntax")
+        if not isinstance(config, dict):
+            raise UserError(f"config file {path} must hold a YAML mapping of key: value lines")
+        known = {f for dc in dataclass_types for f in dc.__dataclass_fields__} | {"env"}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise UserError(f"unknown key(s) {', '.join(unknown)} in {path}; check the spelling (see --help)")
+    parser = TrlParser(dataclass_types)
+    try:
+        return tuple(parser.parse_args_and_config(argv))
+    except (ValueError, TypeError) as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "bf16" in msg or "fp16" in msg:
+            msg += " (on a CPU set `bf16: false` in the config or pass --bf16 false)"
+        raise UserError(f"invalid configuration: {msg}")
+
+
+@dataclass
+class RewardArguments(DataArguments):
+    """Reward-model data: training comparisons and (optionally) held-out ones for accuracy."""
+
+    eval_dataset_path: str | None = field(default=None, metadata={"help": "Held-out comparisons (optional)."})
+
+
+@dataclass
+class PPOArguments(DataArguments):
+    """PPO prompts and their length limit."""
+
+    max_prompt_length: int = field(default=64, metadata={"help": "Prompts longer than this are dropped."})
+    eval_rows: int = field(default=16, metadata={"help": "Prompts kept for TRL's sample generations."})

@@ -1,0 +1,174 @@
+"""Datasets for each stage, loaded with ``datasets.load_dataset`` from a local file, a folder or a Hub id.
+
+Canonical rows (TRL's conversational formats):
+- SFT: ``messages`` -- a conversation ending with an assistant turn;
+- comparisons: ``prompt`` (messages) + ``chosen`` / ``rejected`` (one assistant message each);
+- prompts (PPO): ``prompt`` (messages).
+Bad or over-length rows are dropped and counted in the log, never silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from rlhf_kit.errors import UserError
+
+logger = logging.getLogger(__name__)
+_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def load_rows(path: str, split: str = "train"):
+    """Load one split as a ``datasets.Dataset``; a missing, unreachable or empty dataset is a UserError."""
+    from datasets import load_dataset
+
+    from rlhf_kit.runs import looks_like_hub_id
+
+    if not path:
+        raise UserError("no dataset given; set dataset_path in the config (a .jsonl file, a folder or a Hub id)")
+    p = Path(path)
+    try:
+        if p.is_file():
+            if p.suffix not in _BUILDERS:
+                raise UserError(f"dataset {path} has an unknown format; use one of {', '.join(_BUILDERS)}")
+            ds = load_dataset(_BUILDERS[p.suffix], data_files=str(p), split="train")
+        elif p.is_dir() or looks_like_hub_id(path):
+            ds = load_dataset(path, split=split)
+        else:
+            hint = "run `make base` first" if "runs/" in path else "check the path"
+            raise UserError(f"dataset {path} not found; {hint}")
+    except UserError:
+        raise
+    except ValueError as err:  # unknown split and the like
+        raise UserError(f"dataset {path}: {str(err).splitlines()[0]}")
+    except Exception as err:  # noqa: BLE001 - datasets raises many kinds for an unreachable Hub
+        if p.exists():
+            raise UserError(f"dataset {path} could not be read ({type(err).__name__}: {str(err).splitlines()[0]})")
+        raise UserError(f"dataset '{path}' is not local and the Hub is unreachable (offline?); "
+                        "download it and pass a local file")
+    if len(ds) == 0:
+        raise UserError(f"dataset {path} (split {split}) is empty; it needs at least one row")
+    return ds
+
+
+def require_columns(ds, columns: list[str], path: str) -> None:
+    """Refuse a dataset that lacks a column the stage needs."""
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise UserError(f"dataset {path} lacks column(s) {', '.join(missing)} (it has {', '.join(ds.column_names)}); "
+                        "convert it to the canonical rows described in data_cards/README.md")
+
+
+def _valid_messages(messages) -> bool:
+    return (
+        isinstance(messages, list)
+        and len(messages) > 0
+        and all(isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in messages)
+        and all(m["content"].strip() for m in messages)
+    )
+
+
+def _filter_counted(ds, keep, what: str, path: str):
+    """Filter ``ds`` with ``keep(row) -> reason or None``; log the drop counts by reason."""
+    reasons: dict[str, int] = {}
+    kept = []
+    for i, row in enumerate(ds):
+        reason = keep(row)
+        if reason is None:
+            kept.append(i)
+        else:
+            reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        detail = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+        logger.warning("%s: dropped %d of %d rows (%s)", path, len(ds) - len(kept), len(ds), detail)
+        print(f"[{what}] dropped {len(ds) - len(kept)} of {len(ds)} rows from {path}: {detail}")
+    if not kept:
+        raise UserError(f"dataset {path} has no usable rows after filtering; see the counts above")
+    return ds.select(kept), reasons
+
+
+def _chat_length(tokenizer, messages, add_generation_prompt: bool = False) -> int:
+    return len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False,
+                                             add_generation_prompt=add_generation_prompt))
+
+
+def supports_assistant_masks(tokenizer) -> bool:
+    """Whether TRL can mask the loss to assistant tokens with this chat template (``{% generation %}``)."""
+    from rlhf_kit.trl_compat import get_training_chat_template, has_generation_markers
+
+    if has_generation_markers(tokenizer.chat_template):
+        return True
+    try:
+        get_training_chat_template(tokenizer)
+        return True
+    except ValueError:
+        return False
+
+
+def build_sft_dataset(ds, tokenizer, max_length: int | None, path: str, max_rows: int | None = None):
+    """Conversations for SFT; returns (dataset, assistant_only). Over-length and malformed rows are dropped.
+
+    With a template TRL cannot mask, the last assistant turn becomes a ``completion`` so the loss still covers
+    only what the labeler wrote (TRL's completion-only loss).
+    """
+    require_columns(ds, ["messages"], path)
+
+    def keep(row):
+        m = row["messages"]
+        if not _valid_messages(m):
+            return "malformed or empty messages"
+        if m[-1]["role"] != "assistant":
+            return "no final assistant turn"
+        if max_length and _chat_length(tokenizer, m) > max_length:
+            return f"longer than max_length={max_length}"
+        return None
+
+    ds, _ = _filter_counted(ds.select_columns(["messages"]), keep, "sft", path)
+    if max_rows:
+        ds = ds.select(range(min(max_rows, len(ds))))
+    if supports_assistant_masks(tokenizer):
+        return ds, True
+    logger.warning("chat template of the tokenizer has no {%% generation %%} markers; training on the final "
+                   "assistant turn only (prompt/completion)")
+    ds = ds.map(lambda r: {"prompt": r["messages"][:-1], "completion": r["messages"][-1:]}, remove_columns=["messages"])
+    return ds, False
+
+
+def build_preference_dataset(ds, tokenizer, max_length: int | None, path: str, max_rows: int | None = None):
+    """(prompt, chosen, rejected) rows for the reward model; malformed, identical or over-length pairs dropped."""
+    require_columns(ds, ["prompt", "chosen", "rejected"], path)
+
+    def keep(row):
+        if not all(_valid_messages(row[k]) for k in ("prompt", "chosen", "rejected")):
+            return "malformed or empty messages"
+        if row["chosen"] == row["rejected"]:
+            return "chosen identical to rejected"
+        if max_length and max(_chat_length(tokenizer, row["prompt"] + row[k]) for k in ("chosen", "rejected")) > max_length:
+            return f"longer than max_length={max_length}"
+        return None
+
+    ds, _ = _filter_counted(ds.select_columns(["prompt", "chosen", "rejected"]), keep, "reward", path)
+    return ds.select(range(min(max_rows, len(ds)))) if max_rows else ds
+
+
+def build_prompt_dataset(ds, tokenizer, max_prompt_length: int, path: str, what: str = "ppo",
+                         keep_columns: tuple = (), max_rows: int | None = None):
+    """Prompts tokenized with the chat template's generation prompt (``input_ids``); over-length ones dropped."""
+    require_columns(ds, ["prompt"], path)
+
+    def keep(row):
+        if not _valid_messages(row["prompt"]):
+            return "malformed or empty prompt"
+        if _chat_length(tokenizer, row["prompt"], add_generation_prompt=True) > max_prompt_length:
+            return f"longer than max_prompt_length={max_prompt_length}"
+        return None
+
+    ds, _ = _filter_counted(ds, keep, what, path)
+    if max_rows:
+        ds = ds.select(range(min(max_rows, len(ds))))
+    extra = [c for c in keep_columns if c in ds.column_names]
+    return ds.map(
+        lambda r: {"input_ids": tokenizer.apply_chat_template(r["prompt"], tokenize=True, return_dict=False,
+                                                              add_generation_prompt=True)},
+        remove_columns=[c for c in ds.column_names if c not in extra],
+    )

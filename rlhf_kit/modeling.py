@@ -1,0 +1,188 @@
+"""Load and build tokenizers, policies, reward and value models; LoRA / QLoRA; adapter merging.
+
+Every load goes through ``from_pretrained`` with a local path or a Hub id, so the embedded tiny default and real
+checkpoints take the same road. Each training stage saves a *merged* model (plus its LoRA adapter in ``adapter/``)
+because TRL's PPOTrainer takes plain models: it refuses a ``PeftModel`` together with a new ``peft_config`` and
+reads ``.score`` off the reward model directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from rlhf_kit.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
+ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
+# `{% generation %}` marks the assistant tokens, so SFT trains on them only (InstructGPT's SFT fits the labelers'
+# demonstrations, not the prompts); the end-of-turn token is inside the block so the model learns to stop.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "<|assistant|> {% generation %}{{ message['content'] }} <eos>{% endgeneration %} "
+    "{%- else -%}"
+    "<|{{ message['role'] }}|> {{ message['content'] }} "
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|assistant|> {% endif -%}"
+)
+
+
+def build_tiny_tokenizer(words: list[str]):
+    """A word-level tokenizer over ``words`` with pad/unk/eos, role tokens and the chat template above."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [PAD, UNK, EOS, *ROLE_TOKENS]
+    vocab = {tok: i for i, tok in enumerate(specials + [w for w in words if w not in specials])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token=PAD, unk_token=UNK, eos_token=EOS, additional_special_tokens=ROLE_TOKENS
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.clean_up_tokenization_spaces = False  # decode "cat , dog" as written, not "cat, dog"
+    return tokenizer
+
+
+def build_tiny_model(tokenizer, hidden_size: int, intermediate_size: int, num_hidden_layers: int,
+                     num_attention_heads: int, max_position_embeddings: int, seed: int = 0):
+    """A Llama-style causal LM sized for CPU demos (about 0.1M parameters at the defaults)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_attention_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def _load(loader, path: str, what: str, **kwargs):
+    """``loader(path)`` with one-line errors for a missing path or an unreachable Hub."""
+    from rlhf_kit.runs import looks_like_hub_id
+
+    try:
+        return loader(path, **kwargs)
+    except (OSError, ValueError) as err:
+        if Path(path).exists():
+            raise UserError(f"{what} at {path} could not be loaded ({str(err).splitlines()[0]}); "
+                            "point to a folder written by save_pretrained")
+        if looks_like_hub_id(path):
+            raise UserError(f"{what} '{path}' is neither a local folder nor reachable on the Hub (offline?); "
+                            "download it elsewhere and pass its local path")
+        raise UserError(f"{what} {path} not found; check the path")
+
+
+def load_tokenizer(path: str, padding_side: str = "right"):
+    """Tokenizer with a chat template and a pad token (unk, else eos, when it has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = _load(AutoTokenizer.from_pretrained, path, "tokenizer")
+    if not tokenizer.chat_template:
+        raise UserError(f"tokenizer at {path} has no chat template; use an instruct/chat checkpoint or set "
+                        "tokenizer.chat_template and save it")
+    if tokenizer.pad_token is None:
+        # Padding is masked out everywhere, so reusing unk (never a target) is safe; eos is the fallback TRL uses.
+        fallback = tokenizer.unk_token or tokenizer.eos_token
+        if fallback is None:
+            raise UserError(f"tokenizer at {path} has no pad, unk or eos token; add a pad token and save it")
+        logger.warning("tokenizer at %s has no pad token; using %r", path, fallback)
+        tokenizer.pad_token = fallback
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def quantization_kwargs(model_args) -> dict:
+    """``from_pretrained`` kwargs for 4-bit QLoRA (NF4, bitsandbytes) and the dtype, from TRL's ModelConfig."""
+    from rlhf_kit.trl_compat import get_quantization_config
+
+    kwargs = {}
+    if model_args is None:
+        return kwargs
+    if model_args.dtype not in (None, "auto"):
+        import torch
+
+        kwargs["dtype"] = getattr(torch, model_args.dtype)
+    quant = get_quantization_config(model_args)
+    if quant is not None:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as err:
+            raise UserError(f"4-bit loading needs bitsandbytes ({err}); `pip install bitsandbytes` or drop load_in_4bit")
+        kwargs["quantization_config"] = quant
+        import torch
+
+        if torch.cuda.is_available():  # each process holds its own 4-bit copy (data parallel)
+            from accelerate import PartialState
+
+            kwargs["device_map"] = {"": PartialState().local_process_index}
+    return kwargs
+
+
+def load_causal_lm(path: str, model_args=None, what: str = "policy"):
+    """A causal LM (policy or reference) from a folder or Hub id."""
+    from transformers import AutoModelForCausalLM
+
+    return _load(AutoModelForCausalLM.from_pretrained, path, what, **quantization_kwargs(model_args))
+
+
+def load_reward_model(path: str, model_args=None, what: str = "reward model"):
+    """A sequence-classification model with one output: the scalar reward r(x, y)."""
+    from transformers import AutoModelForSequenceClassification
+
+    return _load(AutoModelForSequenceClassification.from_pretrained, path, what, num_labels=1,
+                 **quantization_kwargs(model_args))
+
+
+def build_peft_config(model_args, task_type: str):
+    """LoRA config from TRL's ModelConfig (``use_peft``, ``lora_r``, ...); None when LoRA is off."""
+    from rlhf_kit.trl_compat import get_peft_config
+
+    model_args.lora_task_type = task_type
+    config = get_peft_config(model_args)
+    if config is not None and task_type == "SEQ_CLS" and not config.modules_to_save:
+        config.modules_to_save = ["score"]  # the reward head is new: train it fully and save it with the adapter
+    return config
+
+
+def save_stage_model(model, tokenizer, output_dir: str, base_path: str, model_args=None) -> None:
+    """Save a stage's model as a merged checkpoint (LoRA adapter also kept under ``adapter/``)."""
+    from peft import PeftModel
+
+    out = Path(output_dir)
+    if isinstance(model, PeftModel):
+        model.save_pretrained(out / "adapter")
+        if getattr(model, "is_loaded_in_4bit", False) or getattr(model.base_model, "is_loaded_in_4bit", False):
+            # A 4-bit base cannot absorb the adapter: reload it in full precision and merge there (QLoRA paper's
+            # deployment path).
+            cls = type(model.get_base_model())
+            base = cls.from_pretrained(base_path, **({"num_labels": 1} if "Sequence" in cls.__name__ else {}))
+            model = PeftModel.from_pretrained(base, out / "adapter")
+        model = model.merge_and_unload()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def require_same_tokenizer(a, b, a_name: str, b_name: str) -> None:
+    """PPO scores policy tokens with the reward model, so both must share one vocabulary."""
+    if a.get_vocab() != b.get_vocab() or a.pad_token_id != b.pad_token_id or a.eos_token_id != b.eos_token_id:
+        raise UserError(f"the {a_name} and {b_name} tokenizers differ; train the reward model from the same SFT "
+                        "checkpoint as the policy")
