@@ -34,7 +34,7 @@ def main(script_args: BaseArguments, training_args: SFTConfig):
     )
     runs.start_stage(out, "base", (script_args, training_args), is_main)
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=corpus, processing_class=tokenizer)
-    metrics = train_with_resume(trainer, out)
+    metrics = train_with_resume(trainer, out, script_args.force)
     if is_main:
         modeling.save_stage_model(trainer.model, tokenizer, out, base_path=out)
     n_params = sum(p.numel() for p in model.parameters())

@@ -36,7 +36,7 @@ def main(script_args: RewardArguments, training_args: RewardConfig, model_args: 
     runs.start_stage(out, "reward", (script_args, training_args, model_args), is_main)
     trainer = RewardTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
                             processing_class=tokenizer, peft_config=modeling.build_peft_config(model_args, "SEQ_CLS"))
-    metrics = train_with_resume(trainer, out)
+    metrics = train_with_resume(trainer, out, script_args.force)
     summary = {"pairs": len(train_set), "train_loss": metrics.get("train_loss")}
     if eval_set is not None:
         summary["heldout_accuracy"] = trainer.evaluate()["eval_accuracy"]

@@ -34,7 +34,7 @@ def main(script_args: DataArguments, training_args: SFTConfig, model_args: Model
     runs.start_stage(out, "sft", (script_args, training_args, model_args), is_main)
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=modeling.build_peft_config(model_args, "CAUSAL_LM"))
-    metrics = train_with_resume(trainer, out)
+    metrics = train_with_resume(trainer, out, script_args.force)
     if is_main:
         modeling.save_stage_model(trainer.model, tokenizer, out, base, model_args)
     runs.finish_stage(out, "sft", started, {"rows": len(dataset), "train_loss": metrics.get("train_loss")}, is_main)

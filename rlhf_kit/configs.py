@@ -90,7 +90,7 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
         unknown = sorted(set(config) - known)
         if unknown:
             raise UserError(f"unknown key(s) {', '.join(unknown)} in {path}; check the spelling (see --help)")
-    parser = TrlParser(dataclass_types)
+    parser = TrlParser(dataclass_types, allow_abbrev=False)  # a typo must not match a longer flag
     try:
         return tuple(parser.parse_args_and_config(argv))
     except (ValueError, TypeError) as err:

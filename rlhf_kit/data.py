@@ -27,6 +27,8 @@ def load_rows(path: str, split: str = "train"):
     if not path:
         raise UserError("no dataset given; set dataset_path in the config (a .jsonl file, a folder or a Hub id)")
     p = Path(path)
+    if p.is_file() and p.stat().st_size == 0:
+        raise UserError(f"dataset {path} is empty; it needs at least one row")
     try:
         if p.is_file():
             if p.suffix not in _BUILDERS:
@@ -143,7 +145,8 @@ def build_preference_dataset(ds, tokenizer, max_length: int | None, path: str, m
             return "malformed or empty messages"
         if row["chosen"] == row["rejected"]:
             return "chosen identical to rejected"
-        if max_length and max(_chat_length(tokenizer, row["prompt"] + row[k]) for k in ("chosen", "rejected")) > max_length:
+        longest = max(_chat_length(tokenizer, row["prompt"] + row[k]) for k in ("chosen", "rejected"))
+        if max_length and longest > max_length:
             return f"longer than max_length={max_length}"
         return None
 

@@ -8,6 +8,7 @@ reads ``.score`` off the reward model directly.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from rlhf_kit.errors import UserError
 logger = logging.getLogger(__name__)
 
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
+GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
 # `{% generation %}` marks the assistant tokens, so SFT trains on them only (InstructGPT's SFT fits the labelers'
 # demonstrations, not the prompts); the end-of-turn token is inside the block so the model learns to stop.
@@ -93,9 +95,15 @@ def _load(loader, path: str, what: str, **kwargs):
 
 def load_tokenizer(path: str, padding_side: str = "right"):
     """Tokenizer with a chat template and a pad token (unk, else eos, when it has none)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    tokenizer = _load(AutoTokenizer.from_pretrained, path, "tokenizer")
+    loader = AutoTokenizer.from_pretrained
+    declared = Path(path) / "tokenizer_config.json"
+    if declared.is_file() and json.loads(declared.read_text()).get("tokenizer_class") in GENERIC_TOKENIZERS:
+        # transformers 5 swaps a generic tokenizer.json for the class registered for the model type (e.g. Qwen2's
+        # BPE), which garbles a word-level vocabulary; the checkpoint's own declaration wins.
+        loader = PreTrainedTokenizerFast.from_pretrained
+    tokenizer = _load(loader, path, "tokenizer")
     if not tokenizer.chat_template:
         raise UserError(f"tokenizer at {path} has no chat template; use an instruct/chat checkpoint or set "
                         "tokenizer.chat_template and save it")
@@ -126,7 +134,7 @@ def quantization_kwargs(model_args) -> dict:
         try:
             import bitsandbytes  # noqa: F401
         except ImportError as err:
-            raise UserError(f"4-bit loading needs bitsandbytes ({err}); `pip install bitsandbytes` or drop load_in_4bit")
+            raise UserError(f"4-bit loading needs bitsandbytes ({err}); pip install bitsandbytes, or drop load_in_4bit")
         kwargs["quantization_config"] = quant
         import torch
 

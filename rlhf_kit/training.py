@@ -27,9 +27,9 @@ def last_checkpoint(output_dir: str) -> str | None:
     return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
 
 
-def train_with_resume(trainer, output_dir: str) -> dict:
-    """``trainer.train()``, resuming from the last checkpoint when one exists; returns the train metrics."""
-    checkpoint = last_checkpoint(output_dir)
+def train_with_resume(trainer, output_dir: str, force: bool = False) -> dict:
+    """``trainer.train()``, resuming from the last checkpoint unless forced to redo; returns the train metrics."""
+    checkpoint = None if force else last_checkpoint(output_dir)
     if checkpoint:
         print(f"resuming from {checkpoint}")
     result = trainer.train(resume_from_checkpoint=checkpoint)

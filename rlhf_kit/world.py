@@ -58,7 +58,8 @@ def _all_prompts() -> list[dict]:
             for verb in ("name", "list", "give me"):
                 prompts.append({"task": "brainstorming", "text": f"{verb} {word} {cat}", "category": cat, "n": n})
     for animal, sound in SOUNDS.items():
-        prompts.append({"task": "open_qa", "text": f"what sound does a {animal} make", "answer": f"a {animal} says {sound}"})
+        prompts.append({"task": "open_qa", "text": f"what sound does a {animal} make",
+                        "answer": f"a {animal} says {sound}"})
     for thing, color in COLOR_OF.items():
         prompts.append({"task": "open_qa", "text": f"what color is the {thing}", "answer": f"the {thing} is {color}"})
     for x in ANIMALS + FRUITS:
@@ -69,7 +70,8 @@ def _all_prompts() -> list[dict]:
             })
     for req in REQUESTS:
         for x in ANIMALS + FRUITS:
-            prompts.append({"task": "rewrite", "text": f"rewrite politely : {req} the {x}", "answer": f"please {req} the {x}"})
+            prompts.append({"task": "rewrite", "text": f"rewrite politely : {req} the {x}",
+                            "answer": f"please {req} the {x}"})
     for cat, items in CATEGORIES.items():
         for other in CATEGORIES:
             if other == cat:
@@ -121,16 +123,18 @@ def labeler_demonstration(prompt: dict, rng: random.Random, flaw_rate: float) ->
     return text
 
 
-def pretrain_sentences(rng: random.Random, n: int) -> list[str]:
-    """Plain sentences of the language: facts, lists, requests, and the tails careless labelers use."""
+def pretrain_sentences(rng: random.Random, n: int, prompts: list[dict] = ()) -> list[str]:
+    """Plain sentences of the language: facts, lists, requests, the tails careless labelers use, and -- like
+    question-answer text on the web -- questions of the non-evaluation prompts followed by their answers."""
     makers = [
         lambda: f"a {(a := rng.choice(list(SOUNDS)))} says {SOUNDS[a]}",
         lambda: f"the {(t := rng.choice(list(COLOR_OF)))} is {COLOR_OF[t]}",
         lambda: f"the {rng.choice(ANIMALS + FRUITS)} is {rng.choice(COLORS)}",
-        lambda: f"{(x := rng.choice(ANIMALS))} is an animal",
-        lambda: f"{(x := rng.choice(FRUITS))} is a fruit",
-        lambda: f"{(x := rng.choice(COLORS))} is a color",
-        lambda: " , ".join(rng.sample(CATEGORIES[(c := rng.choice(list(CATEGORIES)))], rng.randint(1, 5))) + f" are {c}",
+        lambda: f"{rng.choice(ANIMALS)} is an animal",
+        lambda: f"{rng.choice(FRUITS)} is a fruit",
+        lambda: f"{rng.choice(COLORS)} is a color",
+        lambda: " , ".join(rng.sample(CATEGORIES[(c := rng.choice(list(CATEGORIES)))], rng.randint(1, 5)))
+        + f" are {c}",
         lambda: f"please {rng.choice(REQUESTS)} the {rng.choice(ANIMALS + FRUITS)}",
         lambda: f"{rng.choice(REQUESTS)} the {rng.choice(ANIMALS + FRUITS)}",
         lambda: rng.choice(OFF_TOPIC_TAILS),
@@ -141,6 +145,9 @@ def pretrain_sentences(rng: random.Random, n: int) -> list[str]:
         lambda: f"what color is the {rng.choice(list(COLOR_OF))}",
         lambda: f"name {rng.choice(NUMBERS)} {rng.choice(list(CATEGORIES))}",
     ]
+    if prompts:
+        qa = lambda: f"{(p := rng.choice(prompts))['text']} ? {ideal_response(p, rng)}"  # noqa: E731
+        makers += [qa] * len(makers)  # half the corpus is question-answer text
     return [rng.choice(makers)() for _ in range(n)]
 
 
@@ -155,7 +162,7 @@ def vocabulary() -> list[str]:
             words.update(COMPLY.format(verb=prompt["verb"], x=prompt["x"]).split())
     for text in RUDE_TAILS + OFF_TOPIC_TAILS + [DECLINE] + pretrain_sentences(rng, 5000):
         words.update(text.split())
-    words.update(["are", "an", "a", "is", "i", "have", "do", "not", "please", ".", ",", ":"])
+    words.update(["are", "an", "a", "is", "i", "have", "do", "not", "please", ".", ",", ":", "?"])
     return sorted(words)
 
 
@@ -187,7 +194,7 @@ def build_demo_data(seed: int, flaw_rate: float = 0.2, demos_per_prompt: int = 3
     ]
     rng.shuffle(sft)
     return {
-        "pretrain": [{"text": s} for s in pretrain_sentences(rng, n_pretrain)],
+        "pretrain": [{"text": s} for s in pretrain_sentences(rng, n_pretrain, parts["sft"] + parts["prompts"])],
         "sft": sft,
         "prompts": [_chat_row(p) for p in parts["prompts"]],
         "eval": [_chat_row(p) for p in parts["eval"]],

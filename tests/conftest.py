@@ -1,0 +1,96 @@
+"""Shared fixtures: a tiny end-to-end pipeline built once per session through the real recipe entry points."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Per-stage overrides that make each stage a few steps on a very small model.
+TINY = {
+    "base": ["--hidden_size", "32", "--intermediate_size", "64", "--num_hidden_layers", "1", "--max_steps", "30",
+             "--per_device_train_batch_size", "32", "--save_steps", "10"],
+    "sft": ["--max_steps", "20", "--per_device_train_batch_size", "16", "--lora_r", "4", "--lora_alpha", "8",
+            "--save_steps", "10"],
+    "compare": ["--num_responses", "4", "--max_new_tokens", "12"],
+    "reward": ["--max_steps", "10", "--per_device_train_batch_size", "16", "--lora_r", "4", "--lora_alpha", "8"],
+    "ppo": ["--total_episodes", "32", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2",
+            "--num_ppo_epochs", "1", "--response_length", "12", "--lora_r", "4", "--lora_alpha", "8"],
+}
+
+
+def stage_paths(root: Path, stage: str) -> list[str]:
+    """Overrides that point a stage's inputs and outputs into ``root`` instead of runs/demo."""
+    data, runs = root / "data", root / "runs"
+    paths = {
+        "base": ["--output_dir", runs / "base", "--data_dir", data],
+        "sft": ["--output_dir", runs / "sft", "--model_name_or_path", runs / "base",
+                "--dataset_path", data / "sft.jsonl"],
+        "compare": ["--output_dir", runs / "compare", "--model_name_or_path", runs / "sft",
+                    "--dataset_path", data / "prompts.jsonl"],
+        "reward": ["--output_dir", runs / "reward", "--model_name_or_path", runs / "sft",
+                   "--dataset_path", runs / "compare" / "pairs.jsonl",
+                   "--eval_dataset_path", runs / "compare" / "pairs_heldout.jsonl"],
+        "ppo": ["--output_dir", runs / "ppo", "--model_name_or_path", runs / "sft",
+                "--reward_model_path", runs / "reward", "--dataset_path", data / "prompts.jsonl"],
+    }
+    return [str(x) for x in paths[stage]]
+
+
+def run_cli(stage: str, args: list[str], launcher: str = "python", timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``recipes/<stage>.py`` as a user would (python or accelerate launch), from the repository root."""
+    script = str(REPO / "recipes" / f"{stage}.py")
+    if launcher == "accelerate":
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "recipes/accelerate/cpu.yaml"), script]
+    else:
+        cmd = [sys.executable, script]
+    return subprocess.run(cmd + args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def load_recipe(stage: str):
+    """Import ``recipes/<stage>.py`` as a module (to call its ``main`` in-process)."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{stage}", REPO / "recipes" / f"{stage}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_inprocess(stage: str, args: list[str]) -> None:
+    """Parse ``args`` with the stage's dataclasses and call its ``main`` (UserError propagates)."""
+    from rlhf_kit.configs import parse_stage_args
+
+    module = load_recipe(stage)
+    module.main(*parse_stage_args(recipe_dataclasses(module), args))
+
+
+def recipe_dataclasses(module) -> tuple:
+    """The dataclasses a recipe's ``main`` takes, in order (from its annotations)."""
+    code = module.main.__code__
+    return tuple(module.main.__annotations__[k] for k in code.co_varnames[: code.co_argcount])
+
+
+def config_args(stage: str) -> list[str]:
+    return ["--config", str(REPO / "recipes/configs/demo" / f"{stage}.yaml")]
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory) -> Path:
+    """Run base -> sft -> compare -> reward -> ppo on tiny settings through the real entry points."""
+    root = tmp_path_factory.mktemp("pipeline")
+    for stage in ("base", "sft", "compare", "reward", "ppo"):
+        launcher = "accelerate" if stage in ("sft", "ppo") else "python"
+        proc = run_cli(stage, config_args(stage) + stage_paths(root, stage) + TINY[stage], launcher)
+        (root / f"{stage}.log").write_text(proc.stdout + proc.stderr)
+        assert proc.returncode == 0, f"{stage} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return root

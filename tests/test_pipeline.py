@@ -1,0 +1,100 @@
+"""End to end: every stage through its real entry point on a tiny model, then checks on what each wrote."""
+
+import json
+
+import torch
+from conftest import TINY, config_args, run_cli, stage_paths
+
+STAGES = ("base", "sft", "compare", "reward", "ppo")
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_every_stage_marks_completion_last(pipeline):
+    for stage in STAGES:
+        out = pipeline / "runs" / stage
+        marker = json.loads((out / "stage_complete.json").read_text())
+        assert marker["stage"] == stage
+        assert marker["wall_seconds"] > 0
+        assert (out / "rlhf_kit_config.yaml").stat().st_mtime <= (out / "stage_complete.json").stat().st_mtime
+        assert f"[{stage}] done in" in (pipeline / f"{stage}.log").read_text()
+
+
+def test_base_is_a_tiny_llama_with_chat_template(pipeline):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = pipeline / "runs" / "base"
+    model = AutoModelForCausalLM.from_pretrained(base)
+    tok = AutoTokenizer.from_pretrained(base)
+    assert model.config.model_type == "llama"
+    assert sum(p.numel() for p in model.parameters()) < 5_000_000
+    text = tok.apply_chat_template([{"role": "user", "content": "name two animals"}], tokenize=False,
+                                   add_generation_prompt=True)
+    assert text.endswith("<|assistant|> ")
+    assert tok.pad_token == "<pad>" and tok.pad_token_id != tok.eos_token_id
+
+
+def test_sft_saves_adapter_and_merged_model_that_moved(pipeline):
+    runs = pipeline / "runs"
+    assert (runs / "sft" / "adapter" / "adapter_config.json").is_file()
+    base, sft = _weights(runs / "base"), _weights(runs / "sft")
+    changed = [k for k in base if not torch.equal(base[k], sft[k])]
+    assert any("q_proj" in k for k in changed), "LoRA merge left the attention weights unchanged"
+    assert not any("embed" in k for k in changed), "LoRA should not touch the embeddings"
+
+
+def test_compare_keeps_full_rankings_and_derives_pairs(pipeline):
+    out = pipeline / "runs" / "compare"
+    rankings = [json.loads(line) for line in (out / "rankings.jsonl").read_text().splitlines()]
+    pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+    assert rankings and all(len(r["responses"]) == len(r["ranks"]) == 4 for r in rankings)
+    expected = sum(
+        1
+        for r in rankings
+        for i in range(4)
+        for j in range(i + 1, 4)
+        if r["ranks"][i] != r["ranks"][j] and r["responses"][i] != r["responses"][j]
+    )
+    assert len(pairs) == expected
+    marker = json.loads((out / "stage_complete.json").read_text())
+    assert marker["pairs_train"] == expected
+    assert 0.5 <= marker["labeler_gold_agreement"] <= 1.0
+
+
+def test_reward_model_has_one_output_and_trained_head(pipeline):
+    from transformers import AutoModelForSequenceClassification
+
+    rm = AutoModelForSequenceClassification.from_pretrained(pipeline / "runs" / "reward")
+    assert rm.config.num_labels == 1 and rm.score.weight.shape[0] == 1
+    adapter = pipeline / "runs" / "reward" / "adapter"
+    from safetensors.torch import load_file
+
+    saved = load_file(str(adapter / "adapter_model.safetensors"))
+    assert any("score" in k for k in saved), "the score head must be saved with the adapter"
+    marker = json.loads((pipeline / "runs" / "reward" / "stage_complete.json").read_text())
+    assert 0.0 <= marker["heldout_accuracy"] <= 1.0
+
+
+def test_ppo_policy_moves_away_from_sft(pipeline):
+    runs = pipeline / "runs"
+    sft, ppo = _weights(runs / "sft"), _weights(runs / "ppo")
+    assert sft.keys() == ppo.keys()
+    assert any(not torch.equal(sft[k], ppo[k]) for k in sft)
+    marker = json.loads((runs / "ppo" / "stage_complete.json").read_text())
+    assert marker["episode"] >= 32 and marker["kl"] == marker["kl"]  # not NaN
+
+
+def test_finished_stage_is_skipped_unless_forced(pipeline):
+    args = config_args("sft") + stage_paths(pipeline, "sft") + TINY["sft"]
+    marker = pipeline / "runs" / "sft" / "stage_complete.json"
+    before = marker.read_text()
+    proc = run_cli("sft", args)
+    assert proc.returncode == 0 and "already complete" in proc.stdout
+    assert marker.read_text() == before
+    proc = run_cli("sft", args + ["--force", "true", "--max_steps", "2"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert marker.read_text() != before
