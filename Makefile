@@ -11,7 +11,7 @@ STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test lint demo base sft compare reward ppo clean
+.PHONY: install test lint demo base sft compare reward ppo eval clean
 
 install: $(STAMP)
 
@@ -28,7 +28,7 @@ lint: install
 	$(PYTHON) -m ruff check rlhf_kit recipes tests
 
 demo: install
-	$(MAKE) base sft compare reward ppo
+	$(MAKE) --no-print-directory base sft compare reward ppo eval
 
 base: install
 	$(LAUNCH) recipes/base.py --config $(RUN_CONFIGS)/base.yaml
@@ -44,6 +44,9 @@ reward: install
 
 ppo: install
 	$(LAUNCH) recipes/ppo.py --config $(RUN_CONFIGS)/ppo.yaml
+
+eval: install
+	$(PYTHON) recipes/eval.py --config $(RUN_CONFIGS)/eval.yaml
 
 clean:
 	rm -rf runs .pytest_cache

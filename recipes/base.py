@@ -16,7 +16,7 @@ def main(script_args: BaseArguments, training_args: SFTConfig):
 
     from rlhf_kit import modeling, runs, world
     from rlhf_kit.data import load_rows
-    from rlhf_kit.training import setup_logging, train_with_resume
+    from rlhf_kit.training import save_log_history, setup_logging, train_with_resume
     from rlhf_kit.trl_compat import SFTTrainer
 
     setup_logging(training_args)
@@ -36,6 +36,7 @@ def main(script_args: BaseArguments, training_args: SFTConfig):
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=corpus, processing_class=tokenizer)
     metrics = train_with_resume(trainer, out, script_args.force)
     if is_main:
+        save_log_history(trainer, out)
         modeling.save_stage_model(trainer.model, tokenizer, out, base_path=out)
     n_params = sum(p.numel() for p in model.parameters())
     runs.finish_stage(out, "base", started, {"params": n_params, "train_loss": metrics.get("train_loss")}, is_main)

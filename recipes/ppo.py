@@ -17,7 +17,7 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
 
     from rlhf_kit import modeling, runs
     from rlhf_kit.data import build_prompt_dataset, load_rows
-    from rlhf_kit.training import last_logged, setup_logging
+    from rlhf_kit.training import last_logged, save_log_history, setup_logging
     from rlhf_kit.trl_compat import PPOTrainer
 
     setup_logging(training_args)
@@ -45,6 +45,7 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
     )
     trainer.train()
     if is_main:
+        save_log_history(trainer, out)
         policy = trainer.accelerator.unwrap_model(trainer.model).policy
         modeling.save_stage_model(policy, tokenizer, out, sft, model_args)
     summary = last_logged(trainer, ["objective/scores", "objective/kl", "objective/rlhf_reward", "episode"])

@@ -17,7 +17,7 @@ def main(script_args: RewardArguments, training_args: RewardConfig, model_args: 
 
     from rlhf_kit import modeling, runs
     from rlhf_kit.data import build_preference_dataset, load_rows
-    from rlhf_kit.training import last_logged, setup_logging, train_with_resume
+    from rlhf_kit.training import last_logged, save_log_history, setup_logging, train_with_resume
     from rlhf_kit.trl_compat import RewardTrainer
 
     setup_logging(training_args)
@@ -42,6 +42,7 @@ def main(script_args: RewardArguments, training_args: RewardConfig, model_args: 
         summary["heldout_accuracy"] = trainer.evaluate()["eval_accuracy"]
     summary.update(last_logged(trainer, ["accuracy"]))
     if is_main:
+        save_log_history(trainer, out)
         modeling.save_stage_model(trainer.model, tokenizer, out, sft, model_args)
     runs.finish_stage(out, "reward", started, summary, is_main)
 

@@ -16,7 +16,7 @@ def main(script_args: DataArguments, training_args: SFTConfig, model_args: Model
 
     from rlhf_kit import modeling, runs
     from rlhf_kit.data import build_sft_dataset, load_rows
-    from rlhf_kit.training import setup_logging, train_with_resume
+    from rlhf_kit.training import save_log_history, setup_logging, train_with_resume
     from rlhf_kit.trl_compat import SFTTrainer
 
     setup_logging(training_args)
@@ -36,6 +36,7 @@ def main(script_args: DataArguments, training_args: SFTConfig, model_args: Model
                          peft_config=modeling.build_peft_config(model_args, "CAUSAL_LM"))
     metrics = train_with_resume(trainer, out, script_args.force)
     if is_main:
+        save_log_history(trainer, out)
         modeling.save_stage_model(trainer.model, tokenizer, out, base, model_args)
     runs.finish_stage(out, "sft", started, {"rows": len(dataset), "train_loss": metrics.get("train_loss")}, is_main)
 

@@ -113,3 +113,16 @@ class PPOArguments(DataArguments):
 
     max_prompt_length: int = field(default=64, metadata={"help": "Prompts longer than this are dropped."})
     eval_rows: int = field(default=16, metadata={"help": "Prompts kept for TRL's sample generations."})
+
+
+@dataclass
+class EvalArguments(StageArguments):
+    """Evaluation of a run's base, SFT and PPO policies against the gold labeler."""
+
+    run_dir: str = field(default="runs/demo", metadata={"help": "The run: its base/sft/compare/reward/ppo folders."})
+    eval_dataset_path: str = field(default="runs/demo/data/eval.jsonl", metadata={"help": "Held-out prompts."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (as in PPO rollouts)."})
+    max_new_tokens: int = field(default=24, metadata={"help": "Longest response."})
+    batch_size: int = field(default=128, metadata={"help": "Prompts per forward batch."})
+    num_report_samples: int = field(default=10, metadata={"help": "SFT-vs-PPO sample rows in the report."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed (the same for every policy)."})

@@ -44,3 +44,11 @@ def last_logged(trainer, keys: list[str]) -> dict:
             if key in record and key not in found:
                 found[key] = record[key]
     return found
+
+
+def save_log_history(trainer, output_dir: str) -> None:
+    """Keep the trainer's logged metrics as ``log_history.json`` (the report plots PPO's from it)."""
+    import json
+    from pathlib import Path
+
+    Path(output_dir, "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
