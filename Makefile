@@ -11,7 +11,7 @@ STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test lint demo base sft compare reward ppo eval clean
+.PHONY: install test lint demo base sft compare reward ppo eval bench-reward clean
 
 install: $(STAMP)
 
@@ -25,7 +25,7 @@ test: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PYTHON) -m pytest -q tests
 
 lint: install
-	$(PYTHON) -m ruff check rlhf_kit recipes tests
+	$(PYTHON) -m ruff check rlhf_kit recipes tests benchmarks
 
 demo: install
 	$(MAKE) --no-print-directory base sft compare reward ppo eval
@@ -47,6 +47,10 @@ ppo: install
 
 eval: install
 	$(PYTHON) recipes/eval.py --config $(RUN_CONFIGS)/eval.yaml
+
+# K-wise vs pairwise reward training on the same rankings (needs `make sft`).
+bench-reward: install
+	$(PYTHON) benchmarks/reward_kwise.py --config benchmarks/reward_kwise.yaml
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,6 +1,7 @@
-"""Stage 2 -- reward model from comparisons (InstructGPT Sec. 3.5): initialised from the SFT model, trained on
-(prompt, chosen, rejected) with -log sigma(r(x, y_w) - r(x, y_l)). Wraps TRL's ``RewardTrainer``; LoRA with the
-score head trained and saved; the merged model is what PPO loads.
+"""Stage 2 -- reward model from comparisons (InstructGPT Sec. 3.5): initialised from the SFT model, trained with
+-log sigma(r(x, y_w) - r(x, y_l)) either K-wise (all C(K,2) pairs of a ranking in one batch element, InstructGPT's
+Eq. 1) or pairwise. Wraps TRL's ``RewardTrainer``; LoRA with the score head trained and saved; the merged model is
+what PPO loads.
 
     accelerate launch recipes/reward.py --config recipes/configs/demo/reward.yaml
 """
@@ -16,7 +17,7 @@ def main(script_args: RewardArguments, training_args: RewardConfig, model_args: 
     from accelerate import PartialState
 
     from rlhf_kit import modeling, runs
-    from rlhf_kit.data import build_preference_dataset, load_rows
+    from rlhf_kit.ranking import RankingRewardTrainer, load_reward_dataset
     from rlhf_kit.training import last_logged, save_log_history, setup_logging, train_with_resume
     from rlhf_kit.trl_compat import RewardTrainer
 
@@ -27,17 +28,23 @@ def main(script_args: RewardArguments, training_args: RewardConfig, model_args: 
     sft = model_args.model_name_or_path
     runs.require_stage_output(sft, "SFT model")
     tokenizer = modeling.load_tokenizer(sft)
-    prepare = lambda path: build_preference_dataset(  # noqa: E731
-        load_rows(path, script_args.dataset_split), tokenizer, training_args.max_length, path, script_args.max_rows)
+    prepare = lambda path: load_reward_dataset(  # noqa: E731
+        path, script_args.dataset_split, tokenizer, training_args.max_length, script_args.ranking_loss,
+        script_args.k_max, script_args.max_rows)
     train_set = prepare(script_args.dataset_path)
     eval_set = prepare(script_args.eval_dataset_path) if script_args.eval_dataset_path else None
     model = modeling.load_reward_model(sft, model_args, "SFT model")
     model.config.pad_token_id = tokenizer.pad_token_id
     runs.start_stage(out, "reward", (script_args, training_args, model_args), is_main)
-    trainer = RewardTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
-                            processing_class=tokenizer, peft_config=modeling.build_peft_config(model_args, "SEQ_CLS"))
+    kwise = script_args.ranking_loss == "kwise"
+    trainer_cls = RankingRewardTrainer if kwise else RewardTrainer
+    extra = {"use_margins": script_args.use_margins} if kwise else {}
+    trainer = trainer_cls(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
+                          processing_class=tokenizer, peft_config=modeling.build_peft_config(model_args, "SEQ_CLS"),
+                          **extra)
     metrics = train_with_resume(trainer, out, script_args.force)
-    summary = {"pairs": len(train_set), "train_loss": metrics.get("train_loss")}
+    summary = {"rows": len(train_set), "ranking_loss": script_args.ranking_loss,
+               "train_loss": metrics.get("train_loss")}
     if eval_set is not None:
         summary["heldout_accuracy"] = trainer.evaluate()["eval_accuracy"]
     summary.update(last_logged(trainer, ["accuracy"]))

@@ -105,6 +105,11 @@ class RewardArguments(DataArguments):
     """Reward-model data: training comparisons and (optionally) held-out ones for accuracy."""
 
     eval_dataset_path: str | None = field(default=None, metadata={"help": "Held-out comparisons (optional)."})
+    ranking_loss: str = field(default="kwise", metadata={
+        "help": "kwise: InstructGPT's loss over all C(K,2) pairs of a ranking in one batch element; pairwise: one "
+                "element per (chosen, rejected) pair.", "choices": ["kwise", "pairwise"]})
+    k_max: int = field(default=9, metadata={"help": "Most responses per ranking (InstructGPT: K = 4..9)."})
+    use_margins: bool = field(default=False, metadata={"help": "kwise: margin from graded `scores` of a ranking."})
 
 
 @dataclass

@@ -39,8 +39,8 @@ def stage_paths(root: Path, stage: str) -> list[str]:
         "compare": ["--output_dir", runs / "compare", "--model_name_or_path", runs / "sft",
                     "--dataset_path", data / "prompts.jsonl"],
         "reward": ["--output_dir", runs / "reward", "--model_name_or_path", runs / "sft",
-                   "--dataset_path", runs / "compare" / "pairs.jsonl",
-                   "--eval_dataset_path", runs / "compare" / "pairs_heldout.jsonl"],
+                   "--dataset_path", runs / "compare" / "rankings.jsonl",
+                   "--eval_dataset_path", runs / "compare" / "rankings_heldout.jsonl"],
         "ppo": ["--output_dir", runs / "ppo", "--model_name_or_path", runs / "sft",
                 "--reward_model_path", runs / "reward", "--dataset_path", data / "prompts.jsonl"],
     }

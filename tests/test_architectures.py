@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from conftest import TINY, config_args, run_inprocess
 
 
@@ -44,7 +45,7 @@ def test_recipes_on_other_architecture(pipeline, tmp_path, kind, drop_pad):
         "--dataset_path", str(data / "prompts.jsonl")])
     run_inprocess("reward", config_args("reward") + TINY["reward"] + [
         "--model_name_or_path", str(runs / "sft"), "--output_dir", str(runs / "reward"),
-        "--dataset_path", str(runs / "compare" / "pairs.jsonl"), "--eval_dataset_path", ""])
+        "--dataset_path", str(runs / "compare" / "rankings.jsonl"), "--eval_dataset_path", ""])
     run_inprocess("ppo", config_args("ppo") + TINY["ppo"] + [
         "--model_name_or_path", str(runs / "sft"), "--output_dir", str(runs / "ppo"),
         "--reward_model_path", str(runs / "reward"), "--dataset_path", str(data / "prompts.jsonl")])

@@ -4,9 +4,10 @@ import json
 import shutil
 
 import pytest
-from conftest import TINY, config_args, run_cli, run_inprocess, stage_paths
 
 from rlhf_kit.errors import UserError
+
+from conftest import TINY, config_args, run_cli, run_inprocess, stage_paths
 
 
 def _single_error_line(proc):

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, load_recipe, recipe_dataclasses
 
 from rlhf_kit.configs import parse_stage_args
+
+from conftest import REPO, load_recipe, recipe_dataclasses
 
 RECIPE_CONFIGS = sorted((REPO / "recipes" / "configs").rglob("*.yaml"))
 ACCELERATE_CONFIGS = sorted((REPO / "recipes" / "accelerate").glob("*.yaml"))

@@ -3,6 +3,7 @@
 import json
 
 import torch
+
 from conftest import TINY, config_args, run_cli, stage_paths
 
 STAGES = ("base", "sft", "compare", "reward", "ppo")
@@ -51,12 +52,13 @@ def test_compare_keeps_full_rankings_and_derives_pairs(pipeline):
     out = pipeline / "runs" / "compare"
     rankings = [json.loads(line) for line in (out / "rankings.jsonl").read_text().splitlines()]
     pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
-    assert rankings and all(len(r["responses"]) == len(r["ranks"]) == 4 for r in rankings)
+    k = 4  # TINY["compare"]
+    assert rankings and all(len(r["responses"]) == len(r["ranks"]) == k for r in rankings)
     expected = sum(
         1
         for r in rankings
-        for i in range(4)
-        for j in range(i + 1, 4)
+        for i in range(k)
+        for j in range(i + 1, k)
         if r["ranks"][i] != r["ranks"][j] and r["responses"][i] != r["responses"][j]
     )
     assert len(pairs) == expected
@@ -77,6 +79,22 @@ def test_reward_model_has_one_output_and_trained_head(pipeline):
     assert any("score" in k for k in saved), "the score head must be saved with the adapter"
     marker = json.loads((pipeline / "runs" / "reward" / "stage_complete.json").read_text())
     assert 0.0 <= marker["heldout_accuracy"] <= 1.0
+    assert marker["ranking_loss"] == "kwise"  # the demo config trains InstructGPT's K-wise loss
+
+
+def test_reward_pairwise_on_pairs_and_on_expanded_rankings(pipeline, tmp_path):
+    from conftest import run_inprocess
+
+    compare = pipeline / "runs" / "compare"
+    base = config_args("reward") + stage_paths(pipeline, "reward") + TINY["reward"] + ["--ranking_loss", "pairwise"]
+    run_inprocess("reward", base + ["--output_dir", str(tmp_path / "a"), "--dataset_path", str(compare / "pairs.jsonl"),
+                                    "--eval_dataset_path", str(compare / "pairs_heldout.jsonl")])
+    run_inprocess("reward", base + ["--output_dir", str(tmp_path / "b")])  # rankings expanded into pairs
+    a = json.loads((tmp_path / "a" / "stage_complete.json").read_text())
+    b = json.loads((tmp_path / "b" / "stage_complete.json").read_text())
+    pairs = len((compare / "pairs.jsonl").read_text().splitlines())
+    assert a["ranking_loss"] == b["ranking_loss"] == "pairwise"
+    assert a["rows"] == b["rows"] <= pairs  # the same pairs either way (empty responses dropped in both)
 
 
 def test_ppo_policy_moves_away_from_sft(pipeline):

@@ -1,0 +1,131 @@
+"""K-wise reward loss: equals the mean pairwise loss, reduces to pairwise at K = 2, trains head and adapters;
+the collator handles ragged K, ties and duplicates; bad rankings are dropped and counted."""
+
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+
+from rlhf_kit.errors import UserError
+from rlhf_kit.ranking import RankingCollator, build_ranking_dataset, dedupe_ranking, kwise_loss, limit_k
+
+
+def _pair_loss(a, b):
+    return -math.log(1 / (1 + math.exp(-(a - b))))
+
+
+def test_kwise_loss_is_mean_of_pairwise_losses_per_prompt_then_over_prompts():
+    # prompt 0: ranks 0 < 1 < 2 with rewards 1.0, 0.5, -1.0 -> 3 pairs; prompt 1: a tie and one pair
+    rewards = torch.tensor([1.0, 0.5, -1.0, 0.2, 0.2, 0.7])
+    group = torch.tensor([0, 0, 0, 1, 1, 1])
+    ranks = torch.tensor([0, 1, 2, 0, 0, 1])
+    loss, correct, _ = kwise_loss(rewards, group, ranks)
+    p0 = (_pair_loss(1.0, 0.5) + _pair_loss(1.0, -1.0) + _pair_loss(0.5, -1.0)) / 3
+    p1 = (_pair_loss(0.2, 0.7) + _pair_loss(0.2, 0.7)) / 2  # the tie (ranks 0, 0) makes no pair
+    assert loss.item() == pytest.approx((p0 + p1) / 2, rel=1e-6)
+    assert correct.tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_k2_reduces_to_the_pairwise_loss():
+    chosen, rejected = torch.tensor([0.3, -0.2, 1.5]), torch.tensor([0.1, 0.4, -0.5])
+    pairwise = -torch.nn.functional.logsigmoid(chosen - rejected).mean()
+    rewards = torch.stack([chosen, rejected], 1).reshape(-1)
+    loss, _, _ = kwise_loss(rewards, torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1] * 3))
+    assert loss.item() == pytest.approx(pairwise.item(), rel=1e-6)
+
+
+def test_weights_reproduce_duplicated_responses():
+    # responses A (rank 0) twice and B (rank 1): expanded pairs are (A, B) twice -> same as one (A, B) pair
+    full, _, _ = kwise_loss(torch.tensor([1.0, 1.0, 0.0]), torch.tensor([0, 0, 0]), torch.tensor([0, 0, 1]))
+    deduped, _, _ = kwise_loss(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), torch.tensor([0, 1]),
+                               weights=torch.tensor([2.0, 1.0]))
+    assert deduped.item() == pytest.approx(full.item())
+    # with a third response C (rank 2): weights make A-C count twice, as in the expansion
+    full, _, _ = kwise_loss(torch.tensor([1.0, 1.0, 0.0, -1.0]), torch.tensor([0] * 4), torch.tensor([0, 0, 1, 2]))
+    deduped, _, _ = kwise_loss(torch.tensor([1.0, 0.0, -1.0]), torch.tensor([0] * 3), torch.tensor([0, 1, 2]),
+                               weights=torch.tensor([2.0, 1.0, 1.0]))
+    assert deduped.item() == pytest.approx(full.item())
+
+
+def test_margins_shift_the_difference():
+    loss, _, _ = kwise_loss(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), torch.tensor([0, 1]),
+                            margins=torch.tensor([0.5, 0.0]))
+    assert loss.item() == pytest.approx(_pair_loss(0.5, 0.0))
+
+
+def test_collator_handles_ragged_k_ties_and_padding():
+    collate = RankingCollator(pad_token_id=0)
+    batch = collate([
+        {"completion_ids": [[5, 6, 7], [5, 8]], "ranks": [0, 1], "weights": [1.0, 1.0]},
+        {"completion_ids": [[5, 9], [5, 9, 9, 9], [5, 3, 3]], "ranks": [1, 0, 1], "weights": [1.0, 2.0, 1.0]},
+    ])
+    assert batch["input_ids"].shape == (5, 4)
+    assert batch["group"].tolist() == [0, 0, 1, 1, 1]
+    assert batch["ranks"].tolist() == [0, 1, 1, 0, 1]
+    assert batch["attention_mask"].sum(1).tolist() == [3, 2, 2, 4, 3]
+    assert batch["input_ids"][1].tolist() == [5, 8, 0, 0]
+    assert batch["weights"].tolist() == [1.0, 1.0, 1.0, 2.0, 1.0]
+
+
+def test_dedupe_and_limit_k():
+    d = dedupe_ranking(["a", "b", "a", "c"], [0, 1, 0, 2])
+    assert d["responses"] == ["a", "b", "c"] and d["ranks"] == [0, 1, 2] and d["weights"] == [2.0, 1.0, 1.0]
+    responses, ranks = limit_k(list("abcdefgh"), [7, 6, 5, 4, 3, 2, 1, 0], 3)
+    assert sorted(ranks) == [0, 3, 7] or sorted(ranks) == [0, 4, 7]
+    assert 0 in ranks and 7 in ranks  # the best and the worst survive
+
+
+def test_gradients_reach_score_head_and_adapters():
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(LlamaConfig(vocab_size=20, hidden_size=16, intermediate_size=32,
+                                                       num_hidden_layers=1, num_attention_heads=2, num_labels=1,
+                                                       pad_token_id=0))
+    model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["q_proj", "v_proj"]))
+    batch = RankingCollator(0)([{"completion_ids": [[3, 4, 5], [3, 6], [3, 7, 8, 9]], "ranks": [0, 1, 2],
+                                 "weights": [1.0, 1.0, 1.0]}])
+    rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
+    loss, _, _ = kwise_loss(rewards, batch["group"], batch["ranks"])
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert any("score" in n and g is not None and g.abs().sum() > 0 for n, g in grads.items())
+    assert any("lora_B" in n and g is not None and g.abs().sum() > 0 for n, g in grads.items())
+
+
+def _tok():
+    from rlhf_kit import modeling, world
+
+    return modeling.build_tiny_tokenizer(world.vocabulary())
+
+
+def test_bad_rankings_are_dropped_and_counted(capsys):
+    prompt = [{"role": "user", "content": "name two animals"}]
+    ds = Dataset.from_list([
+        {"prompt": prompt, "responses": ["cat , dog", "cat"], "ranks": [0, 1]},
+        {"prompt": prompt, "responses": ["cat", "dog"], "ranks": [0, 0]},
+        {"prompt": prompt, "responses": ["cat", ""], "ranks": [0, 1]},
+    ])
+    kept = build_ranking_dataset(ds, _tok(), None, "x.jsonl")
+    assert len(kept) == 1
+    out = capsys.readouterr().out
+    assert "removed 1 empty responses" in out and "2 fewer than two distinct ranks" in out
+
+
+def test_k_beyond_max_is_truncated_and_said(capsys):
+    prompt = [{"role": "user", "content": "name two animals"}]
+    ds = Dataset.from_list([{"prompt": prompt, "responses": ["cat", "dog", "cow", "pig", "fish"],
+                             "ranks": [0, 1, 2, 3, 4]}])
+    kept = build_ranking_dataset(ds, _tok(), None, "x.jsonl", k_max=3)
+    assert len(kept[0]["responses"]) == 3 and kept[0]["ranks"][0] == 0 and kept[0]["ranks"][-1] == 4
+    assert "more than k_max=3" in capsys.readouterr().out
+
+
+def test_kwise_on_pairs_only_dataset_names_it():
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": "q"}],
+                             "chosen": [{"role": "assistant", "content": "a"}],
+                             "rejected": [{"role": "assistant", "content": "b"}]}])
+    with pytest.raises(UserError, match="kwise needs ranked responses .* but pairs.jsonl has prompt, chosen, rejected"):
+        build_ranking_dataset(ds, _tok(), None, "pairs.jsonl")
