@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's rlhf_kit, whichever checkout was pip-installed last
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -55,7 +56,8 @@ def run_cli(stage: str, args: list[str], launcher: str = "python", timeout: int 
                str(REPO / "recipes/accelerate/cpu.yaml"), script]
     else:
         cmd = [sys.executable, script]
-    return subprocess.run(cmd + args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(cmd + args, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def load_recipe(stage: str):

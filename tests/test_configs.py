@@ -23,6 +23,7 @@ def test_recipe_config_parses(path: Path):
     stage = path.stem
     parsed = parse_stage_args(_dataclasses(stage), ["--config", str(path)])
     output_dirs = [p.output_dir for p in parsed if hasattr(p, "output_dir")]
+    output_dirs += [str(Path(p.run_dir) / "eval") for p in parsed if hasattr(p, "run_dir")]  # eval: run_dir/eval
     assert output_dirs and Path(output_dirs[0]).name == stage, "outputs go to runs/<name>/<stage>/"
     raw = yaml.safe_load(path.read_text())
     for cfg in parsed:  # every YAML value reached its dataclass
