@@ -125,6 +125,11 @@ def quantization_kwargs(model_args) -> dict:
     kwargs = {}
     if model_args is None:
         return kwargs
+    if model_args.load_in_4bit and model_args.dtype in (None, "auto", "float32"):
+        # QLoRA (Dettmers et al. 2023) computes in bf16, and TRL casts the trainable adapter and head of a 4-bit
+        # model to bf16, so the unquantized rest (norms, embeddings) must be bf16 too.
+        logger.info("load_in_4bit: computing in bfloat16 (QLoRA); set dtype: float16 for GPUs without bf16")
+        model_args.dtype = "bfloat16"
     if model_args.dtype not in (None, "auto"):
         import torch
 

@@ -28,7 +28,8 @@ def kwise_loss(rewards: torch.Tensor, group: torch.Tensor, ranks: torch.Tensor, 
     ``margins`` (optional, per completion) gives a pair the margin ``margins_w - margins_l`` (graded scores).
     Returns (loss, per-pair correctness, per-pair weight) for metrics.
     """
-    weights = torch.ones_like(rewards) if weights is None else weights
+    rewards = rewards.float()  # the loss in fp32 whatever the model computes in (bf16 under QLoRA)
+    weights = torch.ones_like(rewards) if weights is None else weights.float()
     better = (group[:, None] == group[None, :]) & (ranks[:, None] < ranks[None, :])  # [w, l] pairs of one prompt
     w_idx, l_idx = better.nonzero(as_tuple=True)
     diff = rewards[w_idx] - rewards[l_idx]
