@@ -6,7 +6,7 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 ACCELERATE_CONFIG ?= recipes/accelerate/cpu.yaml
 RUN_CONFIGS ?= recipes/configs/demo
-LAUNCH = $(PYTHON) -m accelerate.commands.launch --config_file $(ACCELERATE_CONFIG)
+LAUNCH = $(PYTHON) -m rlhf_kit.launch --config_file $(ACCELERATE_CONFIG)  # accelerate launch, minus its traceback on failure
 STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false

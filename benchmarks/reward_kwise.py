@@ -81,9 +81,9 @@ def main(args: BenchArguments):
     from rlhf_kit.data import load_rows
     from rlhf_kit.evaluation import heldout_gold_pairs
     from rlhf_kit.generation import sample_responses
-    from rlhf_kit.training import setup_logging
+    from rlhf_kit.training import setup_run
 
-    setup_logging()
+    setup_run(seed=args.seed)
     runs.require_stage_output(args.sft_path, "SFT policy")
     tokenizer = modeling.load_tokenizer(args.sft_path)
     policy = modeling.load_causal_lm(args.sft_path)

@@ -16,10 +16,10 @@ def main(script_args: BaseArguments, training_args: SFTConfig):
 
     from rlhf_kit import modeling, runs, world
     from rlhf_kit.data import load_rows
-    from rlhf_kit.training import save_log_history, setup_logging, train_with_resume
+    from rlhf_kit.training import apply_global_batch, report_rank, save_log_history, setup_run, train_with_resume
     from rlhf_kit.trl_compat import SFTTrainer
 
-    setup_logging(training_args)
+    setup_run(training_args)
     started, out, is_main = time.time(), training_args.output_dir, PartialState().is_main_process
     with PartialState().main_process_first():  # every rank reads the files the main process writes
         if is_main:
@@ -32,9 +32,11 @@ def main(script_args: BaseArguments, training_args: SFTConfig):
         tokenizer, script_args.hidden_size, script_args.intermediate_size, script_args.num_hidden_layers,
         script_args.num_attention_heads, script_args.max_position_embeddings, seed=training_args.seed,
     )
+    apply_global_batch(script_args.global_batch_size, training_args)
     runs.start_stage(out, "base", (script_args, training_args), is_main)
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=corpus, processing_class=tokenizer)
     metrics = train_with_resume(trainer, out, script_args.force)
+    report_rank(trainer, "base")
     if is_main:
         save_log_history(trainer, out)
         modeling.save_stage_model(trainer.model, tokenizer, out, base_path=out)

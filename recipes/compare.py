@@ -14,9 +14,9 @@ def main(args: CompareArguments):
     from rlhf_kit import compare, modeling, runs
     from rlhf_kit.data import build_prompt_dataset, load_rows
     from rlhf_kit.generation import sample_responses
-    from rlhf_kit.training import setup_logging
+    from rlhf_kit.training import setup_run
 
-    setup_logging()
+    setup_run(seed=args.seed)
     started, out = time.time(), args.output_dir
     if runs.skip_if_complete(out, "compare", args.force):
         return

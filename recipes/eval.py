@@ -22,9 +22,9 @@ def main(args: EvalArguments):
     from rlhf_kit.data import load_rows
     from rlhf_kit.generation import sample_responses
     from rlhf_kit.metrics import load_metric
-    from rlhf_kit.training import setup_logging
+    from rlhf_kit.training import setup_run
 
-    setup_logging()
+    setup_run(seed=args.seed)
     started, run_dir = time.time(), Path(args.run_dir)
     out = run_dir / "eval"
     if runs.skip_if_complete(str(out), "eval", args.force):

@@ -17,10 +17,10 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
 
     from rlhf_kit import modeling, runs
     from rlhf_kit.data import build_prompt_dataset, load_rows
-    from rlhf_kit.training import last_logged, save_log_history, setup_logging
-    from rlhf_kit.trl_compat import PPOTrainer
+    from rlhf_kit.training import apply_global_batch, last_logged, report_rank, save_log_history, setup_run
+    from rlhf_kit.trl_compat import PPOTrainer, ppo_needs_explicit_reference
 
-    setup_logging(training_args)
+    setup_run(training_args)
     started, out, is_main = time.time(), training_args.output_dir, PartialState().is_main_process
     if runs.skip_if_complete(out, "ppo", script_args.force):
         return
@@ -34,9 +34,11 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
                                    max_rows=script_args.max_rows)
     peft_config = modeling.build_peft_config(model_args, "CAUSAL_LM")
     policy = modeling.load_causal_lm(sft, model_args, "SFT policy")
-    ref_policy = None if peft_config else modeling.load_causal_lm(sft, what="SFT reference")
+    explicit_ref = ppo_needs_explicit_reference(peft_config is not None, PartialState().num_processes)
+    ref_policy = modeling.load_causal_lm(sft, what="SFT reference") if explicit_ref else None
     reward_model = modeling.load_reward_model(rm)
     value_model = modeling.load_reward_model(rm)  # InstructGPT: the value function starts from the RM
+    apply_global_batch(script_args.global_batch_size, training_args)
     runs.start_stage(out, "ppo", (script_args, training_args, model_args), is_main)
     trainer = PPOTrainer(
         args=training_args, processing_class=tokenizer, model=policy, ref_model=ref_policy,
@@ -44,6 +46,7 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
         eval_dataset=prompts.select(range(min(script_args.eval_rows, len(prompts)))), peft_config=peft_config,
     )
     trainer.train()
+    report_rank(trainer, "ppo")
     if is_main:
         save_log_history(trainer, out)
         policy = trainer.accelerator.unwrap_model(trainer.model).policy

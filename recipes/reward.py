@@ -18,10 +18,17 @@ def main(script_args: RewardArguments, training_args: RewardConfig, model_args: 
 
     from rlhf_kit import modeling, runs
     from rlhf_kit.ranking import RankingRewardTrainer, load_reward_dataset
-    from rlhf_kit.training import last_logged, save_log_history, setup_logging, train_with_resume
+    from rlhf_kit.training import (
+        apply_global_batch,
+        last_logged,
+        report_rank,
+        save_log_history,
+        setup_run,
+        train_with_resume,
+    )
     from rlhf_kit.trl_compat import RewardTrainer
 
-    setup_logging(training_args)
+    setup_run(training_args)
     started, out, is_main = time.time(), training_args.output_dir, PartialState().is_main_process
     if runs.skip_if_complete(out, "reward", script_args.force):
         return
@@ -35,6 +42,7 @@ def main(script_args: RewardArguments, training_args: RewardConfig, model_args: 
     eval_set = prepare(script_args.eval_dataset_path) if script_args.eval_dataset_path else None
     model = modeling.load_reward_model(sft, model_args, "SFT model")
     model.config.pad_token_id = tokenizer.pad_token_id
+    apply_global_batch(script_args.global_batch_size, training_args)
     runs.start_stage(out, "reward", (script_args, training_args, model_args), is_main)
     kwise = script_args.ranking_loss == "kwise"
     trainer_cls = RankingRewardTrainer if kwise else RewardTrainer
@@ -43,6 +51,7 @@ def main(script_args: RewardArguments, training_args: RewardConfig, model_args: 
                           processing_class=tokenizer, peft_config=modeling.build_peft_config(model_args, "SEQ_CLS"),
                           **extra)
     metrics = train_with_resume(trainer, out, script_args.force)
+    report_rank(trainer, "reward")
     summary = {"rows": len(train_set), "ranking_loss": script_args.ranking_loss,
                "train_loss": metrics.get("train_loss")}
     if eval_set is not None:

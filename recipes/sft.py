@@ -16,10 +16,10 @@ def main(script_args: DataArguments, training_args: SFTConfig, model_args: Model
 
     from rlhf_kit import modeling, runs
     from rlhf_kit.data import build_sft_dataset, load_rows
-    from rlhf_kit.training import save_log_history, setup_logging, train_with_resume
+    from rlhf_kit.training import apply_global_batch, report_rank, save_log_history, setup_run, train_with_resume
     from rlhf_kit.trl_compat import SFTTrainer
 
-    setup_logging(training_args)
+    setup_run(training_args)
     started, out, is_main = time.time(), training_args.output_dir, PartialState().is_main_process
     if runs.skip_if_complete(out, "sft", script_args.force):
         return
@@ -31,10 +31,12 @@ def main(script_args: DataArguments, training_args: SFTConfig, model_args: Model
                                                 script_args.max_rows)
     training_args.assistant_only_loss = assistant_only
     model = modeling.load_causal_lm(base, model_args, "base model")
+    apply_global_batch(script_args.global_batch_size, training_args)
     runs.start_stage(out, "sft", (script_args, training_args, model_args), is_main)
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=modeling.build_peft_config(model_args, "CAUSAL_LM"))
     metrics = train_with_resume(trainer, out, script_args.force)
+    report_rank(trainer, "sft")
     if is_main:
         save_log_history(trainer, out)
         modeling.save_stage_model(trainer.model, tokenizer, out, base, model_args)

@@ -23,7 +23,16 @@ class StageArguments:
 
 
 @dataclass
-class BaseArguments(StageArguments):
+class TrainArguments(StageArguments):
+    """Fields shared by the training stages."""
+
+    global_batch_size: int | None = field(default=None, metadata={
+        "help": "Examples per optimizer step over all processes; sets per_device_train_batch_size to "
+                "global / (world size x gradient_accumulation_steps), so runs on any process count match."})
+
+
+@dataclass
+class BaseArguments(TrainArguments):
     """Stage 0: build and briefly pretrain the embedded tiny model on the demo world's corpus."""
 
     data_dir: str = field(default="runs/demo/data", metadata={"help": "Where the demo world's JSONL splits go."})
@@ -37,7 +46,7 @@ class BaseArguments(StageArguments):
 
 
 @dataclass
-class DataArguments(StageArguments):
+class DataArguments(TrainArguments):
     """A training stage's dataset: a local file (.jsonl/.json/.parquet/.csv), a local folder, or a Hub id."""
 
     dataset_path: str = field(default="", metadata={"help": "Dataset file, folder or Hub id."})
@@ -69,8 +78,14 @@ class CompareArguments(StageArguments):
 
 def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
     """Parse ``--config file.yaml`` plus CLI overrides into the given dataclasses; user mistakes become UserError."""
+    import torch
+
     from rlhf_kit.trl_compat import TrlParser
 
+    if not torch.cuda.is_available():
+        # accelerate's multi-process launcher does not pass `use_cpu` to the ranks, and without it they see no GPU,
+        # pick DistributedType.NO and each trains alone; with it they form a gloo data-parallel group.
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" in argv:
         i = argv.index("--config")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -15,7 +16,8 @@ def exit_on_user_error(fn: Callable[[], object]) -> None:
     try:
         fn()
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank hits the same mistake; say it once
+            print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: the stage was not marked complete; rerun the same command to continue", file=sys.stderr)

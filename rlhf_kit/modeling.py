@@ -150,10 +150,28 @@ def quantization_kwargs(model_args) -> dict:
     return kwargs
 
 
+def require_4bit_support(path: str, model_args) -> None:
+    """Refuse 4-bit where bitsandbytes cannot run it: its CPU kernels quantize each layer's inputs in blocks of 64,
+    so every layer width must be a multiple of 64 (real checkpoints are; tiny test models may not be)."""
+    import torch
+    from transformers import AutoConfig
+
+    if model_args is None or not model_args.load_in_4bit or torch.cuda.is_available():
+        return
+    config = _load(AutoConfig.from_pretrained, path, "model config")
+    widths = {k: getattr(config, k, None) for k in ("hidden_size", "intermediate_size", "n_embd")}
+    odd = {k: v for k, v in widths.items() if isinstance(v, int) and v % 64}
+    if odd:
+        detail = ", ".join(f"{k}={v}" for k, v in odd.items())
+        raise UserError(f"load_in_4bit: bitsandbytes' CPU 4-bit kernels need layer widths that are multiples of 64, "
+                        f"but {path} has {detail}; drop load_in_4bit or use a GPU")
+
+
 def load_causal_lm(path: str, model_args=None, what: str = "policy"):
     """A causal LM (policy or reference) from a folder or Hub id."""
     from transformers import AutoModelForCausalLM
 
+    require_4bit_support(path, model_args)
     return _load(AutoModelForCausalLM.from_pretrained, path, what, **quantization_kwargs(model_args))
 
 
@@ -161,6 +179,7 @@ def load_reward_model(path: str, model_args=None, what: str = "reward model"):
     """A sequence-classification model with one output: the scalar reward r(x, y)."""
     from transformers import AutoModelForSequenceClassification
 
+    require_4bit_support(path, model_args)
     return _load(AutoModelForSequenceClassification.from_pretrained, path, what, num_labels=1,
                  **quantization_kwargs(model_args))
 

@@ -74,12 +74,15 @@ def start_stage(output_dir: str, stage: str, configs: tuple, is_main: bool = Tru
 
 def finish_stage(output_dir: str, stage: str, started: float, summary: dict, is_main: bool = True) -> None:
     """Write the completion marker (last) and print the stage's one-line summary."""
+    from accelerate import PartialState
+
     wall = time.time() - started
-    if is_main:
-        record = {"stage": stage, "wall_seconds": round(wall, 2), **summary}
-        tmp = Path(output_dir) / (MARKER + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2))
-        tmp.replace(Path(output_dir) / MARKER)
+    if not is_main:
+        return
+    record = {"stage": stage, "wall_seconds": round(wall, 2), "world_size": PartialState().num_processes, **summary}
+    tmp = Path(output_dir) / (MARKER + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(Path(output_dir) / MARKER)
     parts = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
     print(f"[{stage}] done in {wall:.1f}s: {parts} -> {output_dir}")
 

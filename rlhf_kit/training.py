@@ -7,17 +7,46 @@ import os
 import sys
 
 
-def setup_logging(training_args=None) -> None:
-    """Plain ``level name: message`` logging on the main process, warnings only elsewhere."""
+def setup_run(training_args=None, seed: int | None = None) -> None:
+    """Logging (``level name: message`` on the main process, warnings elsewhere) and every RNG seeded.
+
+    Seeding here, before any model is loaded, fixes the initial LoRA matrices (TRL builds the adapter before the
+    Trainer seeds) and the fresh reward head (initialised by ``from_pretrained``): same seed, same run.
+    """
     import datasets
     import transformers
 
+    seed = training_args.seed if seed is None and training_args is not None else seed
+    if seed is not None:
+        transformers.set_seed(seed)
     is_main = training_args is None or training_args.process_index == 0
     level = logging.INFO if is_main else logging.WARNING
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout, level=level)
     transformers.utils.logging.set_verbosity_warning()
     datasets.utils.logging.set_verbosity_error()
     datasets.disable_progress_bars()  # keep the trainer's progress bar the only one
+
+
+def apply_global_batch(global_batch_size: int | None, training_args) -> None:
+    """Set the per-device batch from a global batch; refuse one the processes cannot share evenly."""
+    from accelerate import PartialState
+
+    from rlhf_kit.errors import UserError
+
+    if not global_batch_size:
+        return
+    # PartialState, not training_args.world_size: PPOConfig shadows that property with a field that TRL fills later.
+    world, accum = PartialState().num_processes, training_args.gradient_accumulation_steps
+    if global_batch_size % (world * accum):
+        raise UserError(f"global_batch_size={global_batch_size} is not divisible by world size {world} x "
+                        f"gradient_accumulation_steps {accum}; use a multiple of {world * accum}")
+    training_args.per_device_train_batch_size = global_batch_size // (world * accum)
+
+
+def report_rank(trainer, stage: str) -> None:
+    """Each process says how many optimizer steps it took (all ranks train; only the main one writes)."""
+    acc = trainer.accelerator
+    print(f"[{stage}] rank {acc.process_index}/{acc.num_processes} trained {trainer.state.global_step} steps")
 
 
 def last_checkpoint(output_dir: str) -> str | None:

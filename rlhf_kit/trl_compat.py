@@ -21,3 +21,13 @@ from trl import (  # noqa: E402,F401  (re-exported)
 )
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers  # noqa: E402,F401
 from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: E402,F401  (removed in TRL 1.13)
+
+
+def ppo_needs_explicit_reference(uses_peft: bool, num_processes: int) -> bool:
+    """Whether PPOTrainer must be given the reference policy rather than derive it by disabling the adapter.
+
+    TRL 1.12's adapter-disabled reference (``null_ref_context``) reads ``.policy`` off ``self.model``, which is the
+    DistributedDataParallel wrapper when there is more than one process, and fails. An explicit frozen copy of the
+    SFT model gives the same reference values at the cost of one more model in memory.
+    """
+    return not uses_peft or num_processes > 1

@@ -51,9 +51,10 @@ def stage_paths(root: Path, stage: str) -> list[str]:
 def run_cli(stage: str, args: list[str], launcher: str = "python", timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``recipes/<stage>.py`` as a user would (python or accelerate launch), from the repository root."""
     script = str(REPO / "recipes" / f"{stage}.py")
-    if launcher == "accelerate":
+    if launcher.startswith("accelerate"):
+        hardware = "cpu_2proc.yaml" if launcher == "accelerate-2proc" else "cpu.yaml"
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / "recipes/accelerate/cpu.yaml"), script]
+               str(REPO / "recipes/accelerate" / hardware), script]
     else:
         cmd = [sys.executable, script]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
