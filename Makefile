@@ -6,12 +6,13 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 ACCELERATE_CONFIG ?= recipes/accelerate/cpu.yaml
 RUN_CONFIGS ?= recipes/configs/demo
+RUN ?= demo
 LAUNCH = $(PYTHON) -m rlhf_kit.launch --config_file $(ACCELERATE_CONFIG)  # accelerate launch, minus its traceback on failure
 STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test lint demo base sft compare reward ppo eval bench-reward clean
+.PHONY: install test lint demo base sft compare reward ppo eval bench-reward push clean
 
 install: $(STAMP)
 
@@ -51,6 +52,12 @@ eval: install
 # K-wise vs pairwise reward training on the same rankings (needs `make sft`).
 bench-reward: install
 	$(PYTHON) benchmarks/reward_kwise.py --config benchmarks/reward_kwise.yaml
+
+# Export a finished stage (merged model + model card) and upload it: make push STAGE=ppo HUB_ID=user/name
+# [ADAPTER_ONLY=1] [DRY_RUN=1]. The token comes from HF_TOKEN or `hf auth login`.
+push: install
+	$(if $(STAGE),,$(error set STAGE=sft, reward or ppo))$(if $(HUB_ID),,$(error set HUB_ID=owner/name))
+	$(PYTHON) -m rlhf_kit.cli push runs/$(RUN)/$(STAGE) $(HUB_ID) $(if $(ADAPTER_ONLY),--adapter-only) $(if $(DRY_RUN),--dry-run)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -15,7 +15,7 @@ from rlhf_kit.trl_compat import ModelConfig, PPOConfig
 def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelConfig):
     from accelerate import PartialState
 
-    from rlhf_kit import modeling, runs
+    from rlhf_kit import hub, modeling, runs
     from rlhf_kit.data import build_prompt_dataset, load_rows
     from rlhf_kit.training import apply_global_batch, last_logged, report_rank, save_log_history, setup_run
     from rlhf_kit.trl_compat import PPOTrainer, ppo_needs_explicit_reference
@@ -24,6 +24,7 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
     started, out, is_main = time.time(), training_args.output_dir, PartialState().is_main_process
     if runs.skip_if_complete(out, "ppo", script_args.force):
         return
+    hub_id = hub.check_push_request(training_args)
     sft, rm = model_args.model_name_or_path, training_args.reward_model_path
     runs.require_stage_output(sft, "SFT policy")
     runs.require_stage_output(rm, "reward model")
@@ -53,6 +54,8 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
         modeling.save_stage_model(policy, tokenizer, out, sft, model_args)
     summary = last_logged(trainer, ["objective/scores", "objective/kl", "objective/rlhf_reward", "episode"])
     runs.finish_stage(out, "ppo", started, {k.split("/")[-1]: v for k, v in summary.items()}, is_main)
+    if hub_id and is_main:
+        hub.push_stage(out, hub_id)
 
 
 if __name__ == "__main__":

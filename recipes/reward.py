@@ -16,7 +16,7 @@ from rlhf_kit.trl_compat import ModelConfig, RewardConfig
 def main(script_args: RewardArguments, training_args: RewardConfig, model_args: ModelConfig):
     from accelerate import PartialState
 
-    from rlhf_kit import modeling, runs
+    from rlhf_kit import hub, modeling, runs
     from rlhf_kit.ranking import RankingRewardTrainer, load_reward_dataset
     from rlhf_kit.training import (
         apply_global_batch,
@@ -32,6 +32,7 @@ def main(script_args: RewardArguments, training_args: RewardConfig, model_args: 
     started, out, is_main = time.time(), training_args.output_dir, PartialState().is_main_process
     if runs.skip_if_complete(out, "reward", script_args.force):
         return
+    hub_id = hub.check_push_request(training_args)
     sft = model_args.model_name_or_path
     runs.require_stage_output(sft, "SFT model")
     tokenizer = modeling.load_tokenizer(sft)
@@ -61,6 +62,8 @@ def main(script_args: RewardArguments, training_args: RewardConfig, model_args: 
         save_log_history(trainer, out)
         modeling.save_stage_model(trainer.model, tokenizer, out, sft, model_args)
     runs.finish_stage(out, "reward", started, summary, is_main)
+    if hub_id and is_main:
+        hub.push_stage(out, hub_id)
 
 
 if __name__ == "__main__":

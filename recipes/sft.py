@@ -14,7 +14,7 @@ from rlhf_kit.trl_compat import ModelConfig, SFTConfig
 def main(script_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig):
     from accelerate import PartialState
 
-    from rlhf_kit import modeling, runs
+    from rlhf_kit import hub, modeling, runs
     from rlhf_kit.data import build_sft_dataset, load_rows
     from rlhf_kit.training import apply_global_batch, report_rank, save_log_history, setup_run, train_with_resume
     from rlhf_kit.trl_compat import SFTTrainer
@@ -23,6 +23,7 @@ def main(script_args: DataArguments, training_args: SFTConfig, model_args: Model
     started, out, is_main = time.time(), training_args.output_dir, PartialState().is_main_process
     if runs.skip_if_complete(out, "sft", script_args.force):
         return
+    hub_id = hub.check_push_request(training_args)
     base = model_args.model_name_or_path
     runs.require_stage_output(base, "base model")
     tokenizer = modeling.load_tokenizer(base)
@@ -41,6 +42,8 @@ def main(script_args: DataArguments, training_args: SFTConfig, model_args: Model
         save_log_history(trainer, out)
         modeling.save_stage_model(trainer.model, tokenizer, out, base, model_args)
     runs.finish_stage(out, "sft", started, {"rows": len(dataset), "train_loss": metrics.get("train_loss")}, is_main)
+    if hub_id and is_main:
+        hub.push_stage(out, hub_id)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ def stage_paths(root: Path, stage: str) -> list[str]:
     return [str(x) for x in paths[stage]]
 
 
-def run_cli(stage: str, args: list[str], launcher: str = "python", timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(stage: str, args: list[str], launcher: str = "python", timeout: int = 600,
+            env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``recipes/<stage>.py`` as a user would (python or accelerate launch), from the repository root."""
     script = str(REPO / "recipes" / f"{stage}.py")
     if launcher.startswith("accelerate"):
@@ -57,7 +58,7 @@ def run_cli(stage: str, args: list[str], launcher: str = "python", timeout: int 
                str(REPO / "recipes/accelerate" / hardware), script]
     else:
         cmd = [sys.executable, script]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run(cmd + args, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
