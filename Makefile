@@ -12,7 +12,7 @@ STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test lint demo base sft compare reward ppo eval bench-reward push clean
+.PHONY: install test lint demo base sft compare reward ppo eval bench-reward push data-validate data-preview clean
 
 install: $(STAMP)
 
@@ -52,6 +52,15 @@ eval: install
 # K-wise vs pairwise reward training on the same rankings (needs `make sft`).
 bench-reward: install
 	$(PYTHON) benchmarks/reward_kwise.py --config benchmarks/reward_kwise.yaml
+
+# Data cards: make data-validate CARD=hh_rlhf [DATA_DIR=tests/fixtures/cards] [SPLIT=train]
+data-validate: install
+	$(if $(CARD),,$(error set CARD=<name>, e.g. CARD=oasst1))
+	$(PYTHON) -m rlhf_kit.cli data validate $(CARD) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(SPLIT),--split $(SPLIT))
+
+data-preview: install
+	$(if $(CARD),,$(error set CARD=<name>, e.g. CARD=oasst1))
+	$(PYTHON) -m rlhf_kit.cli data preview $(CARD) -n $(or $(N),3) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(SPLIT),--split $(SPLIT))
 
 # Export a finished stage (merged model + model card) and upload it: make push STAGE=ppo HUB_ID=user/name
 # [ADAPTER_ONLY=1] [DRY_RUN=1]. The token comes from HF_TOKEN or `hf auth login`.

@@ -16,7 +16,7 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
     from accelerate import PartialState
 
     from rlhf_kit import hub, modeling, runs
-    from rlhf_kit.data import build_prompt_dataset, load_rows
+    from rlhf_kit.data import build_prompt_dataset, load_stage_rows
     from rlhf_kit.training import apply_global_batch, last_logged, report_rank, save_log_history, setup_run
     from rlhf_kit.trl_compat import PPOTrainer, ppo_needs_explicit_reference
 
@@ -30,8 +30,8 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
     runs.require_stage_output(rm, "reward model")
     tokenizer = modeling.load_tokenizer(sft, padding_side="left")  # rollouts continue prompts from the right
     modeling.require_same_tokenizer(tokenizer, modeling.load_tokenizer(rm), "policy", "reward model")
-    prompts = build_prompt_dataset(load_rows(script_args.dataset_path, script_args.dataset_split), tokenizer,
-                                   script_args.max_prompt_length, script_args.dataset_path, "ppo",
+    rows, label = load_stage_rows(script_args, "prompts")
+    prompts = build_prompt_dataset(rows, tokenizer, script_args.max_prompt_length, label, "ppo",
                                    max_rows=script_args.max_rows)
     peft_config = modeling.build_peft_config(model_args, "CAUSAL_LM")
     policy = modeling.load_causal_lm(sft, model_args, "SFT policy")

@@ -17,7 +17,8 @@ def main(script_args: RewardArguments, training_args: RewardConfig, model_args: 
     from accelerate import PartialState
 
     from rlhf_kit import hub, modeling, runs
-    from rlhf_kit.ranking import RankingRewardTrainer, load_reward_dataset
+    from rlhf_kit.data import load_rows, load_stage_rows
+    from rlhf_kit.ranking import RankingRewardTrainer, build_reward_dataset
     from rlhf_kit.training import (
         apply_global_batch,
         last_logged,
@@ -36,11 +37,12 @@ def main(script_args: RewardArguments, training_args: RewardConfig, model_args: 
     sft = model_args.model_name_or_path
     runs.require_stage_output(sft, "SFT model")
     tokenizer = modeling.load_tokenizer(sft)
-    prepare = lambda path: load_reward_dataset(  # noqa: E731
-        path, script_args.dataset_split, tokenizer, training_args.max_length, script_args.ranking_loss,
-        script_args.k_max, script_args.max_rows)
-    train_set = prepare(script_args.dataset_path)
-    eval_set = prepare(script_args.eval_dataset_path) if script_args.eval_dataset_path else None
+    prepare = lambda rows, label: build_reward_dataset(  # noqa: E731
+        rows, label, tokenizer, training_args.max_length, script_args.ranking_loss, script_args.k_max,
+        script_args.max_rows)
+    train_set = prepare(*load_stage_rows(script_args, "comparisons"))
+    held = script_args.eval_dataset_path
+    eval_set = prepare(load_rows(held, script_args.dataset_split), held) if held else None
     model = modeling.load_reward_model(sft, model_args, "SFT model")
     model.config.pad_token_id = tokenizer.pad_token_id
     apply_global_batch(script_args.global_batch_size, training_args)

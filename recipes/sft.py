@@ -15,7 +15,7 @@ def main(script_args: DataArguments, training_args: SFTConfig, model_args: Model
     from accelerate import PartialState
 
     from rlhf_kit import hub, modeling, runs
-    from rlhf_kit.data import build_sft_dataset, load_rows
+    from rlhf_kit.data import build_sft_dataset, load_stage_rows
     from rlhf_kit.training import apply_global_batch, report_rank, save_log_history, setup_run, train_with_resume
     from rlhf_kit.trl_compat import SFTTrainer
 
@@ -27,9 +27,8 @@ def main(script_args: DataArguments, training_args: SFTConfig, model_args: Model
     base = model_args.model_name_or_path
     runs.require_stage_output(base, "base model")
     tokenizer = modeling.load_tokenizer(base)
-    rows = load_rows(script_args.dataset_path, script_args.dataset_split)
-    dataset, assistant_only = build_sft_dataset(rows, tokenizer, training_args.max_length, script_args.dataset_path,
-                                                script_args.max_rows)
+    rows, label = load_stage_rows(script_args, "sft")
+    dataset, assistant_only = build_sft_dataset(rows, tokenizer, training_args.max_length, label, script_args.max_rows)
     training_args.assistant_only_loss = assistant_only
     model = modeling.load_causal_lm(base, model_args, "base model")
     apply_global_batch(script_args.global_batch_size, training_args)

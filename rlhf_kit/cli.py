@@ -1,6 +1,8 @@
 """``rlhf-kit`` command line: tools around the recipes.
 
     rlhf-kit push runs/demo/sft user/tiny-sft [--adapter-only] [--dry-run]
+    rlhf-kit data validate hh_rlhf [--data-dir DIR] [--split train]
+    rlhf-kit data preview oasst1 --stage comparisons -n 3
 """
 
 from __future__ import annotations
@@ -20,11 +22,50 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--dry-run", action="store_true", help="write the folder that would be uploaded; upload nothing")
     push.add_argument("--export-dir", default=None, help="where the export goes (default: <stage_dir>/export)")
     push.add_argument("--private", action="store_true", help="create the repository as private")
+    data = sub.add_parser("data", help="data cards: validate or preview")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    validate = data_sub.add_parser("validate", help="check a card; count rows kept and dropped by reason, per stage")
+    preview = data_sub.add_parser("preview", help="print a card's first canonical rows")
+    for p in (validate, preview):
+        p.add_argument("card", help="a card name (data_cards/<name>.md) or path")
+        p.add_argument("--split", default=None, help="split to read (default: the card's first)")
+        p.add_argument("--stage", default=None, help="sft, comparisons or prompts (default: every stage it serves)")
+        p.add_argument("--data-dir", default=None, help="local copies as <dir>/<card>/<split>.jsonl (offline)")
+    preview.add_argument("-n", type=int, default=3, help="rows to print")
     return parser
+
+
+def data_command(args) -> None:
+    """``rlhf-kit data validate|preview``: one block per stage the card serves."""
+    import json
+
+    import datasets
+
+    from rlhf_kit.cards import canonical_rows, load_card
+
+    datasets.disable_progress_bars()
+    card = load_card(args.card)
+    split = args.split or card.splits[0]
+    source = card.source.get("hub_id") or card.source.get("files")
+    if args.data_dir:
+        source = f"{source} (local copy in {args.data_dir}/{card.name})"
+    print(f"card {card.name}: {source}, revision {card.source.get('revision', 'local')}, license {card.license}")
+    for stage in [args.stage] if args.stage else card.stages:
+        rows, dropped, read = canonical_rows(card, stage, split, args.data_dir)
+        if args.data_command == "validate":
+            reasons = ", ".join(f"{n} {r}" for r, n in sorted(dropped.items())) or "none"
+            print(f"  {stage:<12} split {split}: {read} rows read, {len(rows)} kept, "
+                  f"{sum(dropped.values())} dropped ({reasons})")
+        else:
+            print(f"--- {stage} ({len(rows)} rows from split {split})")
+            for row in rows[: args.n]:
+                print(json.dumps(row, ensure_ascii=False))
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "data":
+        exit_on_user_error(lambda: data_command(args))
     if args.command == "push":
         from rlhf_kit.hub import push_stage
 

@@ -50,6 +50,10 @@ class DataArguments(TrainArguments):
     """A training stage's dataset: a local file (.jsonl/.json/.parquet/.csv), a local folder, or a Hub id."""
 
     dataset_path: str = field(default="", metadata={"help": "Dataset file, folder or Hub id."})
+    dataset_cards: str | None = field(default=None, metadata={
+        "help": "Data cards instead of dataset_path: 'card[:weight[:max_rows]],...' (see data_cards/README.md)."})
+    card_data_dir: str | None = field(default=None, metadata={
+        "help": "Local copies of the cards' data as <dir>/<card>/<split>.jsonl (offline use)."})
     dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
     max_rows: int | None = field(default=None, metadata={"help": "Use at most this many rows (after filtering)."})
 

@@ -53,6 +53,17 @@ def load_rows(path: str, split: str = "train"):
     return ds
 
 
+def load_stage_rows(script_args, stage: str):
+    """A stage's raw rows and a label for messages: from data cards when ``dataset_cards`` is set, else from
+    ``dataset_path``. ``stage`` is the card stage: sft, comparisons or prompts."""
+    if script_args.dataset_cards:
+        from rlhf_kit.cards import load_mixture
+
+        return (load_mixture(script_args.dataset_cards, stage, script_args.dataset_split, script_args.card_data_dir),
+                f"cards {script_args.dataset_cards}")
+    return load_rows(script_args.dataset_path, script_args.dataset_split), script_args.dataset_path
+
+
 def require_columns(ds, columns: list[str], path: str) -> None:
     """Refuse a dataset that lacks a column the stage needs."""
     missing = [c for c in columns if c not in ds.column_names]

@@ -196,16 +196,15 @@ def build_ranking_dataset(ds, tokenizer, max_length: int | None, path: str, k_ma
     return ds.select(range(min(max_rows, len(ds)))) if max_rows else ds
 
 
-def load_reward_dataset(path: str, split: str, tokenizer, max_length: int | None, ranking_loss: str, k_max: int,
-                        max_rows: int | None = None):
+def build_reward_dataset(ds, path: str, tokenizer, max_length: int | None, ranking_loss: str, k_max: int,
+                         max_rows: int | None = None):
     """Comparisons for the chosen loss: ranked lists for ``kwise``; pairs for ``pairwise`` (expanding ranked lists
-    into their C(K, 2) pairs when the dataset has rankings)."""
+    into their C(K, 2) pairs when the dataset has rankings). ``path`` names the data in messages."""
     from datasets import Dataset
 
     from rlhf_kit.compare import expand_pairs
-    from rlhf_kit.data import build_preference_dataset, load_rows
+    from rlhf_kit.data import build_preference_dataset
 
-    ds = load_rows(path, split)
     if ranking_loss == "kwise":
         return build_ranking_dataset(ds, tokenizer, max_length, path, k_max, max_rows)
     if ranking_loss != "pairwise":
