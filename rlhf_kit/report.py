@@ -45,10 +45,10 @@ def plot_gold_vs_rm(per_policy: dict[str, dict[str, list[float]]], path: Path) -
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 4))
-    for name, scores in per_policy.items():
-        ax.scatter(scores["rm"], scores["gold"], s=6, alpha=0.25)
+    for i, (name, scores) in enumerate(per_policy.items()):
+        ax.scatter(scores["rm"], scores["gold"], s=6, alpha=0.25, color=f"C{i}")
         mean_rm, mean_gold = sum(scores["rm"]) / len(scores["rm"]), sum(scores["gold"]) / len(scores["gold"])
-        ax.scatter([mean_rm], [mean_gold], s=90, edgecolor="black", label=f"{name} (mean)")
+        ax.scatter([mean_rm], [mean_gold], s=90, color=f"C{i}", edgecolor="black", label=f"{name} (responses, mean)")
     ax.set(xlabel="reward-model score", ylabel="gold score", title="Gold vs reward model, per policy")
     ax.legend(fontsize=8)
     fig.tight_layout()

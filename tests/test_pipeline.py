@@ -116,3 +116,21 @@ def test_finished_stage_is_skipped_unless_forced(pipeline):
     proc = run_cli("sft", args + ["--force", "true", "--max_steps", "2"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert marker.read_text() != before
+
+
+def test_same_seed_same_results(pipeline, tmp_path):
+    """Reruns with the same seed reproduce a stage exactly (the README's reproducibility tolerance)."""
+    from safetensors.torch import load_file
+
+    from conftest import run_inprocess
+
+    for stage in ("sft", "ppo"):
+        outs = [tmp_path / f"{stage}{i}" for i in (1, 2)]
+        for out in outs:
+            run_inprocess(stage, config_args(stage) + stage_paths(pipeline, stage) + TINY[stage]
+                          + ["--output_dir", str(out)])
+        a, b = (load_file(str(o / "adapter" / "adapter_model.safetensors")) for o in outs)
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{stage}: same seed, different adapter"
+        m1, m2 = (json.loads((o / "stage_complete.json").read_text()) for o in outs)
+        assert {k: v for k, v in m1.items() if k != "wall_seconds"} == {k: v for k, v in m2.items()
+                                                                           if k != "wall_seconds"}
