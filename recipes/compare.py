@@ -7,7 +7,7 @@ with the simulated labeler (gold score + noise). Writes full rankings and the pa
 import time
 
 from rlhf_kit.configs import CompareArguments, parse_stage_args
-from rlhf_kit.errors import exit_on_user_error
+from rlhf_kit.errors import UserError, exit_on_user_error
 
 
 def main(args: CompareArguments):
@@ -25,8 +25,8 @@ def main(args: CompareArguments):
     rows = build_prompt_dataset(load_rows(args.dataset_path, args.dataset_split), tokenizer, args.max_prompt_length,
                                 args.dataset_path, "compare", keep_columns=("prompt", "meta")).to_list()
     if "meta" not in rows[0]:
-        raise compare.UserError(f"prompts {args.dataset_path} lack the `meta` column the simulated labeler reads; "
-                                "use the demo world's prompts.jsonl")
+        raise UserError(f"prompts {args.dataset_path} lack the `meta` column the simulated labeler reads; "
+                        "use the demo world's prompts.jsonl")
     model = modeling.load_causal_lm(args.model_name_or_path, what="SFT policy")
     runs.start_stage(out, "compare", (args,))
     responses = sample_responses(model, tokenizer, [r["prompt"] for r in rows], args.num_responses,

@@ -20,6 +20,7 @@ def main(args: EvalArguments):
     from rlhf_kit import evaluation as ev
     from rlhf_kit import gold, modeling, report, runs
     from rlhf_kit.data import load_rows
+    from rlhf_kit.errors import UserError
     from rlhf_kit.generation import sample_responses
     from rlhf_kit.metrics import load_metric
     from rlhf_kit.training import setup_run
@@ -33,12 +34,13 @@ def main(args: EvalArguments):
     for stage, path in stages.items():
         if not runs.is_complete(path):
             state = "unfinished" if Path(path).exists() else "missing"
-            raise ev.UserError(f"the summary needs the {stage} stage, but {path} is {state}; run `make {stage}` first")
+            raise UserError(f"the summary needs the {stage} stage, but {path} is {state}; run `make {stage}` first")
     rows = load_rows(args.eval_dataset_path).to_list()
     if "meta" not in rows[0]:
-        raise ev.UserError(f"{args.eval_dataset_path} lacks the `meta` column the gold labeler reads; "
-                           "use the demo world's eval.jsonl")
-    ev.require_disjoint(rows, {s: load_rows(ev.stage_dataset(stages[s])).to_list() for s in ("sft", "ppo")})
+        raise UserError(f"{args.eval_dataset_path} lacks the `meta` column the gold labeler reads; "
+                        "use the demo world's eval.jsonl")
+    trained_on = {"sft": ev.stage_rows(stages["sft"], "sft"), "ppo": ev.stage_rows(stages["ppo"], "prompts")}
+    ev.require_disjoint(rows, trained_on)
     runs.start_stage(str(out), "eval", (args,))
 
     prompts, metas = [r["prompt"] for r in rows], [json.loads(r["meta"]) for r in rows]
@@ -49,11 +51,11 @@ def main(args: EvalArguments):
         policies[name] = modeling.load_causal_lm(stages[name], what=f"{name} policy")
         responses[name] = [r[0] for r in sample_responses(policies[name], tokenizer, prompts, 1, args.temperature,
                                                           args.max_new_tokens, args.batch_size, args.seed)]
-    gold_scores = {p: [gold.score_gold(m, r) for m, r in zip(metas, responses[p])] for p in ev.POLICIES}
+    rule_scores = {p: [gold.score_rules(m, r) for m, r in zip(metas, responses[p])] for p in ev.POLICIES}
+    gold_scores = {p: [gold.combine_rules(s) for s in rule_scores[p]] for p in ev.POLICIES}
     rm_scores = {p: ev.score_with_reward_model(reward_model, tokenizer, prompts, responses[p], args.batch_size)
                  for p in ev.POLICIES}
-    rules = {p: {k: sum(gold.score_rules(m, r)[k] for m, r in zip(metas, responses[p])) / len(rows)
-                 for k in gold.RULES} for p in ev.POLICIES}
+    rules = {p: {k: sum(s[k] for s in rule_scores[p]) / len(rows) for k in gold.RULES} for p in ev.POLICIES}
     win = load_metric("win_rate").compute(predictions=gold_scores["ppo"], references=gold_scores["sft"])
     pairs = ev.heldout_gold_pairs(load_rows(f"{stages['compare']}/rankings_heldout.jsonl").to_list())
     rm_w = ev.score_with_reward_model(reward_model, tokenizer, [p for p, _, _ in pairs], [w for _, w, _ in pairs])
@@ -87,9 +89,8 @@ def main(args: EvalArguments):
                            out / "gold_vs_rm.png")
     report.write_summary(run_dir, summary)
     report.write_report(run_dir, summary, rules, samples)
-    with open(out / "samples.jsonl", "w") as f:
-        for i, m in enumerate(metas):
-            f.write(json.dumps({"prompt": m["text"], **{p: responses[p][i] for p in ev.POLICIES}}) + "\n")
+    runs.write_jsonl(out / "samples.jsonl", [{"prompt": m["text"], **{p: responses[p][i] for p in ev.POLICIES}}
+                                             for i, m in enumerate(metas)])
     runs.finish_stage(str(out), "eval", started, {"win_rate": win["win_rate"], "rm_accuracy": accuracy["accuracy"]})
     print(report.headline(summary))
 

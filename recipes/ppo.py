@@ -13,6 +13,8 @@ from rlhf_kit.trl_compat import ModelConfig, PPOConfig
 
 
 def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelConfig):
+    import copy
+
     from accelerate import PartialState
 
     from rlhf_kit import hub, modeling, runs
@@ -38,7 +40,7 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
     explicit_ref = ppo_needs_explicit_reference(peft_config is not None, PartialState().num_processes)
     ref_policy = modeling.load_causal_lm(sft, what="SFT reference") if explicit_ref else None
     reward_model = modeling.load_reward_model(rm)
-    value_model = modeling.load_reward_model(rm)  # InstructGPT: the value function starts from the RM
+    value_model = copy.deepcopy(reward_model)  # InstructGPT: the value function starts from the RM
     apply_global_batch(script_args.global_batch_size, training_args)
     runs.start_stage(out, "ppo", (script_args, training_args, model_args), is_main)
     trainer = PPOTrainer(

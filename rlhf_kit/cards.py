@@ -195,16 +195,16 @@ def _assistant(text: str) -> dict:
 def adapt_canonical(rows: list[dict], stage: str) -> tuple[list[dict], Counter]:
     """Rows already in the toolkit's shapes (the demo world, rlhf_kit's comparison stage)."""
     dropped: Counter = Counter()
-    need = {"sft": ("messages",), "prompts": ("prompt",), "comparisons": ("prompt",)}[stage]
+    shapes = {"sft": [{"messages"}], "prompts": [{"prompt"}],
+              "comparisons": [{"prompt", "chosen", "rejected"}, {"prompt", "responses", "ranks"}]}[stage]
+    optional = {"meta", "scores"}  # the gold labeler's task record; graded labels for margins
     out = []
     for r in rows:
-        if not all(k in r for k in need) or (stage == "comparisons" and not ({"chosen", "rejected"} <= set(r)
-                                                                             or {"responses", "ranks"} <= set(r))):
+        shape = next((s for s in shapes if s <= set(r)), None)
+        if shape is None:
             dropped[f"missing {stage} columns"] += 1
             continue
-        keep = ("messages",) if stage == "sft" else ("prompt",) if stage == "prompts" else (
-            "prompt", "chosen", "rejected", "responses", "ranks", "scores", "meta")
-        out.append({k: r[k] for k in keep if k in r} | ({"meta": r["meta"]} if "meta" in r else {}))
+        out.append({k: r[k] for k in shape | (optional & set(r))})
     return out, dropped
 
 

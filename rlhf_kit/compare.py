@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rlhf_kit.errors import UserError
 from rlhf_kit.gold import rank_responses, score_gold
+from rlhf_kit.runs import write_jsonl
 
 
 def rank_rows(rows: list[dict], responses: list[list[str]], noise: float, seed: int) -> list[dict]:
@@ -58,15 +59,6 @@ def gold_agreement(rankings: list[dict]) -> float:
                 total += 1
                 agree += g_c > g_r
     return agree / total if total else float("nan")
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    """Write rows atomically (a partial file never replaces a complete one)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    tmp.replace(path)
 
 
 def write_comparisons(output_dir: str, rankings: list[dict], heldout_fraction: float, seed: int) -> dict:

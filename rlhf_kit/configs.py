@@ -59,7 +59,17 @@ class DataArguments(TrainArguments):
 
 
 @dataclass
-class CompareArguments(StageArguments):
+class SamplingArguments(StageArguments):
+    """Sampling from policies: comparison collection and evaluation."""
+
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (as in PPO rollouts)."})
+    max_new_tokens: int = field(default=24, metadata={"help": "Longest response."})
+    batch_size: int = field(default=64, metadata={"help": "Prompts per generation or forward batch."})
+    seed: int = field(default=0, metadata={"help": "Sampling (and simulated labeler) seed."})
+
+
+@dataclass
+class CompareArguments(SamplingArguments):
     """InstructGPT's comparison collection: K samples per prompt from the SFT policy, ranked by a labeler."""
 
     model_name_or_path: str = field(default="runs/demo/sft", metadata={"help": "The SFT policy to sample from."})
@@ -68,16 +78,41 @@ class CompareArguments(StageArguments):
     output_dir: str = field(default="runs/demo/compare", metadata={"help": "Where rankings and pairs are written."})
     num_responses: int = field(default=4, metadata={"help": "K responses per prompt (InstructGPT: 4 to 9)."})
     labeler_noise: float = field(default=0.1, metadata={"help": "Std of the simulated labeler's score noise."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
-    max_new_tokens: int = field(default=24, metadata={"help": "Longest response."})
     max_prompt_length: int = field(default=64, metadata={"help": "Prompts longer than this are dropped."})
-    batch_size: int = field(default=64, metadata={"help": "Prompts per generation batch."})
     heldout_fraction: float = field(default=0.1, metadata={"help": "Share of prompts kept for RM evaluation."})
-    seed: int = field(default=0, metadata={"help": "Sampling and labeler seed."})
 
     def __post_init__(self):
         if not 2 <= self.num_responses <= 9:
             raise UserError(f"num_responses={self.num_responses} is out of range; InstructGPT's K is 2 to 9")
+
+
+@dataclass
+class RewardArguments(DataArguments):
+    """Reward-model data: training comparisons and (optionally) held-out ones for accuracy."""
+
+    eval_dataset_path: str | None = field(default=None, metadata={"help": "Held-out comparisons (optional)."})
+    ranking_loss: str = field(default="kwise", metadata={
+        "help": "kwise: InstructGPT's loss over all C(K,2) pairs of a ranking in one batch element; pairwise: one "
+                "element per (chosen, rejected) pair.", "choices": ["kwise", "pairwise"]})
+    k_max: int = field(default=9, metadata={"help": "Most responses per ranking (InstructGPT: K = 4..9)."})
+    use_margins: bool = field(default=False, metadata={"help": "kwise: margin from graded `scores` of a ranking."})
+
+
+@dataclass
+class PPOArguments(DataArguments):
+    """PPO prompts and their length limit."""
+
+    max_prompt_length: int = field(default=64, metadata={"help": "Prompts longer than this are dropped."})
+    eval_rows: int = field(default=16, metadata={"help": "Prompts kept for TRL's sample generations."})
+
+
+@dataclass
+class EvalArguments(SamplingArguments):
+    """Evaluation of a run's base, SFT and PPO policies against the gold labeler."""
+
+    run_dir: str = field(default="runs/demo", metadata={"help": "The run: its base/sft/compare/reward/ppo folders."})
+    eval_dataset_path: str = field(default="runs/demo/data/eval.jsonl", metadata={"help": "Held-out prompts."})
+    num_report_samples: int = field(default=10, metadata={"help": "SFT-vs-PPO sample rows in the report."})
 
 
 def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
@@ -117,36 +152,3 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
         if "bf16" in msg or "fp16" in msg:
             msg += " (on a CPU set `bf16: false` in the config or pass --bf16 false)"
         raise UserError(f"invalid configuration: {msg}")
-
-
-@dataclass
-class RewardArguments(DataArguments):
-    """Reward-model data: training comparisons and (optionally) held-out ones for accuracy."""
-
-    eval_dataset_path: str | None = field(default=None, metadata={"help": "Held-out comparisons (optional)."})
-    ranking_loss: str = field(default="kwise", metadata={
-        "help": "kwise: InstructGPT's loss over all C(K,2) pairs of a ranking in one batch element; pairwise: one "
-                "element per (chosen, rejected) pair.", "choices": ["kwise", "pairwise"]})
-    k_max: int = field(default=9, metadata={"help": "Most responses per ranking (InstructGPT: K = 4..9)."})
-    use_margins: bool = field(default=False, metadata={"help": "kwise: margin from graded `scores` of a ranking."})
-
-
-@dataclass
-class PPOArguments(DataArguments):
-    """PPO prompts and their length limit."""
-
-    max_prompt_length: int = field(default=64, metadata={"help": "Prompts longer than this are dropped."})
-    eval_rows: int = field(default=16, metadata={"help": "Prompts kept for TRL's sample generations."})
-
-
-@dataclass
-class EvalArguments(StageArguments):
-    """Evaluation of a run's base, SFT and PPO policies against the gold labeler."""
-
-    run_dir: str = field(default="runs/demo", metadata={"help": "The run: its base/sft/compare/reward/ppo folders."})
-    eval_dataset_path: str = field(default="runs/demo/data/eval.jsonl", metadata={"help": "Held-out prompts."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (as in PPO rollouts)."})
-    max_new_tokens: int = field(default=24, metadata={"help": "Longest response."})
-    batch_size: int = field(default=128, metadata={"help": "Prompts per forward batch."})
-    num_report_samples: int = field(default=10, metadata={"help": "SFT-vs-PPO sample rows in the report."})
-    seed: int = field(default=0, metadata={"help": "Sampling seed (the same for every policy)."})

@@ -100,9 +100,28 @@ def _filter_counted(ds, keep, what: str, path: str):
     return ds.select(kept), reasons
 
 
-def _chat_length(tokenizer, messages, add_generation_prompt: bool = False) -> int:
-    return len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False,
-                                             add_generation_prompt=add_generation_prompt))
+def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    """Token ids of a conversation through the tokenizer's chat template: the one way every stage tokenizes."""
+    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
+def reply_ids(tokenizer, prompt: list[dict], response: str) -> list[int]:
+    """Token ids of ``prompt`` followed by the assistant turn ``response`` (what reward models score)."""
+    return chat_ids(tokenizer, prompt + [{"role": "assistant", "content": response}])
+
+
+def pad_right(seqs: list[list[int]], pad_id: int):
+    """(input_ids, attention_mask) long tensors of right-padded sequences."""
+    import torch
+
+    width = max(map(len, seqs))
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attention_mask[i, : len(s)] = 1
+    return input_ids, attention_mask
 
 
 def supports_assistant_masks(tokenizer) -> bool:
@@ -132,7 +151,7 @@ def build_sft_dataset(ds, tokenizer, max_length: int | None, path: str, max_rows
             return "malformed or empty messages"
         if m[-1]["role"] != "assistant":
             return "no final assistant turn"
-        if max_length and _chat_length(tokenizer, m) > max_length:
+        if max_length and len(chat_ids(tokenizer, m)) > max_length:
             return f"longer than max_length={max_length}"
         return None
 
@@ -156,7 +175,7 @@ def build_preference_dataset(ds, tokenizer, max_length: int | None, path: str, m
             return "malformed or empty messages"
         if row["chosen"] == row["rejected"]:
             return "chosen identical to rejected"
-        longest = max(_chat_length(tokenizer, row["prompt"] + row[k]) for k in ("chosen", "rejected"))
+        longest = max(len(chat_ids(tokenizer, row["prompt"] + row[k])) for k in ("chosen", "rejected"))
         if max_length and longest > max_length:
             return f"longer than max_length={max_length}"
         return None
@@ -169,20 +188,17 @@ def build_prompt_dataset(ds, tokenizer, max_prompt_length: int, path: str, what:
                          keep_columns: tuple = (), max_rows: int | None = None):
     """Prompts tokenized with the chat template's generation prompt (``input_ids``); over-length ones dropped."""
     require_columns(ds, ["prompt"], path)
+    ds = ds.map(lambda r: {"input_ids": chat_ids(tokenizer, r["prompt"], add_generation_prompt=True)
+                           if _valid_messages(r["prompt"]) else []})  # tokenized once, filtered on the ids
 
     def keep(row):
-        if not _valid_messages(row["prompt"]):
+        if not row["input_ids"]:
             return "malformed or empty prompt"
-        if _chat_length(tokenizer, row["prompt"], add_generation_prompt=True) > max_prompt_length:
+        if len(row["input_ids"]) > max_prompt_length:
             return f"longer than max_prompt_length={max_prompt_length}"
         return None
 
     ds, _ = _filter_counted(ds, keep, what, path)
     if max_rows:
         ds = ds.select(range(min(max_rows, len(ds))))
-    extra = [c for c in keep_columns if c in ds.column_names]
-    return ds.map(
-        lambda r: {"input_ids": tokenizer.apply_chat_template(r["prompt"], tokenize=True, return_dict=False,
-                                                              add_generation_prompt=True)},
-        remove_columns=[c for c in ds.column_names if c not in extra],
-    )
+    return ds.select_columns(["input_ids"] + [c for c in keep_columns if c in ds.column_names])

@@ -9,19 +9,24 @@ reward over-optimisation (Gao et al. 2023, Scaling Laws for Reward Model Overopt
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import yaml
-
-from rlhf_kit.errors import UserError  # noqa: F401  (re-exported for the recipe)
+from rlhf_kit.data import chat_ids, pad_right, reply_ids
+from rlhf_kit.errors import UserError
 
 POLICIES = ("base", "sft", "ppo")
 
 
-def stage_dataset(stage_dir: str) -> str | None:
-    """The dataset a finished stage trained on, from its resolved config."""
-    path = Path(stage_dir) / "rlhf_kit_config.yaml"
-    return yaml.safe_load(path.read_text()).get("dataset_path") if path.is_file() else None
+def stage_rows(stage_dir: str, card_stage: str) -> list[dict]:
+    """The rows a finished stage trained on (dataset file or data cards), read back through its resolved config."""
+    from types import SimpleNamespace
+
+    from rlhf_kit.data import load_stage_rows
+    from rlhf_kit.runs import read_config
+
+    config = read_config(stage_dir)
+    source = SimpleNamespace(**{k: config.get(k) for k in ("dataset_path", "dataset_cards", "card_data_dir")},
+                             dataset_split=config.get("dataset_split") or "train")
+    return load_stage_rows(source, card_stage)[0].to_list()
 
 
 def prompt_texts(rows: list[dict]) -> set[str]:
@@ -50,20 +55,14 @@ def score_with_reward_model(model, tokenizer, prompts: list[list[dict]], respons
     import torch
 
     scores: list[float] = []
-    side, tokenizer.padding_side = tokenizer.padding_side, "right"
     model.eval()
-    try:
-        for start in range(0, len(prompts), batch_size):
-            ids = [
-                tokenizer.apply_chat_template(p + [{"role": "assistant", "content": r}], tokenize=True,
-                                              return_dict=False)
-                for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])
-            ]
-            batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(model.device)
-            with torch.no_grad():
-                scores.extend(model(**batch).logits[:, 0].float().tolist())
-    finally:
-        tokenizer.padding_side = side
+    for start in range(0, len(prompts), batch_size):
+        seqs = [reply_ids(tokenizer, p, r)
+                for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])]
+        input_ids, mask = pad_right(seqs, tokenizer.pad_token_id)
+        with torch.no_grad():
+            logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        scores.extend(logits[:, 0].float().tolist())
     return scores
 
 
@@ -75,25 +74,14 @@ def response_logprobs(model, tokenizer, prompts: list[list[dict]], responses: li
     out: list[list[float]] = []
     model.eval()
     for start in range(0, len(prompts), batch_size):
-        batch_prompts, batch_responses = prompts[start : start + batch_size], responses[start : start + batch_size]
-        seqs, starts = [], []
-        for p, r in zip(batch_prompts, batch_responses):
-            prompt_ids = tokenizer.apply_chat_template(p, tokenize=True, return_dict=False, add_generation_prompt=True)
-            full = tokenizer.apply_chat_template(p + [{"role": "assistant", "content": r}], tokenize=True,
-                                                 return_dict=False)
-            seqs.append(full)
-            starts.append(len(prompt_ids))
-        width = max(map(len, seqs))
-        input_ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
-        mask = torch.zeros_like(input_ids)
-        for i, s in enumerate(seqs):
-            input_ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
+        pairs = list(zip(prompts[start : start + batch_size], responses[start : start + batch_size]))
+        seqs = [reply_ids(tokenizer, p, r) for p, r in pairs]
+        starts = [len(chat_ids(tokenizer, p, add_generation_prompt=True)) for p, _ in pairs]
+        input_ids, mask = pad_right(seqs, tokenizer.pad_token_id)
         with torch.no_grad():
             logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
         logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, input_ids[:, 1:, None].to(model.device))[..., 0]
-        for i, s in enumerate(seqs):
-            out.append(logp[i, starts[i] - 1 : len(s) - 1].tolist())
+        out.extend(logp[i, starts[i] - 1 : len(s) - 1].tolist() for i, s in enumerate(seqs))
     return out
 
 
@@ -110,10 +98,11 @@ def heldout_gold_pairs(rankings: list[dict]) -> list[tuple[list[dict], str, str]
     pairs = []
     for r in rankings:
         meta = json.loads(r["meta"])
-        unique = list(dict.fromkeys(r["responses"]))
+        gold = {response: score_gold(meta, response) for response in r["responses"]}  # each response scored once
+        unique = list(gold)
         for i, a in enumerate(unique):
             for b in unique[i + 1 :]:
-                ga, gb = score_gold(meta, a), score_gold(meta, b)
+                ga, gb = gold[a], gold[b]
                 if ga != gb:
                     pairs.append((r["prompt"], a, b) if ga > gb else (r["prompt"], b, a))
     return pairs

@@ -8,14 +8,15 @@ def sample_responses(model, tokenizer, prompts: list[list[dict]], k: int = 1, te
     """``k`` sampled responses per prompt (a list of messages), decoded without special tokens."""
     import torch
 
+    from rlhf_kit.data import chat_ids
+
     torch.manual_seed(seed)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues from the right end
     model.eval()
     out: list[list[str]] = []
     try:
         for start in range(0, len(prompts), batch_size):
-            ids = [tokenizer.apply_chat_template(p, tokenize=True, return_dict=False, add_generation_prompt=True)
-                   for p in prompts[start : start + batch_size]]
+            ids = [chat_ids(tokenizer, p, add_generation_prompt=True) for p in prompts[start : start + batch_size]]
             batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(model.device)
             with torch.no_grad():
                 generated = model.generate(

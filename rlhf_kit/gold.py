@@ -97,10 +97,14 @@ def score_rules(prompt: dict, response: str) -> dict[str, float]:
     return {name: rule(prompt, response) for name, rule in RULES.items()}
 
 
+def combine_rules(scores: dict[str, float]) -> float:
+    """The gold score of a response from its rule scores: their weighted mean, in [0, 1]."""
+    return sum(RULE_WEIGHTS[k] * v for k, v in scores.items()) / sum(RULE_WEIGHTS.values())
+
+
 def score_gold(prompt: dict, response: str) -> float:
     """Weighted mean of the rules, in [0, 1]."""
-    scores = score_rules(prompt, response)
-    return sum(RULE_WEIGHTS[k] * v for k, v in scores.items()) / sum(RULE_WEIGHTS.values())
+    return combine_rules(score_rules(prompt, response))
 
 
 def rank_responses(prompt: dict, responses: list[str], noise: float, rng: random.Random) -> list[int]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from rlhf_kit.errors import UserError
-from rlhf_kit.runs import MARKER, RESOLVED_CONFIG, is_complete, looks_like_hub_id, read_marker
+from rlhf_kit.runs import MARKER, is_complete, looks_like_hub_id, read_config, read_marker
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -49,7 +49,7 @@ def require_token() -> str:
 
 def build_model_card(stage_dir: Path, hub_id: str, adapter_only: bool) -> str:
     """README.md with Hub metadata: base model, stage, data, key hyperparameters, eval summary, tags."""
-    config = yaml.safe_load((stage_dir / RESOLVED_CONFIG).read_text())
+    config = read_config(str(stage_dir))
     marker = read_marker(str(stage_dir))
     stage = config["stage"]
     base = config.get("model_name_or_path") or "embedded tiny default (rlhf_kit base stage)"

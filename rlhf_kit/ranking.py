@@ -14,6 +14,7 @@ import logging
 import torch
 from torch import nn
 
+from rlhf_kit.data import pad_right, reply_ids
 from rlhf_kit.errors import UserError
 from rlhf_kit.trl_compat import RewardTrainer
 
@@ -62,12 +63,7 @@ class RankingCollator:
                 ranks.append(rank)
                 weights.append(weight)
                 margins.append(margin)
-        width = max(map(len, seqs))
-        input_ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            input_ids[i, : len(s)] = torch.tensor(s)
-            attention_mask[i, : len(s)] = 1
+        input_ids, attention_mask = pad_right(seqs, self.pad_token_id)
         batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -125,9 +121,7 @@ class RankingRewardTrainer(RewardTrainer):
 
         def tokenize(row):
             unique = dedupe_ranking(row["responses"], row["ranks"], row.get("scores"))
-            ids = [processing_class.apply_chat_template(row["prompt"] + [{"role": "assistant", "content": r}],
-                                                        tokenize=True, return_dict=False)
-                   for r in unique["responses"]]
+            ids = [reply_ids(processing_class, row["prompt"], r) for r in unique["responses"]]
             out = {"completion_ids": ids, "ranks": unique["ranks"], "weights": unique["weights"]}
             if use_margins:
                 out["margins"] = unique["scores"]
@@ -185,9 +179,7 @@ def build_ranking_dataset(ds, tokenizer, max_length: int | None, path: str, k_ma
             return "responses and ranks differ in length"
         if len(set(row["ranks"])) < 2:
             return "fewer than two distinct ranks"
-        if max_length and max(len(tokenizer.apply_chat_template(
-                row["prompt"] + [{"role": "assistant", "content": r}], tokenize=True, return_dict=False))
-                for r in row["responses"]) > max_length:
+        if max_length and max(len(reply_ids(tokenizer, row["prompt"], r)) for r in row["responses"]) > max_length:
             return f"longer than max_length={max_length}"
         return None
 

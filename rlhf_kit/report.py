@@ -94,15 +94,17 @@ def write_report(run_dir: Path, summary: dict, rules: dict[str, dict[str, float]
         cells = [s["prompt"], f"{s['sft']} ({s['gold_sft']:.2f})", f"{s['ppo']} ({s['gold_ppo']:.2f})"]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines += ["", "Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in summary["wall_seconds"].items())]
+    from rlhf_kit.runs import write_atomic
+
     path = run_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_atomic(path, "\n".join(lines) + "\n")
     return path
 
 
 def write_summary(run_dir: Path, summary: dict) -> Path:
     """``summary.json`` (written atomically)."""
+    from rlhf_kit.runs import write_atomic
+
     path = run_dir / "summary.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(summary, indent=2, sort_keys=True))
     return path

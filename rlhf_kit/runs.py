@@ -24,6 +24,19 @@ STAGES = ("base", "sft", "compare", "reward", "ppo", "eval")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a file so that a reader never sees it half-written (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
+    """JSON Lines, written atomically."""
+    write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
 def is_complete(path: str | os.PathLike) -> bool:
     """Whether ``path`` holds a finished stage output."""
     return (Path(path) / MARKER).is_file()
@@ -80,11 +93,14 @@ def finish_stage(output_dir: str, stage: str, started: float, summary: dict, is_
     if not is_main:
         return
     record = {"stage": stage, "wall_seconds": round(wall, 2), "world_size": PartialState().num_processes, **summary}
-    tmp = Path(output_dir) / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(Path(output_dir) / MARKER)
+    write_atomic(Path(output_dir) / MARKER, json.dumps(record, indent=2))
     parts = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
     print(f"[{stage}] done in {wall:.1f}s: {parts} -> {output_dir}")
+
+
+def read_config(path: str) -> dict:
+    """The resolved configuration a stage wrote when it started."""
+    return yaml.safe_load((Path(path) / RESOLVED_CONFIG).read_text())
 
 
 def read_marker(path: str) -> dict:

@@ -203,15 +203,11 @@ def build_demo_data(seed: int, flaw_rate: float = 0.2, demos_per_prompt: int = 3
 
 def write_demo_data(out_dir: str | Path, seed: int, flaw_rate: float = 0.2) -> dict[str, Path]:
     """Write the demo world's splits as JSON Lines files under ``out_dir``; returns the paths."""
+    from rlhf_kit.runs import write_jsonl
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for split, rows in build_demo_data(seed, flaw_rate).items():
-        path = out_dir / f"{split}.jsonl"
-        tmp = path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        tmp.replace(path)  # never leave a half-written split that looks complete
-        paths[split] = path
+        paths[split] = out_dir / f"{split}.jsonl"
+        write_jsonl(paths[split], rows)  # atomic: never a half-written split that looks complete
     return paths
