@@ -37,10 +37,10 @@ def train_once(args, loss: str, train_rows, heldout_pairs, tokenizer, out_dir):
     from peft import LoraConfig
 
     from rlhf_kit import modeling
-    from rlhf_kit.compare import expand_pairs
     from rlhf_kit.evaluation import score_with_reward_model
     from rlhf_kit.metrics import load_metric
     from rlhf_kit.ranking import RankingRewardTrainer, build_ranking_dataset, dedupe_ranking
+    from rlhf_kit.rows import expand_pairs
     from rlhf_kit.trl_compat import RewardConfig, RewardTrainer
 
     rankings = build_ranking_dataset(Dataset.from_list(train_rows), tokenizer, None, "bench")

@@ -18,7 +18,8 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
     from accelerate import PartialState
 
     from rlhf_kit import hub, modeling, runs
-    from rlhf_kit.data import build_prompt_dataset, load_stage_rows
+    from rlhf_kit.cards import load_stage_rows
+    from rlhf_kit.data import build_prompt_dataset
     from rlhf_kit.training import apply_global_batch, last_logged, report_rank, save_log_history, setup_run
     from rlhf_kit.trl_compat import PPOTrainer, ppo_needs_explicit_reference
 

@@ -1,9 +1,8 @@
 """Data cards: one Markdown file per dataset in ``data_cards/`` with YAML front matter (the Hub's dataset-card
 convention) that says what the data is and how its rows become the toolkit's canonical rows:
 
-- ``sft``: ``messages`` (a conversation ending with an assistant turn);
-- ``comparisons``: ``prompt`` + ``chosen`` / ``rejected``, or ``prompt`` + ``responses`` + ``ranks`` (K-wise);
-- ``prompts``: ``prompt`` (messages).
+``sft`` (conversations), ``comparisons`` (pairs or K-wise rankings) and ``prompts`` -- the shapes of
+:mod:`rlhf_kit.rows`.
 
 Each adapter below maps one public dataset's exact row schema to those rows and counts every row it drops by reason.
 """
@@ -17,10 +16,12 @@ from pathlib import Path
 
 import yaml
 
+from rlhf_kit import rows as canonical
+from rlhf_kit.data import load_rows
 from rlhf_kit.errors import UserError
 
 REQUIRED = ("name", "stages", "source", "splits", "adapter", "license", "provenance")
-STAGES = ("sft", "comparisons", "prompts")
+STAGES = tuple(canonical.SHAPES)  # sft, prompts, comparisons
 CARDS_DIR = Path(__file__).resolve().parents[1] / "data_cards"
 
 
@@ -83,8 +84,6 @@ def load_card(name_or_path: str) -> DataCard:
 
 def read_split(card: DataCard, split: str, data_dir: str | None = None):
     """Raw rows of one split: local files (the card's, or ``data_dir/<card name>/<split>.jsonl``) or the Hub."""
-    from rlhf_kit.data import load_rows
-
     if split not in card.splits:
         raise UserError(f"data card {card.name} has no split '{split}'; it has {', '.join(card.splits)}")
     if data_dir:
@@ -122,19 +121,14 @@ def canonical_rows(card: DataCard, stage: str, split: str = "train", data_dir: s
 
 
 def _drop_bad_rows(rows: list[dict], stage: str, dropped: Counter) -> list[dict]:
-    """Checks every adapter's output passes: no empty turns, distinct chosen/rejected, distinct ranked responses."""
+    """Every adapter's output passes the canonical checks (:mod:`rlhf_kit.rows`). Public datasets' rankings may not
+    repeat a response: a repeat there signals a broken row, not a sample drawn twice."""
     kept = []
     for row in rows:
-        msgs = [m for k in ("messages", "prompt", "chosen", "rejected") for m in row.get(k, [])]
-        texts = [str(m.get("content", "")) for m in msgs] + list(row.get("responses", []))
-        if any(not t.strip() for t in texts):
-            dropped["empty turn or response"] += 1
-        elif "chosen" in row and row["chosen"] == row["rejected"]:
-            dropped["chosen identical to rejected"] += 1
-        elif "responses" in row and len(set(row["responses"])) < len(row["responses"]):
-            dropped["duplicate responses in a ranking"] += 1
-        elif "ranks" in row and len(set(row["ranks"])) < 2:
-            dropped["fewer than two distinct ranks"] += 1
+        reason = canonical.check_comparison(row, duplicates_allowed=False) if stage == "comparisons" \
+            else canonical.CHECKS[stage](row)
+        if reason:
+            dropped[reason] += 1
         else:
             kept.append(row)
     return kept
@@ -181,6 +175,15 @@ def load_mixture(spec: str, stage: str, split: str = "train", data_dir: str | No
     return Dataset.from_list([{k: r[k] for k in sorted(keys)} for r in rows])
 
 
+def load_stage_rows(script_args, stage: str):
+    """A stage's raw rows and a label for messages: from data cards when ``dataset_cards`` is set, else from
+    ``dataset_path``. ``stage`` is the card stage: sft, comparisons or prompts."""
+    if script_args.dataset_cards:
+        return (load_mixture(script_args.dataset_cards, stage, script_args.dataset_split, script_args.card_data_dir),
+                f"cards {script_args.dataset_cards}")
+    return load_rows(script_args.dataset_path, script_args.dataset_split), script_args.dataset_path
+
+
 # --------------------------------------------------------------------------------------------------- adapters
 # Each adapter: (raw rows, stage, **adapter_args) -> (canonical rows, Counter of dropped rows by reason).
 
@@ -193,18 +196,15 @@ def _assistant(text: str) -> dict:
 
 
 def adapt_canonical(rows: list[dict], stage: str) -> tuple[list[dict], Counter]:
-    """Rows already in the toolkit's shapes (the demo world, rlhf_kit's comparison stage)."""
+    """Rows already in the toolkit's shapes (the demo world, rlhf_kit's comparison stage, label exports)."""
     dropped: Counter = Counter()
-    shapes = {"sft": [{"messages"}], "prompts": [{"prompt"}],
-              "comparisons": [{"prompt", "chosen", "rejected"}, {"prompt", "responses", "ranks"}]}[stage]
-    optional = {"meta", "scores"}  # the gold labeler's task record; graded labels for margins
     out = []
     for r in rows:
-        shape = next((s for s in shapes if s <= set(r)), None)
+        shape = canonical.shape_of(r, stage)
         if shape is None:
             dropped[f"missing {stage} columns"] += 1
             continue
-        out.append({k: r[k] for k in shape | (optional & set(r))})
+        out.append({k: r[k] for k in shape + tuple(k for k in canonical.OPTIONAL if k in r)})
     return out, dropped
 
 

@@ -77,7 +77,12 @@ class CompareArguments(SamplingArguments):
     dataset_split: str = field(default="train", metadata={"help": "Split of the prompts."})
     output_dir: str = field(default="runs/demo/compare", metadata={"help": "Where rankings and pairs are written."})
     num_responses: int = field(default=4, metadata={"help": "K responses per prompt (InstructGPT: 4 to 9)."})
+    labeler: str = field(default="simulated", metadata={
+        "help": "Who ranks the K responses: a registered labeler (simulated) or package.module:Class "
+                "(see rlhf_kit/labelers.py)."})
     labeler_noise: float = field(default=0.1, metadata={"help": "Std of the simulated labeler's score noise."})
+    judge: str | None = field(default=None, metadata={
+        "help": "Optional judge (e.g. gold) whose agreement with the labeler's pairs the summary reports."})
     max_prompt_length: int = field(default=64, metadata={"help": "Prompts longer than this are dropped."})
     heldout_fraction: float = field(default=0.1, metadata={"help": "Share of prompts kept for RM evaluation."})
 
@@ -97,6 +102,11 @@ class RewardArguments(DataArguments):
     k_max: int = field(default=9, metadata={"help": "Most responses per ranking (InstructGPT: K = 4..9)."})
     use_margins: bool = field(default=False, metadata={"help": "kwise: margin from graded `scores` of a ranking."})
 
+    def __post_init__(self):
+        if self.use_margins and self.ranking_loss != "kwise":
+            raise UserError("use_margins needs ranking_loss: kwise (TRL's pairwise loss reads no graded scores); "
+                            "drop use_margins or switch to kwise")
+
 
 @dataclass
 class PPOArguments(DataArguments):
@@ -108,11 +118,26 @@ class PPOArguments(DataArguments):
 
 @dataclass
 class EvalArguments(SamplingArguments):
-    """Evaluation of a run's base, SFT and PPO policies against the gold labeler."""
+    """Evaluation of a run's policies on held-out prompts, judged by a judge the reward model and PPO never saw."""
 
-    run_dir: str = field(default="runs/demo", metadata={"help": "The run: its base/sft/compare/reward/ppo folders."})
+    run_dir: str = field(default="runs/demo", metadata={"help": "The run: stage folders are resolved inside it."})
     eval_dataset_path: str = field(default="runs/demo/data/eval.jsonl", metadata={"help": "Held-out prompts."})
-    num_report_samples: int = field(default=10, metadata={"help": "SFT-vs-PPO sample rows in the report."})
+    policies: list[str] = field(default_factory=lambda: ["base", "sft", "ppo"], metadata={
+        "help": "Finished stage folders to evaluate, relative to run_dir (e.g. base sft ppo, or round-2/ppo)."})
+    baseline: str = field(default="sft", metadata={"help": "The policy every other one is compared with."})
+    judge: str = field(default="gold", metadata={
+        "help": "Who scores responses: a registered judge (gold) or package.module:Class (see rlhf_kit/labelers.py)."})
+    reward_model: str | None = field(default="reward", metadata={
+        "help": "Reward-model stage folder (RM scores per policy); empty to skip."})
+    comparisons: str | None = field(default="compare", metadata={
+        "help": "Comparison stage folder whose held-out rankings measure RM accuracy; empty to skip."})
+    num_report_samples: int = field(default=10, metadata={"help": "Baseline-vs-policy sample rows in the report."})
+
+    def __post_init__(self):
+        if len(self.policies) < 2 or len(set(self.policies)) != len(self.policies):
+            raise UserError(f"policies {self.policies} must name two or more distinct stage folders, e.g. [sft, ppo]")
+        if self.baseline not in self.policies:
+            raise UserError(f"baseline {self.baseline!r} is not among policies {self.policies}; add it or pick one")
 
 
 def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
@@ -146,9 +171,37 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
             raise UserError(f"unknown key(s) {', '.join(unknown)} in {path}; check the spelling (see --help)")
     parser = TrlParser(dataclass_types, allow_abbrev=False)  # a typo must not match a longer flag
     try:
-        return tuple(parser.parse_args_and_config(argv))
+        parsed = tuple(parser.parse_args_and_config(argv))
     except (ValueError, TypeError) as err:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if "bf16" in msg or "fp16" in msg:
             msg += " (on a CPU set `bf16: false` in the config or pass --bf16 false)"
         raise UserError(f"invalid configuration: {msg}")
+    for args in parsed:
+        check_values(args)
+    return parsed
+
+
+# Fields that must be positive (or at least one) wherever a config has them; checked once the config is parsed,
+# before any data or model is loaded, instead of failing deep inside torch or Trainer with a traceback.
+POSITIVE = ("learning_rate", "num_train_epochs", "temperature")
+AT_LEAST_ONE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                "batch_size", "max_new_tokens", "num_ppo_epochs", "num_mini_batches", "response_length",
+                "max_prompt_length", "k_max")
+
+
+def check_values(args) -> None:
+    """Refuse out-of-range values with one line naming the key and a valid range."""
+    for key in POSITIVE:
+        value = getattr(args, key, None)
+        if value is not None and not value > 0:
+            raise UserError(f"{key}={value} must be greater than 0; set a positive {key}")
+    for key in AT_LEAST_ONE:
+        value = getattr(args, key, None)
+        if value is not None and value < 1:
+            raise UserError(f"{key}={value} must be at least 1; set {key}: 1 or more")
+    for key in ("lora_dropout", "heldout_fraction", "flaw_rate"):
+        value = getattr(args, key, None)
+        if value is not None and not 0 <= value < 1:
+            raise UserError(f"{key}={value} must be in [0, 1); pick a share such as 0.1")
+

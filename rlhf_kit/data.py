@@ -1,9 +1,6 @@
 """Datasets for each stage, loaded with ``datasets.load_dataset`` from a local file, a folder or a Hub id.
 
-Canonical rows (TRL's conversational formats):
-- SFT: ``messages`` -- a conversation ending with an assistant turn;
-- comparisons: ``prompt`` (messages) + ``chosen`` / ``rejected`` (one assistant message each);
-- prompts (PPO): ``prompt`` (messages).
+The canonical row shapes and their validators live in :mod:`rlhf_kit.rows`.
 Bad or over-length rows are dropped and counted in the log, never silently.
 """
 
@@ -12,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from rlhf_kit import rows as canonical
 from rlhf_kit.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -44,6 +42,8 @@ def load_rows(path: str, split: str = "train"):
     except ValueError as err:  # unknown split and the like
         raise UserError(f"dataset {path}: {str(err).splitlines()[0]}")
     except Exception as err:  # noqa: BLE001 - datasets raises many kinds for an unreachable Hub
+        if p.is_file() and p.suffix == ".jsonl":
+            canonical.read_jsonl(p)  # names the broken line ("An error occurred while generating the dataset" does not)
         if p.exists():
             raise UserError(f"dataset {path} could not be read ({type(err).__name__}: {str(err).splitlines()[0]})")
         raise UserError(f"dataset '{path}' is not local and the Hub is unreachable (offline?); "
@@ -51,17 +51,6 @@ def load_rows(path: str, split: str = "train"):
     if len(ds) == 0:
         raise UserError(f"dataset {path} (split {split}) is empty; it needs at least one row")
     return ds
-
-
-def load_stage_rows(script_args, stage: str):
-    """A stage's raw rows and a label for messages: from data cards when ``dataset_cards`` is set, else from
-    ``dataset_path``. ``stage`` is the card stage: sft, comparisons or prompts."""
-    if script_args.dataset_cards:
-        from rlhf_kit.cards import load_mixture
-
-        return (load_mixture(script_args.dataset_cards, stage, script_args.dataset_split, script_args.card_data_dir),
-                f"cards {script_args.dataset_cards}")
-    return load_rows(script_args.dataset_path, script_args.dataset_split), script_args.dataset_path
 
 
 def require_columns(ds, columns: list[str], path: str) -> None:
@@ -72,16 +61,7 @@ def require_columns(ds, columns: list[str], path: str) -> None:
                         "convert it to the canonical rows described in data_cards/README.md")
 
 
-def _valid_messages(messages) -> bool:
-    return (
-        isinstance(messages, list)
-        and len(messages) > 0
-        and all(isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in messages)
-        and all(m["content"].strip() for m in messages)
-    )
-
-
-def _filter_counted(ds, keep, what: str, path: str):
+def filter_counted(ds, keep, what: str, path: str):
     """Filter ``ds`` with ``keep(row) -> reason or None``; log the drop counts by reason."""
     reasons: dict[str, int] = {}
     kept = []
@@ -146,16 +126,14 @@ def build_sft_dataset(ds, tokenizer, max_length: int | None, path: str, max_rows
     require_columns(ds, ["messages"], path)
 
     def keep(row):
-        m = row["messages"]
-        if not _valid_messages(m):
-            return "malformed or empty messages"
-        if m[-1]["role"] != "assistant":
-            return "no final assistant turn"
-        if max_length and len(chat_ids(tokenizer, m)) > max_length:
+        reason = canonical.check_sft(row)
+        if reason:
+            return reason
+        if max_length and len(chat_ids(tokenizer, row["messages"])) > max_length:
             return f"longer than max_length={max_length}"
         return None
 
-    ds, _ = _filter_counted(ds.select_columns(["messages"]), keep, "sft", path)
+    ds, _ = filter_counted(ds.select_columns(["messages"]), keep, "sft", path)
     if max_rows:
         ds = ds.select(range(min(max_rows, len(ds))))
     if supports_assistant_masks(tokenizer):
@@ -171,16 +149,17 @@ def build_preference_dataset(ds, tokenizer, max_length: int | None, path: str, m
     require_columns(ds, ["prompt", "chosen", "rejected"], path)
 
     def keep(row):
-        if not all(_valid_messages(row[k]) for k in ("prompt", "chosen", "rejected")):
-            return "malformed or empty messages"
-        if row["chosen"] == row["rejected"]:
-            return "chosen identical to rejected"
+        reason = canonical.check_pair(row)
+        if reason:
+            return reason
         longest = max(len(chat_ids(tokenizer, row["prompt"] + row[k])) for k in ("chosen", "rejected"))
         if max_length and longest > max_length:
             return f"longer than max_length={max_length}"
         return None
 
-    ds, _ = _filter_counted(ds.select_columns(["prompt", "chosen", "rejected"]), keep, "reward", path)
+    scores = [c for c in ("score_chosen", "score_rejected") if c in ds.column_names]  # tied scores are no preference
+    ds, _ = filter_counted(ds.select_columns(["prompt", "chosen", "rejected"] + scores), keep, "reward", path)
+    ds = ds.select_columns(["prompt", "chosen", "rejected"])
     return ds.select(range(min(max_rows, len(ds)))) if max_rows else ds
 
 
@@ -189,7 +168,7 @@ def build_prompt_dataset(ds, tokenizer, max_prompt_length: int, path: str, what:
     """Prompts tokenized with the chat template's generation prompt (``input_ids``); over-length ones dropped."""
     require_columns(ds, ["prompt"], path)
     ds = ds.map(lambda r: {"input_ids": chat_ids(tokenizer, r["prompt"], add_generation_prompt=True)
-                           if _valid_messages(r["prompt"]) else []})  # tokenized once, filtered on the ids
+                           if canonical.check_prompt(r) is None else []})  # tokenized once, filtered on the ids
 
     def keep(row):
         if not row["input_ids"]:
@@ -198,7 +177,7 @@ def build_prompt_dataset(ds, tokenizer, max_prompt_length: int, path: str, what:
             return f"longer than max_prompt_length={max_prompt_length}"
         return None
 
-    ds, _ = _filter_counted(ds, keep, what, path)
+    ds, _ = filter_counted(ds, keep, what, path)
     if max_rows:
         ds = ds.select(range(min(max_rows, len(ds))))
     return ds.select_columns(["input_ids"] + [c for c in keep_columns if c in ds.column_names])

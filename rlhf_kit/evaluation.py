@@ -1,26 +1,76 @@
-"""Evaluation of the demo run against the gold labeler, which the reward model and PPO never saw.
+"""Evaluation of a run's policies against a judge that the reward model and PPO never saw.
 
-Per policy (base, SFT, PPO) on held-out prompts: mean gold score with a per-rule breakdown, mean reward-model
-score, mean response length; PPO-vs-SFT gold win rate with a 95% CI; reward-model pairwise accuracy on held-out
-comparisons against the gold order; per-token KL of PPO to SFT. Comparing gold with reward-model scores exposes
-reward over-optimisation (Gao et al. 2023, Scaling Laws for Reward Model Overoptimization).
+Per policy (any finished stage folders, e.g. base, sft, ppo or later rounds) on held-out prompts: mean judge score
+with its per-rule breakdown, mean reward-model score, mean response length; each policy's win rate against a
+baseline policy with a 95% CI and its per-token KL to the baseline; reward-model pairwise accuracy on held-out
+comparisons against the judge's order. Comparing judge and reward-model scores exposes reward over-optimisation
+(Gao et al. 2023, Scaling Laws for Reward Model Overoptimization).
 """
 
 from __future__ import annotations
 
-import json
-
 from rlhf_kit.data import chat_ids, pad_right, reply_ids
 from rlhf_kit.errors import UserError
 
-POLICIES = ("base", "sft", "ppo")
+# The data each kind of stage trained on, by the card stage it was read as: evaluation prompts must avoid them all.
+TRAINING_DATA = {"sft": "sft", "reward": "comparisons", "ppo": "prompts"}
+
+
+def compare_policies(rows: list[dict], responses: dict[str, list[str]], models: dict, tokenizer, judge, baseline: str,
+                     reward_model=None, heldout_rankings: list[dict] | None = None, batch_size: int = 128):
+    """The summary's metrics for policies' ``responses`` to prompt ``rows`` (policies in ``responses`` order).
+
+    Returns (summary, judge scores per policy, RM scores per policy or {}). Win rates count ties as half and carry
+    a normal-approximation 95% CI; KL is the k1 estimate per token of each policy to the baseline on the policy's
+    own samples; RM accuracy is measured on held-out rankings against the judge's order.
+    """
+    from rlhf_kit.metrics import load_metric
+
+    policies = list(responses)
+    prompts = [r["prompt"] for r in rows]
+    judged = {p: [judge.judge(row, resp) for row, resp in zip(rows, responses[p])] for p in policies}
+    scores = {p: [j.score for j in judged[p]] for p in policies}
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    summary = {
+        "policies": policies,
+        "baseline": baseline,
+        "gold_score": {p: mean(scores[p]) for p in policies},
+        "gold_rules": {p: {k: mean([j.rules[k] for j in judged[p]]) for k in judge.rule_names} for p in policies},
+        "response_length": {p: mean([len(tokenizer(r)["input_ids"]) for r in responses[p]]) for p in policies},
+        "eval_prompts": len(rows),
+        "win_rate_vs_baseline": {},
+        "kl_to_baseline": {},
+    }
+    win_rate = load_metric("win_rate")
+    for p in policies:
+        if p == baseline:
+            continue
+        win = win_rate.compute(predictions=scores[p], references=scores[baseline])
+        summary["win_rate_vs_baseline"][p] = {"win_rate": win["win_rate"], "ci95": [win["ci95_low"], win["ci95_high"]],
+                                              "win_tie_loss": [win["wins"], win["ties"], win["losses"]]}
+        own = response_logprobs(models[p], tokenizer, prompts, responses[p])
+        summary["kl_to_baseline"][p] = per_token_kl(own, response_logprobs(models[baseline], tokenizer, prompts,
+                                                                           responses[p]))
+    rm_scores = {}
+    if reward_model is not None:
+        rm_scores = {p: score_with_reward_model(reward_model, tokenizer, prompts, responses[p], batch_size)
+                     for p in policies}
+        summary["rm_score"] = {p: mean(rm_scores[p]) for p in policies}
+        if heldout_rankings is not None:
+            pairs = heldout_judged_pairs(heldout_rankings, judge)
+            pair_prompts = [p for p, _, _ in pairs]
+            rm_w = score_with_reward_model(reward_model, tokenizer, pair_prompts, [w for _, w, _ in pairs])
+            rm_l = score_with_reward_model(reward_model, tokenizer, pair_prompts, [lo for _, _, lo in pairs])
+            accuracy = load_metric("pairwise_accuracy").compute(predictions=rm_w, references=rm_l)
+            summary["rm_accuracy"], summary["rm_accuracy_pairs"] = accuracy["accuracy"], accuracy["n"]
+    return summary, scores, rm_scores
 
 
 def stage_rows(stage_dir: str, card_stage: str) -> list[dict]:
     """The rows a finished stage trained on (dataset file or data cards), read back through its resolved config."""
     from types import SimpleNamespace
 
-    from rlhf_kit.data import load_stage_rows
+    from rlhf_kit.cards import load_stage_rows
     from rlhf_kit.runs import read_config
 
     config = read_config(stage_dir)
@@ -36,6 +86,11 @@ def prompt_texts(rows: list[dict]) -> set[str]:
         messages = row.get("prompt") or row.get("messages") or []
         texts.update(m["content"] for m in messages if m["role"] == "user")
     return texts
+
+
+def prompt_text(row: dict) -> str:
+    """The last user turn of a prompt row (how reports and sample files show a prompt)."""
+    return [m["content"] for m in row["prompt"] if m["role"] == "user"][-1]
 
 
 def require_disjoint(eval_rows: list[dict], others: dict[str, list[dict]]) -> None:
@@ -91,18 +146,16 @@ def per_token_kl(policy_logprobs: list[list[float]], ref_logprobs: list[list[flo
     return sum(diffs) / len(diffs) if diffs else 0.0
 
 
-def heldout_gold_pairs(rankings: list[dict]) -> list[tuple[list[dict], str, str]]:
-    """(prompt, gold-preferred, gold-dispreferred) for every pair of distinct held-out responses with a gold gap."""
-    from rlhf_kit.gold import score_gold
-
+def heldout_judged_pairs(rankings: list[dict], judge) -> list[tuple[list[dict], str, str]]:
+    """(prompt, judge-preferred, judge-dispreferred) for every pair of distinct held-out responses the judge
+    separates (the order a reward model's accuracy is measured against)."""
     pairs = []
     for r in rankings:
-        meta = json.loads(r["meta"])
-        gold = {response: score_gold(meta, response) for response in r["responses"]}  # each response scored once
-        unique = list(gold)
+        score = {response: judge.judge(r, response).score for response in r["responses"]}  # each scored once
+        unique = list(score)
         for i, a in enumerate(unique):
             for b in unique[i + 1 :]:
-                ga, gb = gold[a], gold[b]
+                ga, gb = score[a], score[b]
                 if ga != gb:
                     pairs.append((r["prompt"], a, b) if ga > gb else (r["prompt"], b, a))
     return pairs

@@ -143,11 +143,10 @@ def push_stage(stage_dir: str, hub_id: str, adapter_only: bool = False, dry_run:
 
 def check_push_request(training_args) -> str | None:
     """Before training: validate TRL's ``push_to_hub`` / ``hub_model_id`` and the token, so a long run does not end
-    in a failed upload. The stage is then pushed by :func:`push_stage` (merged model + model card) instead of by the
-    Trainer's checkpoint pushes, which hold neither."""
+    in a failed upload. :class:`rlhf_kit.stage.StageRun` then pushes the finished stage with :func:`push_stage`
+    (merged model + model card) instead of the Trainer's checkpoint pushes, which hold neither."""
     if not training_args.push_to_hub:
         return None
     hub_id = validate_hub_id(training_args.hub_model_id)
     require_token()
-    training_args.push_to_hub = False
     return hub_id

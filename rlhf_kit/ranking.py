@@ -14,6 +14,7 @@ import logging
 import torch
 from torch import nn
 
+from rlhf_kit import rows as canonical
 from rlhf_kit.data import pad_right, reply_ids
 from rlhf_kit.errors import UserError
 from rlhf_kit.trl_compat import RewardTrainer
@@ -149,15 +150,10 @@ class RankingRewardTrainer(RewardTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def _drop_empty_responses(row: dict) -> dict:
-    kept = [(r, k) for r, k in zip(row["responses"], row["ranks"]) if r.strip()]
-    return {"responses": [r for r, _ in kept], "ranks": [k for _, k in kept]}
-
-
 def build_ranking_dataset(ds, tokenizer, max_length: int | None, path: str, k_max: int = 9,
                           max_rows: int | None = None):
     """Ranked lists for the K-wise loss; rankings with fewer than two distinct ranks are dropped and counted."""
-    from rlhf_kit.data import _filter_counted, _valid_messages
+    from rlhf_kit.data import filter_counted
 
     if "responses" not in ds.column_names or "ranks" not in ds.column_names:
         raise UserError(f"ranking_loss kwise needs ranked responses (columns prompt, responses, ranks) but {path} "
@@ -165,7 +161,7 @@ def build_ranking_dataset(ds, tokenizer, max_length: int | None, path: str, k_ma
     empty = sum(not r.strip() for rs in ds["responses"] for r in rs)
     if empty:  # an empty response is a bad row of its ranking, not a reason to lose the ranking
         print(f"[reward] removed {empty} empty responses from rankings in {path}")
-        ds = ds.map(_drop_empty_responses)
+        ds = ds.map(canonical.drop_empty_responses)
     over_k = sum(len(r) > k_max for r in ds["ranks"])
     if over_k:
         print(f"[reward] {over_k} rankings have more than k_max={k_max} responses; keeping {k_max} spread over "
@@ -173,19 +169,23 @@ def build_ranking_dataset(ds, tokenizer, max_length: int | None, path: str, k_ma
         ds = ds.map(lambda r: dict(zip(("responses", "ranks"), limit_k(r["responses"], r["ranks"], k_max))))
 
     def keep(row):
-        if not _valid_messages(row["prompt"]):
-            return "malformed or empty prompt"
-        if len(row["responses"]) != len(row["ranks"]):
-            return "responses and ranks differ in length"
-        if len(set(row["ranks"])) < 2:
-            return "fewer than two distinct ranks"
+        reason = canonical.check_ranking(row)
+        if reason:
+            return reason
         if max_length and max(len(reply_ids(tokenizer, row["prompt"], r)) for r in row["responses"]) > max_length:
             return f"longer than max_length={max_length}"
         return None
 
     columns = [c for c in ("prompt", "responses", "ranks", "scores") if c in ds.column_names]
-    ds, _ = _filter_counted(ds.select_columns(columns), keep, "reward", path)
+    ds, _ = filter_counted(ds.select_columns(columns), keep, "reward", path)
     return ds.select(range(min(max_rows, len(ds)))) if max_rows else ds
+
+
+def build_reward_trainer(ranking_loss: str, use_margins: bool = False, **kwargs):
+    """The reward trainer for ``ranking_loss``: :class:`RankingRewardTrainer` (K-wise) or TRL's pairwise one."""
+    if ranking_loss == "kwise":
+        return RankingRewardTrainer(use_margins=use_margins, **kwargs)
+    return RewardTrainer(**kwargs)
 
 
 def build_reward_dataset(ds, path: str, tokenizer, max_length: int | None, ranking_loss: str, k_max: int,
@@ -194,14 +194,11 @@ def build_reward_dataset(ds, path: str, tokenizer, max_length: int | None, ranki
     into their C(K, 2) pairs when the dataset has rankings). ``path`` names the data in messages."""
     from datasets import Dataset
 
-    from rlhf_kit.compare import expand_pairs
     from rlhf_kit.data import build_preference_dataset
 
     if ranking_loss == "kwise":
         return build_ranking_dataset(ds, tokenizer, max_length, path, k_max, max_rows)
-    if ranking_loss != "pairwise":
-        raise UserError(f"ranking_loss must be kwise or pairwise, not {ranking_loss!r}")
     if "responses" in ds.column_names and "ranks" in ds.column_names:
         ds = Dataset.from_list([p for row in build_ranking_dataset(ds, tokenizer, None, path, k_max)
-                                for p in expand_pairs(row)])
+                                for p in canonical.expand_pairs(row)])
     return build_preference_dataset(ds, tokenizer, max_length, path, max_rows)

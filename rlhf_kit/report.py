@@ -6,23 +6,44 @@ import json
 from pathlib import Path
 
 
+def compared(summary: dict) -> tuple[str, str]:
+    """(policy, baseline) of the headline: the last policy that is not the baseline."""
+    baseline = summary["baseline"]
+    return [p for p in summary["policies"] if p != baseline][-1], baseline
+
+
 def headline(summary: dict) -> str:
-    """One line with the numbers that say whether RLHF helped (policies ordered by gold score)."""
-    g, (lo, hi) = summary["gold_score"], summary["win_rate_ci95"]
+    """One line with the numbers that say whether RLHF helped (policies ordered by judge score)."""
+    policy, baseline = compared(summary)
+    win = summary["win_rate_vs_baseline"][policy]
+    g, (lo, hi) = summary["gold_score"], win["ci95"]
     order = " < ".join(f"{p} {g[p]:.3f}" for p in sorted(g, key=g.get))
-    return (f"PPO beats SFT on {summary['win_rate_ppo_vs_sft']:.0%} of held-out prompts (95% CI {lo:.0%}-{hi:.0%}); "
-            f"gold score {order}; RM accuracy {summary['rm_accuracy']:.2f}; KL(ppo||sft) "
-            f"{summary['kl_ppo_sft']:.3f}/token")
+    rm = f"; RM accuracy {summary['rm_accuracy']:.2f}" if "rm_accuracy" in summary else ""
+    return (f"{policy.upper()} beats {baseline.upper()} on {win['win_rate']:.0%} of held-out prompts "
+            f"(95% CI {lo:.0%}-{hi:.0%}); gold score {order}{rm}; KL({policy}||{baseline}) "
+            f"{summary['kl_to_baseline'][policy]:.3f}/token")
 
 
-def plot_ppo_training(log_history: list[dict], path: Path) -> None:
-    """Reward-model score and KL to the reference over PPO updates."""
+def add_legacy_keys(summary: dict) -> None:
+    """The PPO-vs-SFT keys of the first summaries (other tools read them), when the run has both policies."""
+    win = summary["win_rate_vs_baseline"].get("ppo")
+    if summary["baseline"] == "sft" and win:
+        summary |= {"win_rate_ppo_vs_sft": win["win_rate"], "win_rate_ci95": win["ci95"],
+                    "win_tie_loss": win["win_tie_loss"], "kl_ppo_sft": summary["kl_to_baseline"]["ppo"]}
+
+
+def plot_training(stage_dir: str, path: Path) -> bool:
+    """Reward-model score and KL to the reference over PPO updates, from a PPO stage's ``log_history.json``;
+    False (and no plot) when the stage logged no PPO metrics."""
+    log = Path(stage_dir) / "log_history.json"
+    rows = [r for r in json.loads(log.read_text()) if "objective/scores" in r] if log.is_file() else []
+    if not rows:
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in log_history if "objective/scores" in r]
     episodes = [r["episode"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
     ax1.plot(episodes, [r["objective/scores"] for r in rows], label="RM score")
@@ -34,6 +55,7 @@ def plot_ppo_training(log_history: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def plot_gold_vs_rm(per_policy: dict[str, dict[str, list[float]]], path: Path) -> None:
@@ -56,46 +78,54 @@ def plot_gold_vs_rm(per_policy: dict[str, dict[str, list[float]]], path: Path) -
     plt.close(fig)
 
 
-def write_report(run_dir: Path, summary: dict, rules: dict[str, dict[str, float]], samples: list[dict]) -> Path:
+def write_report(run_dir: Path, summary: dict, samples: list[dict]) -> Path:
     """``report.md`` next to ``summary.json``, with the plots written by the functions above."""
-    g, rm = summary["gold_score"], summary["rm_score"]
+    from rlhf_kit.runs import write_atomic
+
+    policy, baseline = compared(summary)
+    g, rm, rules = summary["gold_score"], summary.get("rm_score", {}), summary["gold_rules"]
     lines = [
         f"# RLHF report: {run_dir.name}",
         "",
         f"**{headline(summary)}**",
         "",
-        "Scores are on held-out prompts; the gold labeler (rlhf_kit/gold.py) is never seen by the reward model or PPO.",
+        f"Scores are on held-out prompts, by the `{summary['judge']}` judge, which the reward model and PPO never see.",
         "",
-        "| policy | gold score | reward-model score | response length (tokens) |",
-        "|---|---|---|---|",
+        f"| policy | judge score | reward-model score | win rate vs {baseline} (95% CI) | KL to {baseline} "
+        "| response length (tokens) |",
+        "|---|---|---|---|---|---|",
     ]
-    for p in ("base", "sft", "ppo"):
-        lines.append(f"| {p} | {g[p]:.3f} | {rm.get(p, float('nan')):.3f} | {summary['response_length'][p]:.1f} |")
+    for p in summary["policies"]:
+        win = summary["win_rate_vs_baseline"].get(p)
+        win_cell = f"{win['win_rate']:.3f} [{win['ci95'][0]:.3f}, {win['ci95'][1]:.3f}]" if win else "baseline"
+        kl = summary["kl_to_baseline"].get(p)
+        lines.append(f"| {p} | {g[p]:.3f} | {rm.get(p, float('nan')):.3f} | {win_cell} | "
+                     f"{'' if kl is None else f'{kl:.4f}'} | {summary['response_length'][p]:.1f} |")
+    lines += [""]
+    if "rm_accuracy" in summary:
+        lines += [f"- Reward-model pairwise accuracy against the judge's order on held-out comparisons: "
+                  f"{summary['rm_accuracy']:.3f} ({summary['rm_accuracy_pairs']} pairs)"]
     lines += [
+        f"- Win rates count ties as half; KL is per token, of each policy to {baseline}, on the policy's samples.",
         "",
-        f"- PPO vs SFT gold win rate (ties half): {summary['win_rate_ppo_vs_sft']:.3f}, 95% CI "
-        f"[{summary['win_rate_ci95'][0]:.3f}, {summary['win_rate_ci95'][1]:.3f}]",
-        f"- Reward-model pairwise accuracy against the gold order on held-out comparisons: "
-        f"{summary['rm_accuracy']:.3f} "
-        f"({summary['rm_accuracy_pairs']} pairs)",
-        f"- Per-token KL of PPO to SFT (on PPO samples): {summary['kl_ppo_sft']:.4f}",
-        "",
-        "## Gold score by rule",
+        "## Judge score by rule",
         "",
         "| rule | " + " | ".join(rules) + " |",
         "|---|" + "---|" * len(rules),
     ]
     for rule in next(iter(rules.values())):
         lines.append(f"| {rule} | " + " | ".join(f"{rules[p][rule]:.3f}" for p in rules) + " |")
-    lines += ["", "## PPO training", "", "![PPO reward and KL](eval/ppo_training.png)", "",
-              "## Over-optimisation check", "", "![gold vs reward model](eval/gold_vs_rm.png)", "",
-              "## Samples (same prompts)", "", "| prompt | SFT | PPO |", "|---|---|---|"]
+    if (run_dir / "eval" / "ppo_training.png").is_file():
+        lines += ["", "## PPO training", "", "![PPO reward and KL](eval/ppo_training.png)"]
+    if (run_dir / "eval" / "gold_vs_rm.png").is_file():
+        lines += ["", "## Over-optimisation check", "", "![gold vs reward model](eval/gold_vs_rm.png)"]
+    lines += ["", "## Samples (same prompts)", "", f"| prompt | {baseline.upper()} | {policy.upper()} |",
+              "|---|---|---|"]
     for s in samples:
-        cells = [s["prompt"], f"{s['sft']} ({s['gold_sft']:.2f})", f"{s['ppo']} ({s['gold_ppo']:.2f})"]
+        cells = [s["prompt"], f"{s['baseline']} ({s['score_baseline']:.2f})",
+                 f"{s['policy']} ({s['score_policy']:.2f})"]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines += ["", "Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in summary["wall_seconds"].items())]
-    from rlhf_kit.runs import write_atomic
-
     path = run_dir / "report.md"
     write_atomic(path, "\n".join(lines) + "\n")
     return path

@@ -17,24 +17,12 @@ from pathlib import Path
 import yaml
 
 from rlhf_kit.errors import UserError
+from rlhf_kit.rows import write_atomic, write_jsonl  # noqa: F401  (stage files are written atomically)
 
 MARKER = "stage_complete.json"
 RESOLVED_CONFIG = "rlhf_kit_config.yaml"
 STAGES = ("base", "sft", "compare", "reward", "ppo", "eval")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a file so that a reader never sees it half-written (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
-    """JSON Lines, written atomically."""
-    write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def is_complete(path: str | os.PathLike) -> bool:
@@ -61,6 +49,13 @@ def require_stage_output(path: str, what: str) -> None:
         return
     if not looks_like_hub_id(path):
         raise UserError(f"{what} {path} not found; {_stage_hint(path)}")
+
+
+def require_complete_stage(path: str, what: str) -> None:
+    """Refuse a stage folder that is missing or unfinished (``what`` leads the message)."""
+    if not is_complete(path):
+        state = "unfinished" if Path(path).exists() else "missing"
+        raise UserError(f"{what} {path} is {state}; {_stage_hint(path)}")
 
 
 def skip_if_complete(output_dir: str, stage: str, force: bool) -> bool:

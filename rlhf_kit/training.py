@@ -56,9 +56,15 @@ def last_checkpoint(output_dir: str) -> str | None:
     return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
 
 
-def train_with_resume(trainer, output_dir: str, force: bool = False) -> dict:
-    """``trainer.train()``, resuming from the last checkpoint unless forced to redo; returns the train metrics."""
-    checkpoint = None if force else last_checkpoint(output_dir)
+def train_with_resume(trainer, output_dir: str, force: bool = False, checkpoint: str | None = None) -> dict:
+    """``trainer.train()`` from ``checkpoint`` when given, else from the last checkpoint unless forced to redo;
+    returns the train metrics."""
+    from rlhf_kit.errors import UserError
+
+    if checkpoint and not os.path.isdir(checkpoint):
+        raise UserError(f"resume_from_checkpoint {checkpoint} is not a folder; pass a checkpoint-N folder or leave it "
+                        "unset to continue from the last one")
+    checkpoint = checkpoint or (None if force else last_checkpoint(output_dir))
     if checkpoint:
         print(f"resuming from {checkpoint}")
     result = trainer.train(resume_from_checkpoint=checkpoint)

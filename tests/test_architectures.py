@@ -10,9 +10,9 @@ from conftest import TINY, config_args, run_inprocess
 def _save_checkpoint(kind: str, path, drop_pad: bool):
     from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
-    from rlhf_kit import modeling, world
+    from rlhf_kit.demo import tiny, world
 
-    tok = modeling.build_tiny_tokenizer(world.vocabulary())
+    tok = tiny.build_tiny_tokenizer(world.vocabulary())
     if kind == "gpt2":
         config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=128,
                             eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)

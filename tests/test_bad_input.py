@@ -137,3 +137,27 @@ def test_unfinished_previous_stage_is_refused(pipeline, tmp_path):
     (sft / "stage_complete.json").unlink()
     with pytest.raises(UserError, match="is unfinished"):
         run_inprocess("reward", _args(pipeline, "reward", tmp_path / "out", model_name_or_path=sft))
+
+
+@pytest.mark.parametrize("flag,value,expected", [
+    ("--learning_rate", "-1", "learning_rate=-1.0 must be greater than 0"),
+    ("--per_device_train_batch_size", "0", "per_device_train_batch_size=0 must be at least 1"),
+])
+def test_out_of_range_values_are_one_line_before_loading(flag, value, expected):
+    line = _single_error_line(run_cli("sft", config_args("sft") + [flag, value]))
+    assert expected in line
+
+
+def test_broken_jsonl_line_is_named(pipeline, tmp_path):
+    data = tmp_path / "sft.jsonl"
+    good = (pipeline / "data" / "sft.jsonl").read_text().splitlines()[:3]
+    data.write_text("\n".join(good[:2] + ['{"messages": [broken'] + good[2:]) + "\n")
+    with pytest.raises(UserError, match=rf"{data} line 3 is not valid JSON"):
+        run_inprocess("sft", _args(pipeline, "sft", tmp_path / "out", dataset_path=data))
+    assert not (tmp_path / "out" / "stage_complete.json").exists()
+
+
+def test_margins_with_pairwise_loss_are_refused(pipeline, tmp_path):
+    with pytest.raises(UserError, match="use_margins needs ranking_loss: kwise"):
+        run_inprocess("reward", _args(pipeline, "reward", tmp_path / "out", ranking_loss="pairwise",
+                                      use_margins="true"))

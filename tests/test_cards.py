@@ -69,7 +69,7 @@ def test_ultrafeedback_splits_the_prompt_off():
     rows, dropped, _ = canonical_rows(load_card("ultrafeedback_binarized"), "comparisons", "train", FIXTURES)
     assert rows[1]["prompt"] == [{"role": "user", "content": "Traduis « bonjour »."}]
     assert rows[1]["chosen"] == [{"role": "assistant", "content": "« Hello »."}]
-    assert dropped["chosen and rejected prompts differ"] == 1 and dropped["empty turn or response"] == 1
+    assert dropped["chosen and rejected prompts differ"] == 1 and dropped["malformed or empty messages"] == 1
 
 
 def test_oasst1_best_path_conversations_and_kwise_rankings():

@@ -34,7 +34,9 @@ def test_heldout_gold_pairs_skip_gold_ties_and_duplicates():
     meta = json.dumps({"task": "open_qa", "text": "what sound does a dog make", "answer": "a dog says woof"})
     ranking = {"prompt": [{"role": "user", "content": "q"}], "meta": meta,
                "responses": ["a dog says woof", "a dog says moo", "a dog says woof", "a dog says baa"]}
-    pairs = ev.heldout_gold_pairs([ranking])
+    from rlhf_kit.demo.gold import GoldJudge
+
+    pairs = ev.heldout_judged_pairs([ranking], GoldJudge())
     woof = "a dog says woof"
     assert [(w, lo) for _, w, lo in pairs] == [(woof, "a dog says moo"), (woof, "a dog says baa")]
 

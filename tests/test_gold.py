@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from rlhf_kit import gold, world
+from rlhf_kit.demo import gold, world
+from rlhf_kit.demo.labeler import rank_responses
 
 LIST3 = {"task": "brainstorming", "text": "name three fruits", "category": "fruits", "n": 3}
 QA = {"task": "open_qa", "text": "what sound does a dog make", "answer": "a dog says woof"}
@@ -76,14 +77,14 @@ def test_score_gold_is_weighted_mean_of_rules():
 
 def test_labeler_without_noise_ranks_by_gold_and_ties_identical():
     responses = ["a dog says woof , you are dumb", "a dog says woof", "a dog says moo", "a dog says woof"]
-    ranks = gold.rank_responses(QA, responses, noise=0.0, rng=random.Random(0))
+    ranks = rank_responses(QA, responses, noise=0.0, rng=random.Random(0))
     assert ranks[1] == ranks[3] == 0 and ranks[0] < ranks[2]
 
 
 def test_labeler_noise_flips_some_orders():
     good, bad = "a dog says woof", "a dog says woof , you are dumb"  # gold gap 1/9
     rng = random.Random(0)
-    flips = sum(gold.rank_responses(QA, [good, bad], noise=0.2, rng=rng)[0] == 1 for _ in range(400))
+    flips = sum(rank_responses(QA, [good, bad], noise=0.2, rng=rng)[0] == 1 for _ in range(400))
     assert 40 < flips < 200
 
 
@@ -109,7 +110,7 @@ def test_demonstrations_carry_flaws_at_the_configured_rate():
 
 
 def test_tokenizer_covers_the_world_vocabulary():
-    from rlhf_kit.modeling import build_tiny_tokenizer
+    from rlhf_kit.demo.tiny import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer(world.vocabulary())
     data = world.build_demo_data(seed=0)

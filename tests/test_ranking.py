@@ -96,9 +96,9 @@ def test_gradients_reach_score_head_and_adapters():
 
 
 def _tok():
-    from rlhf_kit import modeling, world
+    from rlhf_kit.demo import tiny, world
 
-    return modeling.build_tiny_tokenizer(world.vocabulary())
+    return tiny.build_tiny_tokenizer(world.vocabulary())
 
 
 def test_bad_rankings_are_dropped_and_counted(capsys):

@@ -8,9 +8,11 @@ never call this module: only the simulated labeler (comparison stage) and the ev
 
 from __future__ import annotations
 
-import random
+import json
 
-from rlhf_kit.world import CATEGORIES, DECLINE, OFF_TOPIC_WORDS, RUDE_WORDS
+from rlhf_kit.demo.world import CATEGORIES, DECLINE, OFF_TOPIC_WORDS, RUDE_WORDS
+from rlhf_kit.errors import UserError
+from rlhf_kit.labelers import Judgement
 
 # Weights: correctness and harm-handling matter most, as in InstructGPT's guideline priorities (helpful and
 # harmless first, then style).
@@ -107,16 +109,15 @@ def score_gold(prompt: dict, response: str) -> float:
     return combine_rules(score_rules(prompt, response))
 
 
-def rank_responses(prompt: dict, responses: list[str], noise: float, rng: random.Random) -> list[int]:
-    """Simulated labeler: ranks (0 = best) from the gold score plus Gaussian noise of std ``noise``.
+class GoldJudge:
+    """:class:`rlhf_kit.labelers.Judge` of the demo world: the rules above on prompt rows carrying ``meta``."""
 
-    Identical responses share a rank (a tie makes no comparison pair), as InstructGPT's interface let labelers
-    mark ties. The noise models labeler disagreement (InstructGPT: ~73% inter-labeler agreement).
-    """
-    noisy: dict[str, float] = {}
-    for r in responses:
-        if r not in noisy:
-            noisy[r] = score_gold(prompt, r) + rng.gauss(0.0, noise)
-    order = sorted(noisy, key=lambda r: -noisy[r])
-    rank_of = {r: i for i, r in enumerate(order)}
-    return [rank_of[r] for r in responses]
+    rule_names = tuple(RULES)
+
+    def check_rows(self, rows: list[dict], source: str) -> None:
+        if not rows or "meta" not in rows[0]:
+            raise UserError(f"{source} lacks the `meta` column the gold judge reads; use the demo world's eval.jsonl")
+
+    def judge(self, row: dict, response: str) -> Judgement:
+        rules = score_rules(json.loads(row["meta"]), response)
+        return Judgement(combine_rules(rules), rules)
