@@ -44,6 +44,7 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
     value_model = copy.deepcopy(reward_model)  # InstructGPT: the value function starts from the RM
     apply_global_batch(script_args.global_batch_size, training_args)
     runs.start_stage(out, "ppo", (script_args, training_args, model_args), is_main)
+    training_args.push_to_hub = not hub_id and training_args.push_to_hub  # pushed below: merged model + card
     trainer = PPOTrainer(
         args=training_args, processing_class=tokenizer, model=policy, ref_model=ref_policy,
         reward_model=reward_model, value_model=value_model, train_dataset=prompts,
