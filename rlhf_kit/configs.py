@@ -80,10 +80,20 @@ class CompareArguments(SamplingArguments):
     labeler_noise: float = field(default=0.1, metadata={"help": "Std of the simulated labeler's score noise."})
     max_prompt_length: int = field(default=64, metadata={"help": "Prompts longer than this are dropped."})
     heldout_fraction: float = field(default=0.1, metadata={"help": "Share of prompts kept for RM evaluation."})
+    labeler: str = field(default="simulated", metadata={
+        "help": "simulated: rank with the gold score plus noise; human: queue the K samples per prompt in label_db "
+                "for people to rank with `rlhf-kit label` (then `rlhf-kit label export`).",
+        "choices": ["simulated", "human"]})
+    label_db: str | None = field(default=None, metadata={"help": "labeler human: the label database to fill."})
 
     def __post_init__(self):
         if not 2 <= self.num_responses <= 9:
             raise UserError(f"num_responses={self.num_responses} is out of range; InstructGPT's K is 2 to 9")
+        if self.labeler not in ("simulated", "human"):
+            raise UserError(f"labeler={self.labeler!r} is unknown; use simulated or human")
+        if self.labeler == "human" and not self.label_db:
+            raise UserError("labeler human needs label_db, the database to queue the samples in "
+                            "(e.g. label_db: runs/labels/labels.db)")
 
 
 @dataclass

@@ -131,3 +131,12 @@ def parse_demo_form(form, prompt: list[dict]) -> dict:
     if not turns or any(not t["content"] for t in turns) or turns[-1]["role"] != "assistant":
         raise FormError("write the assistant's reply (every turn you add needs text; end on an assistant turn)")
     return {"messages": prompt + turns}
+
+
+def queue_samples(db_path: str, rows: list[dict], responses: list[list[str]], source: str) -> dict:
+    """Queue K sampled responses per prompt as rank tasks (the comparison stage with ``labeler: human``)."""
+    from rlhf_kit.label.store import Store
+
+    items = [parse_item({"prompt": row["prompt"], "responses": resp}, source) for row, resp in zip(rows, responses)]
+    added, known = Store(db_path).add_items(items, source)
+    return {"queued": added, "already_queued": known, "label_db": db_path}
