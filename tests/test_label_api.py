@@ -90,6 +90,7 @@ def test_rank_and_demo_flow_stop_return_and_export(tmp_path):
     admin = client_for(db)
     login(admin, "admin")
     table = admin.get("/admin").text
+    assert "Items labeled: <b>3</b> of 3 · gold items: 1 ·\nlabels: 8" in table
     assert 'data-labeler="alice"' in table and "100.0% (3 pairs)" in table and "0.0% (3 pairs)" in table
 
 
