@@ -150,8 +150,11 @@ class RankingRewardTrainer(RewardTrainer):
 
 
 def _drop_empty_responses(row: dict) -> dict:
-    kept = [(r, k) for r, k in zip(row["responses"], row["ranks"]) if r.strip()]
-    return {"responses": [r for r, _ in kept], "ranks": [k for _, k in kept]}
+    """The row without its empty responses; per-response columns (ranks, and scores/flags of human labels) stay
+    aligned, and extra columns such as ``labeler`` pass through."""
+    keep = [i for i, r in enumerate(row["responses"]) if r.strip()]
+    return {c: [row[c][i] for i in keep] for c in ("responses", "ranks", "scores", "flags")
+            if isinstance(row.get(c), list) and len(row[c]) == len(row["responses"])}
 
 
 def build_ranking_dataset(ds, tokenizer, max_length: int | None, path: str, k_max: int = 9,

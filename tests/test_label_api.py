@@ -220,3 +220,18 @@ def test_bad_forms_and_imports_are_one_line_errors(tmp_path):
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "line 1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_exported_rows_load_in_the_reward_builder_with_scores_aligned():
+    from datasets import Dataset
+
+    from rlhf_kit import modeling, world
+    from rlhf_kit.ranking import build_ranking_dataset
+
+    prompt = [{"role": "user", "content": "name two animals"}]
+    row = {"prompt": prompt, "responses": ["cat , dog", "", "cat"], "ranks": [0, 2, 1], "scores": [7, 1, 4],
+           "flags": [[], ["fails_instruction"], []], "labeler": "alice+bob"}
+    kept = build_ranking_dataset(Dataset.from_list([row]), modeling.build_tiny_tokenizer(world.vocabulary()), None,
+                                 "rankings.jsonl")
+    assert kept[0]["responses"] == ["cat , dog", "cat"] and kept[0]["ranks"] == [0, 1]
+    assert kept[0]["scores"] == [7, 4]  # the empty response's rating went with it
