@@ -235,3 +235,13 @@ def test_exported_rows_load_in_the_reward_builder_with_scores_aligned():
                                  "rankings.jsonl")
     assert kept[0]["responses"] == ["cat , dog", "cat"] and kept[0]["ranks"] == [0, 1]
     assert kept[0]["scores"] == [7, 4]  # the empty response's rating went with it
+
+
+def test_compare_labeler_human_needs_a_label_db():
+    from rlhf_kit.configs import CompareArguments, parse_stage_args
+    from rlhf_kit.errors import UserError
+
+    with pytest.raises(UserError, match="labeler human needs label_db"):
+        parse_stage_args((CompareArguments,), ["--labeler", "human"])
+    (args,) = parse_stage_args((CompareArguments,), ["--labeler", "human", "--label_db", "x.db"])
+    assert args.labeler == "human" and args.label_db == "x.db"
