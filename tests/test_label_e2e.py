@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 
@@ -33,6 +34,11 @@ def test_compare_human_label_in_browser_export_train_reward(pipeline, browser, t
     assert f"queued {N_ITEMS}" in compare.stdout
     assert not (tmp_path / "compare" / "rankings.jsonl").exists()  # nobody ranked them yet
     label_cli("add-user", "carol", "--db", str(db), stdin=PASSWORD + "\n")
+    demo_db = tmp_path / "demos.db"  # demonstration tasks with a suggestion written by the SFT policy
+    demo_file = write_jsonl(tmp_path / "demo.jsonl", [{"prompt": p["prompt"]} for p in prompts[:2]])
+    label_cli("import", str(demo_file), "--db", str(demo_db), "--suggest-from", str(pipeline / "runs" / "sft"))
+    suggestions = [r[0] for r in sqlite3.connect(demo_db).execute("SELECT suggestion FROM items")]
+    assert len(suggestions) == 2 and all(isinstance(s, str) for s in suggestions)
     server = Server(db, tmp_path / "server.log")
     try:
         page = new_page(browser, server.url)

@@ -82,12 +82,14 @@ def label_command(args: argparse.Namespace) -> None:
 
     cmd = args.label_command
     if cmd == "add-user":
+        from pathlib import Path
+
         from rlhf_kit.label.security import hash_password
 
-        store = Store(args.db)
-        if store.user_by_name(args.name) and not args.reset_password:
+        if Path(args.db).is_file() and Store(args.db).user_by_name(args.name) and not args.reset_password:
             raise UserError(f"user {args.name} already exists; pass --reset-password to set a new password")
-        store.add_user(args.name, hash_password(read_password(args.name)), args.admin, replace=args.reset_password)
+        password_hash = hash_password(read_password(args.name))  # before the database exists: no empty file on error
+        Store(args.db).add_user(args.name, password_hash, args.admin, replace=args.reset_password)
         print(f"{'admin' if args.admin else 'labeler'} {args.name} saved in {args.db}")
     elif cmd == "import":
         from rlhf_kit.label.tasks import read_items
