@@ -7,19 +7,21 @@ TORCH ?= torch==2.13.0
 ACCELERATE_CONFIG ?= recipes/accelerate/cpu.yaml
 RUN_CONFIGS ?= recipes/configs/demo
 RUN ?= demo
+LABEL_DB ?= runs/labels/labels.db
 LAUNCH = $(PYTHON) -m rlhf_kit.launch --config_file $(ACCELERATE_CONFIG)  # accelerate launch, minus its traceback on failure
 STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test lint demo base sft compare reward ppo eval bench-reward push data-validate data-preview clean
+.PHONY: install test lint demo base sft compare reward ppo eval bench-reward push data-validate data-preview clean \
+	label label-export label-screenshots
 
 install: $(STAMP)
 
 # torch first, pinned: it resolves to the CPU build here; an unpinned torch would pull several GB of CUDA wheels.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet "$(TORCH)"
-	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	$(PYTHON) -m pip install --quiet -e ".[dev,label]"
 	touch $(STAMP)
 
 test: install
@@ -67,6 +69,17 @@ data-preview: install
 push: install
 	$(if $(STAGE),,$(error set STAGE=sft, reward or ppo))$(if $(HUB_ID),,$(error set HUB_ID=owner/name))
 	$(PYTHON) -m rlhf_kit.cli push runs/$(RUN)/$(STAGE) $(HUB_ID) $(if $(ADAPTER_ONLY),--adapter-only) $(if $(DRY_RUN),--dry-run)
+
+# Human labels (README "Human labels"): serve the labeling app on 127.0.0.1:8000, export what was labeled.
+label: install
+	$(PYTHON) -m rlhf_kit.cli label serve --db $(LABEL_DB) $(if $(PORT),--port $(PORT))
+
+label-export: install
+	$(PYTHON) -m rlhf_kit.cli label export --db $(LABEL_DB) --output-dir runs/$(RUN)/labels --heldout-fraction 0.15
+
+# The README's screenshots, taken by the browser tests (needs Debian's chromium).
+label-screenshots: install
+	RLHF_KIT_SCREENSHOTS=docs/label HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q tests/test_label_browser.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,8 +1,11 @@
 """Comparison collection (InstructGPT Sec. 3.5): sample K responses per prompt from the SFT policy and rank them
 with the configured labeler (the demo: its simulated labeler, gold score + noise). Writes full rankings and the
-pairs derived from them.
+pairs derived from them. With ``labeler: human`` the samples go to the labeling queue instead (``rlhf-kit label``;
+README "Human labels").
 
     python recipes/compare.py --config recipes/configs/demo/compare.yaml
+    python recipes/compare.py --config recipes/configs/demo/compare.yaml --labeler human \\
+        --label_db runs/labels/labels.db
 """
 
 from rlhf_kit.configs import CompareArguments, parse_stage_args
@@ -25,7 +28,7 @@ def main(args: CompareArguments):
     tokenizer = modeling.load_tokenizer(args.model_name_or_path)
     rows = build_prompt_dataset(load_rows(args.dataset_path, args.dataset_split), tokenizer, args.max_prompt_length,
                                 args.dataset_path, "compare", keep_columns=("prompt",) + compare.CARRIED).to_list()
-    labeler = load_labeler(args.labeler, noise=args.labeler_noise, seed=args.seed)
+    labeler = None if args.labeler == "human" else load_labeler(args.labeler, noise=args.labeler_noise, seed=args.seed)
     judge = load_judge(args.judge) if args.judge else None
     for checker in (labeler, judge):
         if checker is not None:
@@ -34,6 +37,11 @@ def main(args: CompareArguments):
     run.start(args)
     responses = sample_responses(model, tokenizer, [r["prompt"] for r in rows], args.num_responses,
                                  args.temperature, args.max_new_tokens, args.batch_size, args.seed)
+    if labeler is None:  # people rank later, in the labeling app; its export is the reward stage's data
+        from rlhf_kit.label.tasks import queue_samples
+
+        run.finish(queue_samples(args.label_db, rows, responses, args.dataset_path))
+        return
     rankings = compare.rank_rows(rows, responses, labeler)
     counts = compare.write_comparisons(out, rankings, args.heldout_fraction, args.seed)
     if judge is not None:

@@ -3,6 +3,7 @@
     rlhf-kit push runs/demo/sft user/tiny-sft [--adapter-only] [--dry-run]
     rlhf-kit data validate hh_rlhf [--data-dir DIR] [--split train]
     rlhf-kit data preview oasst1 --stage comparisons -n 3
+    rlhf-kit label serve|import|export|add-user ...   (see rlhf_kit/label/cli.py)
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from rlhf_kit.errors import exit_on_user_error
+from rlhf_kit.label import cli as label_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--stage", default=None, help="sft, comparisons or prompts (default: every stage it serves)")
         p.add_argument("--data-dir", default=None, help="local copies as <dir>/<card>/<split>.jsonl (offline)")
     preview.add_argument("-n", type=int, default=3, help="rows to print")
+    label_cli.add_parser(sub)
     return parser
 
 
@@ -66,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "data":
         exit_on_user_error(lambda: data_command(args))
+    if args.command == "label":
+        exit_on_user_error(lambda: label_cli.label_command(args))
     if args.command == "push":
         from rlhf_kit.hub import push_stage
 

@@ -78,17 +78,22 @@ class CompareArguments(SamplingArguments):
     output_dir: str = field(default="runs/demo/compare", metadata={"help": "Where rankings and pairs are written."})
     num_responses: int = field(default=4, metadata={"help": "K responses per prompt (InstructGPT: 4 to 9)."})
     labeler: str = field(default="simulated", metadata={
-        "help": "Who ranks the K responses: a registered labeler (simulated) or package.module:Class "
-                "(see rlhf_kit/labelers.py)."})
+        "help": "Who ranks the K responses: a registered labeler (simulated), package.module:Class (see "
+                "rlhf_kit/labelers.py), or human: queue the K samples per prompt in label_db for people to rank with "
+                "`rlhf-kit label` (then `rlhf-kit label export`)."})
     labeler_noise: float = field(default=0.1, metadata={"help": "Std of the simulated labeler's score noise."})
     judge: str | None = field(default=None, metadata={
         "help": "Optional judge (e.g. gold) whose agreement with the labeler's pairs the summary reports."})
     max_prompt_length: int = field(default=64, metadata={"help": "Prompts longer than this are dropped."})
     heldout_fraction: float = field(default=0.1, metadata={"help": "Share of prompts kept for RM evaluation."})
+    label_db: str | None = field(default=None, metadata={"help": "labeler human: the label database to fill."})
 
     def __post_init__(self):
         if not 2 <= self.num_responses <= 9:
             raise UserError(f"num_responses={self.num_responses} is out of range; InstructGPT's K is 2 to 9")
+        if self.labeler == "human" and not self.label_db:
+            raise UserError("labeler human needs label_db, the database to queue the samples in "
+                            "(e.g. label_db: runs/labels/labels.db)")
 
 
 @dataclass

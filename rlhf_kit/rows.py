@@ -110,12 +110,11 @@ CHECKS = {"sft": check_sft, "prompts": check_prompt, "comparisons": check_compar
 
 
 def drop_empty_responses(row: dict) -> dict:
-    """A ranking without its blank responses (a blank response is a bad entry of a ranking, not a bad ranking)."""
-    kept = [i for i, r in enumerate(row["responses"]) if r.strip()]
-    out = {"responses": [row["responses"][i] for i in kept], "ranks": [row["ranks"][i] for i in kept]}
-    if row.get("scores") is not None:
-        out["scores"] = [row["scores"][i] for i in kept]
-    return out
+    """A ranking without its blank responses (a blank response is a bad entry of a ranking, not a bad ranking); the
+    per-response columns (ranks, and scores/flags of human labels) stay aligned, other columns pass through."""
+    keep = [i for i, r in enumerate(row["responses"]) if r.strip()]
+    return {c: [row[c][i] for i in keep] for c in ("responses", "ranks", "scores", "flags")
+            if isinstance(row.get(c), list) and len(row[c]) == len(row["responses"])}
 
 
 def expand_pairs(ranking: dict) -> list[dict]:
