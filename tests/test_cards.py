@@ -191,7 +191,11 @@ def test_recipes_run_from_public_dataset_cards(pipeline, tmp_path):
 def test_real_model_configs_resolve_their_cards_on_fixtures(path):
     config = yaml.safe_load(path.read_text())
     stage = {"sft": "sft", "reward": "comparisons", "ppo": "prompts"}[path.stem]
-    assert config["dataset_cards"] and "/" in config["model_name_or_path"] or path.stem != "sft"
+    assert config["dataset_cards"], "real-model configs name their data by card"
+    if path.stem == "sft":  # SFT starts from the pretrained checkpoint, named by Hub id
+        assert "/" in config["model_name_or_path"] and not config["model_name_or_path"].startswith("runs/")
+    else:  # reward and PPO start from this track's SFT output
+        assert config["model_name_or_path"] == str(Path(config["output_dir"]).parent / "sft")
     ds = load_mixture(config["dataset_cards"], stage, config.get("dataset_split", "train"), FIXTURES)
     assert len(ds) > 0
     assert (path.parent / "README.md").is_file() and "accelerate launch" in (path.parent / "README.md").read_text()

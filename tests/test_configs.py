@@ -38,9 +38,20 @@ def test_recipe_config_parses(path: Path):
                 assert got in (value, [value]) or str(got) == str(value), (key, got, value)
 
 
-def test_every_stage_has_a_demo_config():
-    stages = {p.stem for p in (REPO / "recipes" / "configs" / "demo").glob("*.yaml")}
-    assert {"base", "sft", "compare", "reward", "ppo"} <= stages
+def test_demo_stages_chain_into_each_other():
+    """Each demo stage reads exactly what the stage before it writes (a renamed folder breaks this test)."""
+    cfg = {p.stem: yaml.safe_load(p.read_text()) for p in (REPO / "recipes" / "configs" / "demo").glob("*.yaml")}
+    out = {stage: c.get("output_dir") for stage, c in cfg.items()}
+    data = cfg["base"]["data_dir"]
+    assert cfg["sft"]["model_name_or_path"] == out["base"] and cfg["sft"]["dataset_path"] == f"{data}/sft.jsonl"
+    assert cfg["compare"]["model_name_or_path"] == out["sft"] == cfg["reward"]["model_name_or_path"]
+    assert cfg["compare"]["dataset_path"] == cfg["ppo"]["dataset_path"] == f"{data}/prompts.jsonl"
+    assert cfg["reward"]["dataset_path"] == f"{out['compare']}/rankings.jsonl"
+    assert cfg["reward"]["eval_dataset_path"] == f"{out['compare']}/rankings_heldout.jsonl"
+    assert cfg["ppo"]["model_name_or_path"] == out["sft"] and cfg["ppo"]["reward_model_path"] == out["reward"]
+    run_dir = cfg["eval"]["run_dir"]
+    assert cfg["eval"]["eval_dataset_path"] == f"{data}/eval.jsonl"
+    assert {str(Path(o).parent) for o in out.values() if o} == {run_dir}  # every stage under one run folder
 
 
 @pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
