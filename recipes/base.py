@@ -4,8 +4,7 @@ pretrained on the demo world's corpus (which this stage also writes), saved with
     accelerate launch recipes/base.py --config recipes/configs/demo/base.yaml
 """
 
-from rlhf_kit.configs import BaseArguments, parse_stage_args
-from rlhf_kit.errors import exit_on_user_error
+from rlhf_kit.configs import BaseArguments, make_stage_parser, run_recipe
 from rlhf_kit.trl_compat import SFTConfig
 
 
@@ -44,5 +43,10 @@ def main(script_args: BaseArguments, training_args: SFTConfig):
     run.finish({"params": n_params, "train_loss": metrics.get("train_loss")})
 
 
+def make_parser():
+    """The stage's config parser (TRL's TrlParser over its dataclasses); the same as `rlhf-kit base`."""
+    return make_stage_parser((BaseArguments, SFTConfig))
+
+
 if __name__ == "__main__":
-    exit_on_user_error(lambda: main(*parse_stage_args((BaseArguments, SFTConfig))))
+    run_recipe(main, make_parser)

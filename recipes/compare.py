@@ -8,8 +8,7 @@ README "Human labels").
         --label_db runs/labels/labels.db
 """
 
-from rlhf_kit.configs import CompareArguments, parse_stage_args
-from rlhf_kit.errors import exit_on_user_error
+from rlhf_kit.configs import CompareArguments, make_stage_parser, run_recipe
 
 
 def main(args: CompareArguments):
@@ -49,5 +48,10 @@ def main(args: CompareArguments):
     run.finish(counts)
 
 
+def make_parser():
+    """The stage's config parser (TRL's TrlParser over its dataclasses); the same as `rlhf-kit compare`."""
+    return make_stage_parser((CompareArguments,))
+
+
 if __name__ == "__main__":
-    exit_on_user_error(lambda: main(*parse_stage_args((CompareArguments,))))
+    run_recipe(main, make_parser)

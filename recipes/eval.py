@@ -7,8 +7,7 @@ the reward model and PPO never saw (InstructGPT judged its policies by held-out 
 (Named after the stage, not `evaluate.py`: a script of that name would shadow the `evaluate` library.)
 """
 
-from rlhf_kit.configs import EvalArguments, parse_stage_args
-from rlhf_kit.errors import exit_on_user_error
+from rlhf_kit.configs import EvalArguments, make_stage_parser, run_recipe
 
 
 def main(args: EvalArguments):
@@ -75,5 +74,10 @@ def main(args: EvalArguments):
     print(report.headline(summary))
 
 
+def make_parser():
+    """The stage's config parser (TRL's TrlParser over its dataclasses); the same as `rlhf-kit eval`."""
+    return make_stage_parser((EvalArguments,))
+
+
 if __name__ == "__main__":
-    exit_on_user_error(lambda: main(*parse_stage_args((EvalArguments,))))
+    run_recipe(main, make_parser)

@@ -7,8 +7,7 @@ penalty R = r(x, y) - beta log pi_RL(y|x) / pi_SFT(y|x). Wraps ``trl.experimenta
 
 import time
 
-from rlhf_kit.configs import PPOArguments, parse_stage_args
-from rlhf_kit.errors import exit_on_user_error
+from rlhf_kit.configs import PPOArguments, make_stage_parser, run_recipe
 from rlhf_kit.trl_compat import ModelConfig, PPOConfig
 
 
@@ -62,5 +61,10 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
         hub.push_stage(out, hub_id)
 
 
+def make_parser():
+    """The stage's config parser (TRL's TrlParser over its dataclasses); the same as `rlhf-kit ppo`."""
+    return make_stage_parser((PPOArguments, PPOConfig, ModelConfig))
+
+
 if __name__ == "__main__":
-    exit_on_user_error(lambda: main(*parse_stage_args((PPOArguments, PPOConfig, ModelConfig))))
+    run_recipe(main, make_parser)

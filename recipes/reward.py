@@ -6,8 +6,7 @@ what PPO loads.
     accelerate launch recipes/reward.py --config recipes/configs/demo/reward.yaml
 """
 
-from rlhf_kit.configs import RewardArguments, parse_stage_args
-from rlhf_kit.errors import exit_on_user_error
+from rlhf_kit.configs import RewardArguments, make_stage_parser, run_recipe
 from rlhf_kit.trl_compat import ModelConfig, RewardConfig
 
 
@@ -52,5 +51,10 @@ def main(script_args: RewardArguments, training_args: RewardConfig, model_args: 
     run.finish(summary)
 
 
+def make_parser():
+    """The stage's config parser (TRL's TrlParser over its dataclasses); the same as `rlhf-kit reward`."""
+    return make_stage_parser((RewardArguments, RewardConfig, ModelConfig))
+
+
 if __name__ == "__main__":
-    exit_on_user_error(lambda: main(*parse_stage_args((RewardArguments, RewardConfig, ModelConfig))))
+    run_recipe(main, make_parser)

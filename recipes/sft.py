@@ -4,8 +4,7 @@ assistant tokens only. Wraps TRL's ``SFTTrainer``; saves the merged model and th
     accelerate launch recipes/sft.py --config recipes/configs/demo/sft.yaml
 """
 
-from rlhf_kit.configs import DataArguments, parse_stage_args
-from rlhf_kit.errors import exit_on_user_error
+from rlhf_kit.configs import DataArguments, make_stage_parser, run_recipe
 from rlhf_kit.trl_compat import ModelConfig, SFTConfig
 
 
@@ -40,5 +39,10 @@ def main(script_args: DataArguments, training_args: SFTConfig, model_args: Model
     run.finish({"rows": len(dataset), "train_loss": metrics.get("train_loss")})
 
 
+def make_parser():
+    """The stage's config parser (TRL's TrlParser over its dataclasses); the same as `rlhf-kit sft`."""
+    return make_stage_parser((DataArguments, SFTConfig, ModelConfig))
+
+
 if __name__ == "__main__":
-    exit_on_user_error(lambda: main(*parse_stage_args((DataArguments, SFTConfig, ModelConfig))))
+    run_recipe(main, make_parser)

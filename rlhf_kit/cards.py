@@ -19,10 +19,11 @@ import yaml
 from rlhf_kit import rows as canonical
 from rlhf_kit.data import load_rows
 from rlhf_kit.errors import UserError
+from rlhf_kit.paths import shipped
 
 REQUIRED = ("name", "stages", "source", "splits", "adapter", "license", "provenance")
 STAGES = tuple(canonical.SHAPES)  # sft, prompts, comparisons
-CARDS_DIR = Path(__file__).resolve().parents[1] / "data_cards"
+CARDS_DIR = shipped("data_cards")
 
 
 @dataclass
@@ -134,12 +135,24 @@ def _drop_bad_rows(rows: list[dict], stage: str, dropped: Counter) -> list[dict]
     return kept
 
 
-def parse_mixture(spec: str) -> list[tuple[str, float, int | None]]:
-    """``card[:weight[:max_rows]],...`` -> [(card, weight, max_rows)]; weight is the share of the card's rows kept
-    (alignment-handbook's dataset mixer), max_rows caps them first."""
+def parse_mixture(spec) -> list[tuple[str, float, int | None]]:
+    """A dataset mixture -> [(card, weight, max_rows)]; weight is the share of the card's rows kept
+    (alignment-handbook's dataset mixer), max_rows caps them first. Written either way:
+
+    - a string ``card[:weight[:max_rows]],...`` (handy on the command line), e.g. ``hh_rlhf:0.5:1000,shp``;
+    - a YAML list, each item a card name or ``{card: hh_rlhf, weight: 0.5, max_rows: 1000}``.
+    """
+    items = spec if isinstance(spec, list) else [s.strip() for s in str(spec).split(",") if s.strip()]
     out = []
-    for item in [s.strip() for s in spec.split(",") if s.strip()]:
-        parts = item.split(":")
+    for item in items:
+        if isinstance(item, dict):
+            unknown = set(item) - {"card", "weight", "max_rows"}
+            if "card" not in item or unknown:
+                raise UserError(f"dataset_cards item {item} needs `card` and may add `weight` and `max_rows` "
+                                f"(unknown: {', '.join(sorted(unknown)) or 'none'})")
+            parts = [str(item["card"]), str(item.get("weight", "")), str(item.get("max_rows") or "")]
+        else:
+            parts = str(item).split(":")
         try:
             weight = float(parts[1]) if len(parts) > 1 and parts[1] else 1.0
             limit = int(parts[2]) if len(parts) > 2 and parts[2] else None

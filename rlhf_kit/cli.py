@@ -1,5 +1,7 @@
-"""``rlhf-kit`` command line: tools around the recipes.
+"""``rlhf-kit`` command line: the recipes as subcommands, and tools around them.
 
+    rlhf-kit demo                                  every demo stage, in ./runs/demo (installed or in a checkout)
+    rlhf-kit sft --config recipes/configs/demo/sft.yaml [--key value ...]   (base, sft, compare, reward, ppo, eval)
     rlhf-kit push runs/demo/sft user/tiny-sft [--adapter-only] [--dry-run]
     rlhf-kit data validate hh_rlhf [--data-dir DIR] [--split train]
     rlhf-kit data preview oasst1 --stage comparisons -n 3
@@ -17,6 +19,10 @@ from rlhf_kit.label import cli as label_cli
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf-kit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    for stage in STAGES:
+        sub.add_parser(stage, help=f"the {stage} stage's recipe (`rlhf-kit {stage} --help` lists its options)")
+    demo = sub.add_parser("demo", help="run every demo stage with the shipped configs (outputs in ./runs/demo)")
+    demo.add_argument("--accelerate-config", default=None, help="accelerate YAML for the training stages")
     push = sub.add_parser("push", help="export a finished stage with a model card and upload it to the Hub")
     push.add_argument("stage_dir", help="a finished stage folder, e.g. runs/demo/ppo")
     push.add_argument("hub_id", help="owner/name of the Hub repository")
@@ -65,8 +71,59 @@ def data_command(args) -> None:
                 print(json.dumps(row, ensure_ascii=False))
 
 
+STAGES = ("base", "sft", "compare", "reward", "ppo", "eval")
+TRAINING_STAGES = ("base", "sft", "reward", "ppo")  # run under accelerate (one process per device)
+
+
+def load_recipe(stage: str):
+    """A stage's recipe module (``recipes/<stage>.py``, shipped in the package as ``rlhf_kit/recipes``)."""
+    import importlib.util
+
+    from rlhf_kit.paths import recipe_path
+
+    spec = importlib.util.spec_from_file_location(f"rlhf_kit_recipe_{stage}", recipe_path(stage))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def demo_command(accelerate_config: str | None = None) -> int:
+    """Every stage of the demo with its shipped configs, in order, in the current folder (outputs in runs/demo).
+
+    The same as ``make demo``: training stages go through accelerate (the shipped ``cpu.yaml`` unless another
+    config is given), each stage in its own process; a finished stage is skipped, so a rerun continues.
+    """
+    import subprocess
+    import sys
+
+    from rlhf_kit.paths import demo_config, recipe_path, shipped
+
+    hardware = accelerate_config or str(shipped("recipes") / "accelerate" / "cpu.yaml")
+    for stage in STAGES:
+        launcher = ["-m", "rlhf_kit.launch", "--config_file", hardware] if stage in TRAINING_STAGES else []
+        cmd = [sys.executable, *launcher, str(recipe_path(stage)), "--config", str(demo_config(stage))]
+        code = subprocess.call(cmd)
+        if code:
+            print(f"error: the demo stopped at the {stage} stage (exit {code}); fix what it printed and rerun "
+                  "`rlhf-kit demo` to continue", file=sys.stderr)
+            return code
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in STAGES:  # `rlhf-kit sft --config ...`: the recipe's own parser takes the rest
+        from rlhf_kit.configs import run_recipe
+
+        sys.argv[0] = f"rlhf-kit {argv[0]}"  # usage lines name the subcommand
+        recipe = load_recipe(argv[0])
+        run_recipe(recipe.main, recipe.make_parser, argv[1:])
+        return
     args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        sys.exit(demo_command(args.accelerate_config))
     if args.command == "data":
         exit_on_user_error(lambda: data_command(args))
     if args.command == "label":

@@ -51,7 +51,8 @@ class DataArguments(TrainArguments):
 
     dataset_path: str = field(default="", metadata={"help": "Dataset file, folder or Hub id."})
     dataset_cards: str | None = field(default=None, metadata={
-        "help": "Data cards instead of dataset_path: 'card[:weight[:max_rows]],...' (see data_cards/README.md)."})
+        "help": "Data cards instead of dataset_path: 'card[:weight[:max_rows]],...', or in YAML a list of card "
+                "names or {card, weight, max_rows} items (see data_cards/README.md)."})
     card_data_dir: str | None = field(default=None, metadata={
         "help": "Local copies of the cards' data as <dir>/<card>/<split>.jsonl (offline use)."})
     dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
@@ -145,11 +146,23 @@ class EvalArguments(SamplingArguments):
             raise UserError(f"baseline {self.baseline!r} is not among policies {self.policies}; add it or pick one")
 
 
+def make_stage_parser(dataclass_types: tuple):
+    """TRL's ``TrlParser`` over a stage's dataclasses (``--config file.yaml`` plus flags); abbreviations refused."""
+    from rlhf_kit.trl_compat import TrlParser
+
+    return TrlParser(dataclass_types, allow_abbrev=False)  # a typo must not match a longer flag
+
+
+def run_recipe(main, make_parser, argv: list[str] | None = None) -> None:
+    """A recipe's entry point: parse its config and flags, run ``main``; user mistakes end as one line, exit 2."""
+    from rlhf_kit.errors import exit_on_user_error
+
+    exit_on_user_error(lambda: main(*parse_stage_args(tuple(make_parser().dataclass_types), argv)))
+
+
 def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
     """Parse ``--config file.yaml`` plus CLI overrides into the given dataclasses; user mistakes become UserError."""
     import torch
-
-    from rlhf_kit.trl_compat import TrlParser
 
     if not torch.cuda.is_available():
         # accelerate's multi-process launcher does not pass `use_cpu` to the ranks, and without it they see no GPU,
@@ -174,7 +187,7 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
         unknown = sorted(set(config) - known)
         if unknown:
             raise UserError(f"unknown key(s) {', '.join(unknown)} in {path}; check the spelling (see --help)")
-    parser = TrlParser(dataclass_types, allow_abbrev=False)  # a typo must not match a longer flag
+    parser = make_stage_parser(dataclass_types)
     try:
         parsed = tuple(parser.parse_args_and_config(argv))
     except (ValueError, TypeError) as err:

@@ -113,6 +113,22 @@ def test_mixture_weights_and_row_limits():
     assert set(ds.column_names) == {"prompt", "chosen", "rejected"}
     with pytest.raises(UserError, match="weight must be in"):
         parse_mixture("hh_rlhf:2")
+    # alignment-handbook's form: a YAML list of cards, each a name or {card, weight, max_rows}
+    assert parse_mixture([{"card": "hh_rlhf", "weight": 0.5, "max_rows": 100}, "shp"]) == parse_mixture(
+        "hh_rlhf:0.5:100, shp")
+    with pytest.raises(UserError, match="needs `card`.*unknown: weigth"):
+        parse_mixture([{"card": "shp", "weigth": 0.5}])
+
+
+def test_mixture_as_a_yaml_list_reaches_the_recipe(tmp_path):
+    from rlhf_kit.configs import DataArguments, parse_stage_args
+    from rlhf_kit.trl_compat import ModelConfig, SFTConfig
+
+    config = tmp_path / "sft.yaml"
+    config.write_text("output_dir: runs/x/sft\nbf16: false\ndataset_cards:\n  - card: ultrachat_200k\n    weight: 0.5\n"
+                      "  - shp\n")
+    script_args, _, _ = parse_stage_args((DataArguments, SFTConfig, ModelConfig), ["--config", str(config)])
+    assert parse_mixture(script_args.dataset_cards) == [("ultrachat_200k", 0.5, None), ("shp", 1.0, None)]
 
 
 def _card(tmp_path, text):

@@ -99,3 +99,19 @@ runpy.run_path(sys.argv[0], run_name="__main__")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "reward" / "stage_complete.json").read_text())["rows"] > 0
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {_module_name(p.parent / "__init__.py") for p in PACKAGE.rglob("__init__.py")}
+    assert found - listed == set(), "add these packages to [tool.setuptools] packages in pyproject.toml"
+    assert {"rlhf_kit.recipes", "rlhf_kit.data_cards"} <= listed
+
+
+def test_rlhf_kit_stage_subcommand_runs_the_recipe():
+    proc = subprocess.run([sys.executable, "-m", "rlhf_kit.cli", "sft", "--help"], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0 and "usage: rlhf-kit sft" in proc.stdout
+    assert "--dataset_cards" in proc.stdout and "--lora_r" in proc.stdout  # rlhf_kit's, TRL's and peft's options
