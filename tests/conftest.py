@@ -12,10 +12,28 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's rlhf_kit, whichever checkout was pip-installed last
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+TEST_ENV = {
+    "HF_HUB_OFFLINE": "1",  # tests never touch the network
+    "HF_DATASETS_OFFLINE": "1",
+    "TRL_EXPERIMENTAL_SILENCE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_env():
+    """The test session's environment, set through monkeypatch and restored when the session ends."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in TEST_ENV.items():
+            mp.setenv(key, value)
+        yield
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that need the tiny end-to-end pipeline are the slow ones (``pytest -m "not slow"`` skips them)."""
+    for item in items:
+        if "pipeline" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 # Per-stage overrides that make each stage a few steps on a very small model.
 TINY = {

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from rlhf_kit.errors import UserError
 
@@ -50,6 +51,7 @@ def test_unknown_cli_flag_fails_cleanly():
     assert "--learning_rat" in proc.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU takes bf16; this checks the CPU refusal")
 def test_bf16_on_cpu_says_how_to_fix():
     proc = run_cli("sft", config_args("sft") + ["--bf16", "true"])
     line = _single_error_line(proc)

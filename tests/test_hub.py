@@ -104,23 +104,21 @@ def test_exporting_an_unfinished_stage_is_refused(pipeline, tmp_path):
     assert not (tmp_path / "export").exists()
 
 
-def test_recipe_push_to_hub_passes_through(pipeline, tmp_path):
+def test_recipe_push_to_hub_passes_through(pipeline, tmp_path, monkeypatch):
     """TRL's push_to_hub / hub_model_id options: checked before training, the finished stage pushed after it."""
     from conftest import run_cli
 
     args = config_args("sft") + stage_paths(pipeline, "sft") + TINY["sft"] + [
         "--output_dir", str(tmp_path / "sft"), "--push_to_hub", "true", "--hub_model_id", "someone/tiny-sft"]
     with HubStub() as hub:
-        os.environ.update({"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1",
-                           "HF_HOME": str(tmp_path / "hf")})
-        try:
-            refused = run_cli("sft", args + ["--output_dir", str(tmp_path / "refused")], env={"HF_TOKEN": ""})
-            done = run_cli("sft", args, env={"HF_TOKEN": "hf_test"})
-        finally:
-            for key in ("HF_ENDPOINT", "HF_HOME", "HF_HUB_DISABLE_XET"):
-                os.environ.pop(key, None)
-            os.environ["HF_HUB_OFFLINE"] = "1"
+        for key, value in {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1",
+                           "HF_HOME": str(tmp_path / "hf")}.items():
+            monkeypatch.setenv(key, value)
+        refused = run_cli("sft", args + ["--output_dir", str(tmp_path / "refused")], env={"HF_TOKEN": ""})
+        done = run_cli("sft", args, env={"HF_TOKEN": "hf_test"})
     assert refused.returncode == 2 and "no Hub token" in refused.stderr
     assert not (tmp_path / "refused" / "stage_complete.json").exists()
     assert done.returncode == 0, done.stderr[-2000:]
     assert "model.safetensors" in hub.files["someone/tiny-sft"]
+    resolved = yaml.safe_load((tmp_path / "sft" / "rlhf_kit_config.yaml").read_text())
+    assert resolved["push_to_hub"] is True and resolved["hub_model_id"] == "someone/tiny-sft"  # recorded as asked
