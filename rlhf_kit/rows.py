@@ -139,9 +139,9 @@ def expand_pairs(ranking: dict) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------- JSON Lines I/O
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Rows of a JSON Lines file; a broken line is a one-line error naming the file and line number."""
-    rows = []
+def iter_jsonl(path: str | os.PathLike):
+    """(line number, row) of each non-blank line of a JSON Lines file; a broken line is a one-line error naming the
+    file and line number."""
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -152,8 +152,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
                 raise UserError(f"{path} line {number} is not valid JSON ({err.msg}); fix or remove that line")
             if not isinstance(row, dict):
                 raise UserError(f"{path} line {number} is not a JSON object; each line must be one row {{...}}")
-            rows.append(row)
-    return rows
+            yield number, row
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Rows of a JSON Lines file (see :func:`iter_jsonl` for its errors)."""
+    return [row for _, row in iter_jsonl(path)]
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:

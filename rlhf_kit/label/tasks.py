@@ -7,10 +7,10 @@ reply (or both sides of a short conversation), optionally starting from a model-
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rlhf_kit.errors import UserError
+from rlhf_kit.rows import iter_jsonl
 
 # InstructGPT's metadata (Ouyang et al. 2022, Table 3), in the order of their labeling interface.
 FLAGS = {
@@ -80,15 +80,7 @@ def read_items(path: str, gold: bool = False) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"import file {path} not found; pass a .jsonl file of prompts or prompts + responses")
-    items = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path} line {n} is not valid JSON ({err.msg}); write one JSON object per line")
-        items.append(parse_item(row, f"{path} line {n}", gold))
+    items = [parse_item(row, f"{path} line {n}", gold) for n, row in iter_jsonl(p)]
     if not items:
         raise UserError(f"import file {path} has no rows")
     return items
