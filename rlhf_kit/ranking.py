@@ -93,13 +93,12 @@ def dedupe_ranking(responses: list[str], ranks: list[int], scores: list[float] |
     }
 
 
-def limit_k(responses: list, ranks: list[int], k_max: int) -> tuple[list, list[int]]:
-    """At most ``k_max`` responses, spread evenly over the rank order so best and worst both stay."""
-    if len(responses) <= k_max:
-        return responses, ranks
+def spread_over_ranks(ranks: list[int], k_max: int) -> list[int]:
+    """Indices of at most ``k_max`` responses, spread evenly over the rank order so best and worst both stay."""
+    if len(ranks) <= k_max:
+        return list(range(len(ranks)))
     order = sorted(range(len(ranks)), key=lambda i: ranks[i])
-    keep = sorted({order[round(j * (len(order) - 1) / (k_max - 1))] for j in range(k_max)})
-    return [responses[i] for i in keep], [ranks[i] for i in keep]
+    return sorted({order[round(j * (len(order) - 1) / (k_max - 1))] for j in range(k_max)})
 
 
 class RankingRewardTrainer(RewardTrainer):
@@ -166,7 +165,7 @@ def build_ranking_dataset(ds, tokenizer, max_length: int | None, path: str, k_ma
     if over_k:
         print(f"[reward] {over_k} rankings have more than k_max={k_max} responses; keeping {k_max} spread over "
               "each ranking's order")
-        ds = ds.map(lambda r: dict(zip(("responses", "ranks"), limit_k(r["responses"], r["ranks"], k_max))))
+        ds = ds.map(lambda r: canonical.select_responses(r, spread_over_ranks(r["ranks"], k_max)))
 
     def keep(row):
         reason = canonical.check_ranking(row)

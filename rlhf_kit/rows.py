@@ -109,12 +109,19 @@ def check_comparison(row: dict, duplicates_allowed: bool = True) -> str | None:
 CHECKS = {"sft": check_sft, "prompts": check_prompt, "comparisons": check_comparison}
 
 
-def drop_empty_responses(row: dict) -> dict:
-    """A ranking without its blank responses (a blank response is a bad entry of a ranking, not a bad ranking); the
-    per-response columns (ranks, and scores/flags of human labels) stay aligned, other columns pass through."""
-    keep = [i for i, r in enumerate(row["responses"]) if r.strip()]
-    return {c: [row[c][i] for i in keep] for c in ("responses", "ranks", "scores", "flags")
+PER_RESPONSE = ("responses", "ranks", "scores", "flags")  # a ranking's columns with one entry per response
+
+
+def select_responses(row: dict, keep: list[int]) -> dict:
+    """A ranking's per-response columns restricted to the indices ``keep`` (they stay aligned; other columns such
+    as ``labeler`` pass through untouched when this is used with ``datasets.map``)."""
+    return {c: [row[c][i] for i in keep] for c in PER_RESPONSE
             if isinstance(row.get(c), list) and len(row[c]) == len(row["responses"])}
+
+
+def drop_empty_responses(row: dict) -> dict:
+    """A ranking without its blank responses (a blank response is a bad entry of a ranking, not a bad ranking)."""
+    return select_responses(row, [i for i, r in enumerate(row["responses"]) if r.strip()])
 
 
 def expand_pairs(ranking: dict) -> list[dict]:

@@ -8,7 +8,9 @@ import torch
 from datasets import Dataset
 
 from rlhf_kit.errors import UserError
-from rlhf_kit.ranking import RankingCollator, build_ranking_dataset, dedupe_ranking, kwise_loss, limit_k
+from rlhf_kit.rows import select_responses
+from rlhf_kit.ranking import RankingCollator, build_ranking_dataset, dedupe_ranking, kwise_loss,
+    spread_over_ranks
 
 
 def _pair_loss(a, b):
@@ -71,7 +73,11 @@ def test_collator_handles_ragged_k_ties_and_padding():
 def test_dedupe_and_limit_k():
     d = dedupe_ranking(["a", "b", "a", "c"], [0, 1, 0, 2])
     assert d["responses"] == ["a", "b", "c"] and d["ranks"] == [0, 1, 2] and d["weights"] == [2.0, 1.0, 1.0]
-    responses, ranks = limit_k(list("abcdefgh"), [7, 6, 5, 4, 3, 2, 1, 0], 3)
+    keep = spread_over_ranks([7, 6, 5, 4, 3, 2, 1, 0], 3)
+    ranks = [[7, 6, 5, 4, 3, 2, 1, 0][i] for i in keep]
+    row = {"responses": list("abcdefgh"), "ranks": [7, 6, 5, 4, 3, 2, 1, 0], "scores": list(range(8)), "labeler": "x"}
+    cut = select_responses(row, keep)
+    assert cut["responses"] == [row["responses"][i] for i in keep] and cut["scores"] == keep  # scores stay aligned
     assert sorted(ranks) == [0, 3, 7] or sorted(ranks) == [0, 4, 7]
     assert 0 in ranks and 7 in ranks  # the best and the worst survive
 
