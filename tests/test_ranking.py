@@ -8,9 +8,14 @@ import torch
 from datasets import Dataset
 
 from rlhf_kit.errors import UserError
+from rlhf_kit.ranking import (
+    RankingCollator,
+    build_ranking_dataset,
+    dedupe_ranking,
+    kwise_loss,
+    spread_over_ranks,
+)
 from rlhf_kit.rows import select_responses
-from rlhf_kit.ranking import RankingCollator, build_ranking_dataset, dedupe_ranking, kwise_loss,
-    spread_over_ranks
 
 
 def _pair_loss(a, b):
