@@ -21,6 +21,7 @@ def main(script_args: RewardArguments, training_args: RewardConfig, model_args: 
     from rlhf_kit.ranking import RankingRewardTrainer, build_reward_dataset
     from rlhf_kit.training import (
         apply_global_batch,
+        gather_full_state_dict,
         last_logged,
         report_rank,
         save_log_history,
@@ -60,9 +61,10 @@ def main(script_args: RewardArguments, training_args: RewardConfig, model_args: 
     if eval_set is not None:
         summary["heldout_accuracy"] = trainer.evaluate()["eval_accuracy"]
     summary.update(last_logged(trainer, ["accuracy"]))
+    state_dict = gather_full_state_dict(trainer)  # every rank takes part
     if is_main:
         save_log_history(trainer, out)
-        modeling.save_stage_model(trainer.model, tokenizer, out, sft, model_args)
+        modeling.save_stage_model(trainer.model, tokenizer, out, sft, model_args, state_dict)
     runs.finish_stage(out, "reward", started, summary, is_main)
     if hub_id and is_main:
         hub.push_stage(out, hub_id)

@@ -16,7 +16,14 @@ def main(script_args: DataArguments, training_args: SFTConfig, model_args: Model
 
     from rlhf_kit import hub, modeling, runs
     from rlhf_kit.data import build_sft_dataset, load_stage_rows
-    from rlhf_kit.training import apply_global_batch, report_rank, save_log_history, setup_run, train_with_resume
+    from rlhf_kit.training import (
+        apply_global_batch,
+        gather_full_state_dict,
+        report_rank,
+        save_log_history,
+        setup_run,
+        train_with_resume,
+    )
     from rlhf_kit.trl_compat import SFTTrainer
 
     setup_run(training_args)
@@ -37,9 +44,10 @@ def main(script_args: DataArguments, training_args: SFTConfig, model_args: Model
                          peft_config=modeling.build_peft_config(model_args, "CAUSAL_LM"))
     metrics = train_with_resume(trainer, out, script_args.force)
     report_rank(trainer, "sft")
+    state_dict = gather_full_state_dict(trainer)  # every rank takes part
     if is_main:
         save_log_history(trainer, out)
-        modeling.save_stage_model(trainer.model, tokenizer, out, base, model_args)
+        modeling.save_stage_model(trainer.model, tokenizer, out, base, model_args, state_dict)
     runs.finish_stage(out, "sft", started, {"rows": len(dataset), "train_loss": metrics.get("train_loss")}, is_main)
     if hub_id and is_main:
         hub.push_stage(out, hub_id)
