@@ -125,9 +125,10 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
         from rlhf_kit.trl_compat import enable_fsdp_on_cpu
 
         if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
-            # accelerate's multi-process launcher does not pass `use_cpu` to the ranks, and without it they see no
-            # GPU, pick DistributedType.NO and each trains alone; with it they form a gloo data-parallel group.
-            os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+            # accelerate's multi-process launcher does not pass `use_cpu` to the ranks (or passes False for a GPU
+            # config), and without it they see no GPU, pick DistributedType.NO and each trains alone; with it they
+            # form a gloo data-parallel group.
+            os.environ["ACCELERATE_USE_CPU"] = "true"
         if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
             enable_fsdp_on_cpu()
     argv = list(sys.argv[1:] if argv is None else argv)

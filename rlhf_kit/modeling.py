@@ -221,6 +221,10 @@ def save_stage_model(model, tokenizer, output_dir: str, base_path: str, model_ar
 
 def _reload(model, base_path: str):
     """A fresh full-precision copy of ``model``'s architecture from ``base_path``."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+
+    if is_deepspeed_zero3_enabled():  # training is over: load whole on this process, not partitioned over all
+        unset_hf_deepspeed_config()
     cls = type(model)
     return cls.from_pretrained(base_path, **({"num_labels": 1} if "Sequence" in cls.__name__ else {}))
 

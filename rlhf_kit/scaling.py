@@ -85,7 +85,9 @@ def check_stage_hardware(parsed: tuple, env=None) -> None:
         raise UserError(f"load_in_4bit (QLoRA) cannot run under {sharding} ({config}): bitsandbytes packs 4-bit "
                         "weights into uint8 blocks that this sharding cannot split; use a data-parallel config "
                         "(recipes/accelerate/multi_gpu.yaml or cpu_2proc.yaml) or drop load_in_4bit")
-    if sharding == "FSDP" and any(isinstance(a, PPOConfig) for a in parsed):
-        raise UserError(f"PPO cannot run under FSDP ({config}): TRL 1.12's PPOTrainer generates with the policy "
-                        "outside the sharded wrapper's forward, so its weights stay split across processes; run PPO "
-                        "with recipes/accelerate/cpu_2proc.yaml or multi_gpu.yaml (data parallel)")
+    if sharding in ("FSDP", "ZeRO-3") and any(isinstance(a, PPOConfig) for a in parsed):
+        # Tried on CPU processes: FSDP2 fails in generation ("aten.embedding.default got mixed torch.Tensor and
+        # DTensor"), ZeRO-3 in the value model's rollout pass (a parameter "NOT_AVAILABLE" in fetch_sub_module).
+        raise UserError(f"PPO cannot run under {sharding} ({config}): TRL 1.12's PPOTrainer runs the policy and value "
+                        "model outside the sharded wrapper during rollouts, so their weights stay split across "
+                        "processes; run PPO with recipes/accelerate/zero2.yaml, multi_gpu.yaml or cpu_2proc.yaml")

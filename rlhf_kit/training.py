@@ -51,13 +51,18 @@ def report_rank(trainer, stage: str) -> None:
 
 
 def gather_full_state_dict(trainer) -> dict | None:
-    """The full weights of a sharded (FSDP) model, on the main process; None when parameters are not sharded.
+    """The full weights of a sharded (FSDP, ZeRO-3) model, on the main process; None when parameters are not sharded.
 
     A collective: every rank must call it, before the main process saves.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    if getattr(trainer.accelerator.state, "fsdp_plugin", None) is None:
+    acc = trainer.accelerator
+    ds = getattr(acc.state, "deepspeed_plugin", None)
+    if ds is not None and ds.zero_stage == 3:
+        # DeepSpeed gathers the partitioned parameters itself (zero3_save_16bit_model: true in the config)
+        return acc.get_state_dict(trainer.model_wrapped)
+    if getattr(acc.state, "fsdp_plugin", None) is None:
         return None
     # torch's own gather (accelerate 1.15's get_state_dict hands back the DTensor shards here): full tensors, on the
     # CPU, on rank 0 only.

@@ -70,4 +70,5 @@ def enable_deepspeed_on_cpu(parser) -> None:
     backend, and DeepSpeed's CPU accelerator then trains the real group.
     """
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ["ACCELERATE_USE_CPU"] = "false"  # accelerate keeps DeepSpeed only for a process not marked CPU
     parser.set_defaults(ddp_backend="gloo")
