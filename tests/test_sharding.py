@@ -35,21 +35,44 @@ def one_process(pipeline, tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def wide(pipeline, tmp_path_factory):
+    """A base wide enough for ZeRO-3 to partition (its MLP matrices, 256 x 512, exceed DeepSpeed's default
+    stage3_param_persistence_threshold of 1e5 elements; every tensor of the tiny pipeline's base is below it and
+    stays whole), and its 1-process SFT reference."""
+    root = tmp_path_factory.mktemp("wide")
+    run_inprocess("base", config_args("base") + ["--output_dir", str(root / "base"), "--data_dir", str(root / "data"),
+                                                 "--hidden_size", "256", "--intermediate_size", "512",
+                                                 "--num_hidden_layers", "1", "--max_steps", "3",
+                                                 "--per_device_train_batch_size", "8"])
+    run_inprocess("sft", config_args("sft") + _wide_sft(pipeline, root) + ["--output_dir", str(root / "sft")])
+    return root
+
+
+def _wide_sft(pipeline, root):
+    """SFT overrides for the wide base (later flags win: its path, 4 steps)."""
+    return stage_paths(pipeline, "sft") + DP["sft"][0] + ["--max_steps", "4",
+                                                          "--model_name_or_path", str(root / "base")]
+
+
 @pytest.mark.parametrize("config,stage,kind", [("fsdp.yaml", "sft", "FSDP"), ("fsdp.yaml", "reward", "FSDP"),
                                                ("zero2.yaml", "reward", "DEEPSPEED"),
                                                ("zero3.yaml", "sft", "DEEPSPEED")])
-def test_sharded_run_matches_one_process(pipeline, one_process, tmp_path, config, stage, kind):
+def test_sharded_run_matches_one_process(pipeline, one_process, wide, tmp_path, config, stage, kind):
     """Same global batch, same data order: the sharded adapter equals the 1-process one to float noise (as DDP);
     the merged model is gathered from the shards and loads with plain from_pretrained."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     overrides, tol = DP[stage]
     out = tmp_path / stage
-    proc = run_cli(stage, config_args(stage) + stage_paths(pipeline, stage) + overrides + ["--output_dir", str(out)],
-                   launcher=config, launch_args=CPU2)
+    args = config_args(stage) + stage_paths(pipeline, stage) + overrides
+    steps = 8 if stage == "sft" else 6
+    if config == "zero3.yaml":
+        args, steps, one_process = config_args(stage) + _wide_sft(pipeline, wide), 4, wide
+    proc = run_cli(stage, args + ["--output_dir", str(out)], launcher=config, launch_args=CPU2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):  # both ranks trained, and under the sharding asked for (not a silent fallback to DDP)
-        assert f"[{stage}] rank {rank}/2 trained {8 if stage == 'sft' else 6} steps ({kind})" in proc.stdout
+        assert f"[{stage}] rank {rank}/2 trained {steps} steps ({kind})" in proc.stdout
     assert proc.stdout.count(f"[{stage}] done in") == 1 and _marker(out)["world_size"] == 2
     a, b = _adapter(one_process / stage), _adapter(out)
     assert sorted(a) == sorted(b)
