@@ -21,7 +21,7 @@ install: $(STAMP)
 # torch first, pinned: it resolves to the CPU build here; an unpinned torch would pull several GB of CUDA wheels.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet "$(TORCH)"
-	$(PYTHON) -m pip install --quiet -e ".[dev,label]"
+	$(PYTHON) -m pip install --quiet -e ".[dev,label,deepspeed]"
 	touch $(STAMP)
 
 test: install

@@ -16,7 +16,14 @@ def main(script_args: RewardArguments, training_args: RewardConfig, model_args: 
     from rlhf_kit.data import load_rows
     from rlhf_kit.ranking import build_reward_dataset, build_reward_trainer
     from rlhf_kit.stage import StageRun
-    from rlhf_kit.training import apply_global_batch, last_logged, report_rank, save_log_history, setup_run
+    from rlhf_kit.training import (
+        apply_global_batch,
+        gather_full_state_dict,
+        last_logged,
+        report_rank,
+        save_log_history,
+        setup_run,
+    )
 
     setup_run(training_args)
     run, out = StageRun("reward", training_args.output_dir, script_args.force, training_args), training_args.output_dir
@@ -45,9 +52,10 @@ def main(script_args: RewardArguments, training_args: RewardConfig, model_args: 
     if eval_set is not None:
         summary["heldout_accuracy"] = trainer.evaluate()["eval_accuracy"]
     summary.update(last_logged(trainer, ["accuracy"]))
+    state_dict = gather_full_state_dict(trainer)  # every rank takes part (sharded models)
     if run.is_main:
         save_log_history(trainer, out)
-        modeling.save_stage_model(trainer.model, tokenizer, out, sft, model_args)
+        modeling.save_stage_model(trainer.model, tokenizer, out, sft, model_args, state_dict)
     run.finish(summary)
 
 

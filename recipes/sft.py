@@ -13,7 +13,7 @@ def main(script_args: DataArguments, training_args: SFTConfig, model_args: Model
     from rlhf_kit.cards import load_stage_rows
     from rlhf_kit.data import build_sft_dataset
     from rlhf_kit.stage import StageRun
-    from rlhf_kit.training import apply_global_batch, report_rank, save_log_history, setup_run
+    from rlhf_kit.training import apply_global_batch, gather_full_state_dict, report_rank, save_log_history, setup_run
     from rlhf_kit.trl_compat import SFTTrainer
 
     setup_run(training_args)
@@ -33,9 +33,10 @@ def main(script_args: DataArguments, training_args: SFTConfig, model_args: Model
                          peft_config=modeling.build_peft_config(model_args, "CAUSAL_LM"))
     metrics = run.train(trainer)
     report_rank(trainer, "sft")
+    state_dict = gather_full_state_dict(trainer)  # every rank takes part (sharded models)
     if run.is_main:
         save_log_history(trainer, out)
-        modeling.save_stage_model(trainer.model, tokenizer, out, base, model_args)
+        modeling.save_stage_model(trainer.model, tokenizer, out, base, model_args, state_dict)
     run.finish({"rows": len(dataset), "train_loss": metrics.get("train_loss")})
 
 

@@ -165,9 +165,15 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
     import torch
 
     if not torch.cuda.is_available():
-        # accelerate's multi-process launcher does not pass `use_cpu` to the ranks, and without it they see no GPU,
-        # pick DistributedType.NO and each trains alone; with it they form a gloo data-parallel group.
-        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+        from rlhf_kit.trl_compat import enable_fsdp_on_cpu
+
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
+            # accelerate's multi-process launcher does not pass `use_cpu` to the ranks (or passes False for a GPU
+            # config), and without it they see no GPU, pick DistributedType.NO and each trains alone; with it they
+            # form a gloo data-parallel group.
+            os.environ["ACCELERATE_USE_CPU"] = "true"
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+            enable_fsdp_on_cpu()
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" in argv:
         i = argv.index("--config")
@@ -188,6 +194,10 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
         if unknown:
             raise UserError(f"unknown key(s) {', '.join(unknown)} in {path}; check the spelling (see --help)")
     parser = make_stage_parser(dataclass_types)
+    if not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        from rlhf_kit.trl_compat import enable_deepspeed_on_cpu
+
+        enable_deepspeed_on_cpu(parser)
     try:
         parsed = tuple(parser.parse_args_and_config(argv))
     except (ValueError, TypeError) as err:
@@ -195,8 +205,11 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
         if "bf16" in msg or "fp16" in msg:
             msg += " (on a CPU set `bf16: false` in the config or pass --bf16 false)"
         raise UserError(f"invalid configuration: {msg}")
+    from rlhf_kit.scaling import check_stage_hardware
+
     for args in parsed:
         check_values(args)
+    check_stage_hardware(parsed)
     return parsed
 
 

@@ -7,14 +7,45 @@ process) or torchrun's ``ChildFailedError`` (several) traceback on top. Same arg
         --config recipes/configs/demo/sft.yaml
 """
 
+import os
 import subprocess
 import sys
+
+import yaml
+
+from rlhf_kit.errors import UserError, exit_on_user_error
+from rlhf_kit.scaling import CONFIG_ENV, check_accelerate_config
+
+# Command-line flags of `accelerate launch` that override the config file's value of the same name.
+OVERRIDES = ("num_processes", "num_machines", "machine_rank", "main_process_ip", "mixed_precision")
+
+
+def check_launch(args) -> None:
+    """The accelerate config this launch will use (file, then command-line overrides), refused if it cannot run."""
+    config, name = {}, "accelerate launch"
+    if args.config_file:
+        name = args.config_file
+        try:
+            with open(args.config_file) as f:
+                config = yaml.safe_load(f) or {}
+        except OSError:
+            raise UserError(f"accelerate config {args.config_file} not found; pass one of recipes/accelerate/*.yaml")
+    config.update({k: getattr(args, k) for k in OVERRIDES if getattr(args, k, None) is not None})
+    for flag, kind in (("use_fsdp", "FSDP"), ("use_deepspeed", "DEEPSPEED"), ("multi_gpu", "MULTI_GPU")):
+        if getattr(args, flag, False):
+            config["distributed_type"] = kind
+    if getattr(args, "cpu", False):
+        config["use_cpu"] = True
+    check_accelerate_config(config, name)
 
 
 def main() -> None:
     from accelerate.commands.launch import launch_command, launch_command_parser
 
     args = launch_command_parser().parse_args()
+    exit_on_user_error(lambda: check_launch(args))
+    if args.config_file:
+        os.environ[CONFIG_ENV] = args.config_file  # the ranks' one-line errors name the config
     try:
         launch_command(args)
     except subprocess.CalledProcessError as err:

@@ -135,22 +135,38 @@ def build_peft_config(model_args, task_type: str):
     return config
 
 
-def save_stage_model(model, tokenizer, output_dir: str, base_path: str, model_args=None) -> None:
-    """Save a stage's model as a merged checkpoint (LoRA adapter also kept under ``adapter/``)."""
+def save_stage_model(model, tokenizer, output_dir: str, base_path: str, model_args=None, state_dict=None) -> None:
+    """Save a stage's model as a merged checkpoint (LoRA adapter also kept under ``adapter/``).
+
+    ``state_dict``: the full weights gathered from sharded (FSDP) processes, whose own parameters are slices.
+    """
     from peft import PeftModel
 
     out = Path(output_dir)
     if isinstance(model, PeftModel):
-        model.save_pretrained(out / "adapter")
-        if getattr(model, "is_loaded_in_4bit", False) or getattr(model.base_model, "is_loaded_in_4bit", False):
-            # A 4-bit base cannot absorb the adapter: reload it in full precision and merge there (QLoRA paper's
-            # deployment path).
-            cls = type(model.get_base_model())
-            base = cls.from_pretrained(base_path, **({"num_labels": 1} if "Sequence" in cls.__name__ else {}))
-            model = PeftModel.from_pretrained(base, out / "adapter")
+        model.save_pretrained(out / "adapter", state_dict=state_dict)
+        quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model.base_model, "is_loaded_in_4bit", False)
+        if quantized or state_dict is not None:
+            # A 4-bit base cannot absorb the adapter (QLoRA paper's deployment path), and a sharded one holds this
+            # process's slice only: reload the base in full precision and merge the saved adapter there.
+            model = PeftModel.from_pretrained(_reload(model.get_base_model(), base_path), out / "adapter")
         model = model.merge_and_unload()
+    elif state_dict is not None:
+        full = _reload(model, base_path)
+        full.load_state_dict(state_dict)
+        model = full
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+def _reload(model, base_path: str):
+    """A fresh full-precision copy of ``model``'s architecture from ``base_path``."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+
+    if is_deepspeed_zero3_enabled():  # training is over: load whole on this process, not partitioned over all
+        unset_hf_deepspeed_config()
+    cls = type(model)
+    return cls.from_pretrained(base_path, **({"num_labels": 1} if "Sequence" in cls.__name__ else {}))
 
 
 def require_same_tokenizer(a, b, a_name: str, b_name: str) -> None:

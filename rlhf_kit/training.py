@@ -44,9 +44,30 @@ def apply_global_batch(global_batch_size: int | None, training_args) -> None:
 
 
 def report_rank(trainer, stage: str) -> None:
-    """Each process says how many optimizer steps it took (all ranks train; only the main one writes)."""
+    """Each process says how many optimizer steps it took, and how (all ranks train; only the main one writes)."""
     acc = trainer.accelerator
-    print(f"[{stage}] rank {acc.process_index}/{acc.num_processes} trained {trainer.state.global_step} steps")
+    how = acc.distributed_type.value  # NO, MULTI_CPU / MULTI_GPU (data parallel), FSDP, DEEPSPEED
+    print(f"[{stage}] rank {acc.process_index}/{acc.num_processes} trained {trainer.state.global_step} steps ({how})")
+
+
+def gather_full_state_dict(trainer) -> dict | None:
+    """The full weights of a sharded (FSDP, ZeRO-3) model, on the main process; None when parameters are not sharded.
+
+    A collective: every rank must call it, before the main process saves.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    acc = trainer.accelerator
+    ds = getattr(acc.state, "deepspeed_plugin", None)
+    if ds is not None and ds.zero_stage == 3:
+        # DeepSpeed gathers the partitioned parameters itself (zero3_save_16bit_model: true in the config)
+        return acc.get_state_dict(trainer.model_wrapped)
+    if getattr(acc.state, "fsdp_plugin", None) is None:
+        return None
+    # torch's own gather (accelerate 1.15's get_state_dict hands back the DTensor shards here): full tensors, on the
+    # CPU, on rank 0 only.
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(trainer.model, options=options)
 
 
 def last_checkpoint(output_dir: str) -> str | None:

@@ -66,18 +66,30 @@ def stage_paths(root: Path, stage: str) -> list[str]:
     return [str(x) for x in paths[stage]]
 
 
-def run_cli(stage: str, args: list[str], launcher: str = "python", timeout: int = 600,
-            env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``recipes/<stage>.py`` as a user would (python or accelerate launch), from the repository root."""
+def launch_cmd(stage: str, launcher: str = "python", launch_args: list[str] = ()) -> list[str]:
+    """The command that starts ``recipes/<stage>.py``: python, ``accelerate launch`` (cpu.yaml, or cpu_2proc.yaml
+    for "accelerate-2proc"), or ``python -m rlhf_kit.launch`` (what make runs) for an accelerate YAML's name."""
     script = str(REPO / "recipes" / f"{stage}.py")
-    if launcher.startswith("accelerate"):
-        hardware = "cpu_2proc.yaml" if launcher == "accelerate-2proc" else "cpu.yaml"
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / "recipes/accelerate" / hardware), script]
-    else:
-        cmd = [sys.executable, script]
-    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run(cmd + args, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    if launcher == "python":
+        return [sys.executable, script]
+    if launcher.endswith(".yaml"):
+        return [sys.executable, "-m", "rlhf_kit.launch", "--config_file", str(REPO / "recipes/accelerate" / launcher),
+                *launch_args, script]
+    hardware = "cpu_2proc.yaml" if launcher == "accelerate-2proc" else "cpu.yaml"
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(REPO / "recipes/accelerate" / hardware), *launch_args, script]
+
+
+def cli_env(env: dict | None = None) -> dict:
+    """The environment a recipe subprocess gets: ours, this checkout first on PYTHONPATH."""
+    return {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def run_cli(stage: str, args: list[str], launcher: str = "python", timeout: int = 600,
+            env: dict | None = None, launch_args: list[str] = ()) -> subprocess.CompletedProcess:
+    """Run ``recipes/<stage>.py`` as a user would (see ``launch_cmd``), from the repository root."""
+    return subprocess.run(launch_cmd(stage, launcher, launch_args) + args, cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=cli_env(env))
 
 
 def load_recipe(stage: str):

@@ -94,6 +94,7 @@ def test_global_batch_must_divide_over_processes(monkeypatch):
     from rlhf_kit.errors import UserError
     from rlhf_kit.training import apply_global_batch
 
+    PartialState()  # initialised before the patch (run alone, its first init would assign num_processes)
     monkeypatch.setattr(PartialState, "num_processes", property(lambda self: 2), raising=False)
     args = SimpleNamespace(gradient_accumulation_steps=2, per_device_train_batch_size=1)
     apply_global_batch(16, args)

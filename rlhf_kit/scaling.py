@@ -1,0 +1,93 @@
+"""Hardware checks for a launch: an accelerate config that cannot run here, or a stage that cannot run under it.
+
+Each mistake is one line before any process starts or any model loads (accelerate itself would assert with a
+traceback, or a rank would fail minutes later inside a collective). Two entry points:
+
+- ``check_accelerate_config``: the launcher's config (``python -m rlhf_kit.launch`` / ``make <stage>``);
+- ``check_stage_hardware``: a recipe's parsed arguments against the sharding accelerate launched it with (read from
+  the environment ``accelerate launch`` gives its processes), so plain ``accelerate launch`` is checked too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rlhf_kit.errors import UserError
+
+SHARDED = ("FSDP", "DEEPSPEED")
+CONFIG_ENV = "RLHF_KIT_ACCELERATE_CONFIG"  # set by rlhf_kit.launch so a rank's error can name the config file
+
+
+def cpu_supports_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes in bfloat16 natively (x86 AVX512-BF16 or AMX-BF16; Arm BF16).
+
+    Without it PyTorch emulates bf16 matmuls, which is many times slower than float32 and defeats mixed precision.
+    An unreadable cpuinfo (not Linux) counts as supported: we refuse only what we know cannot run well.
+    """
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return True
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def has_gpu() -> bool:
+    """Whether a CUDA GPU is visible (otherwise every process runs on the CPU)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_accelerate_config(config: dict, name: str) -> None:
+    """Refuse an accelerate config (file values with command-line overrides applied) that cannot launch here."""
+    kind = str(config.get("distributed_type", "NO"))
+    machines = int(config.get("num_machines") or 1)
+    processes = int(config.get("num_processes") or 1)
+    if processes % machines:
+        raise UserError(f"{name}: num_processes={processes} (all machines together) is not divisible by "
+                        f"num_machines={machines}; use processes per machine x num_machines")
+    if machines > 1 and not config.get("main_process_ip"):
+        raise UserError(f"{name}: num_machines={machines} but no main_process_ip; pass --main_process_ip <address of "
+                        "the machine_rank 0 node> (and the same --main_process_port) on every node")
+    on_cpu = bool(config.get("use_cpu")) or not has_gpu()
+    if kind in SHARDED and str(config.get("mixed_precision", "no")) == "bf16" and on_cpu and not cpu_supports_bf16():
+        raise UserError(f"{name}: mixed_precision bf16 with {kind} on a CPU without bf16 support (no avx512_bf16 or "
+                        "amx_bf16 in /proc/cpuinfo); set mixed_precision: \"no\" or pass --mixed_precision no")
+
+
+def launched_sharding(env=None) -> str | None:
+    """The sharding ``accelerate launch`` started this process with: 'FSDP', 'ZeRO-<stage>', or None."""
+    env = os.environ if env is None else env
+    if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "FSDP"
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return f"ZeRO-{env.get('ACCELERATE_DEEPSPEED_ZERO_STAGE', '?')}"
+    return None
+
+
+def check_stage_hardware(parsed: tuple, env=None) -> None:
+    """Refuse a stage the launched sharding cannot run (called on the parsed arguments, before any model loads)."""
+    from rlhf_kit.trl_compat import ModelConfig, PPOConfig
+
+    env = os.environ if env is None else env
+    sharding = launched_sharding(env)
+    if sharding is None:
+        return
+    config = env.get(CONFIG_ENV) or f"the accelerate config ({sharding})"
+    model_args = next((a for a in parsed if isinstance(a, ModelConfig)), None)
+    if sharding in ("FSDP", "ZeRO-3") and model_args is not None and model_args.load_in_4bit:
+        raise UserError(f"load_in_4bit (QLoRA) cannot run under {sharding} ({config}): bitsandbytes packs 4-bit "
+                        "weights into uint8 blocks that this sharding cannot split; use a data-parallel config "
+                        "(recipes/accelerate/multi_gpu.yaml or cpu_2proc.yaml) or drop load_in_4bit")
+    if sharding in ("FSDP", "ZeRO-3") and any(isinstance(a, PPOConfig) for a in parsed):
+        # Tried on CPU processes: FSDP2 fails in generation ("aten.embedding.default got mixed torch.Tensor and
+        # DTensor"), ZeRO-3 in the value model's rollout pass (a parameter "NOT_AVAILABLE" in fetch_sub_module).
+        raise UserError(f"PPO cannot run under {sharding} ({config}): TRL 1.12's PPOTrainer runs the policy and value "
+                        "model outside the sharded wrapper during rollouts, so their weights stay split across "
+                        "processes; run PPO with recipes/accelerate/zero2.yaml, multi_gpu.yaml or cpu_2proc.yaml")
