@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from conftest import REPO, TINY, config_args, run_cli, run_inprocess, stage_paths
+from conftest import REPO, TINY, cli_env, config_args, run_cli, run_inprocess, stage_paths
 
 # Stage -> (overrides giving the same global batch on any process count, tolerance on the trained adapter).
 # SFT and reward see the same examples in each global step either way (accelerate shards every global batch) and
@@ -123,7 +123,8 @@ def test_launcher_wrapper_exits_with_the_recipe_status_and_no_traceback():
 
     proc = subprocess.run([sys.executable, "-m", "rlhf_kit.launch", "--config_file",
                            str(REPO / "recipes/accelerate/cpu.yaml"), str(REPO / "recipes/sft.py"),
-                           "--config", "recipes/configs/demo/nope.yaml"], cwd=REPO, capture_output=True, text=True)
+                           "--config", "recipes/configs/demo/nope.yaml"], cwd=REPO, capture_output=True, text=True,
+                          env=cli_env())
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "error: config file recipes/configs/demo/nope.yaml not found" in proc.stderr
