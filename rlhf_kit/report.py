@@ -22,14 +22,14 @@ def plot_ppo_training(log_history: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in log_history if "objective/scores" in r]
-    episodes = [r["episode"] for r in rows]
+    rows = [r for r in log_history if "ppo/scores" in r]  # metric names: rlhf_kit/ppo.py
+    episodes = [r["ppo/episode"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax1.plot(episodes, [r["objective/scores"] for r in rows], label="RM score")
-    ax1.plot(episodes, [r["objective/rlhf_reward"] for r in rows], label="RM score - KL penalty")
+    ax1.plot(episodes, [r["ppo/scores"] for r in rows], label="RM score")
+    ax1.plot(episodes, [r["ppo/rlhf_reward"] for r in rows], label="RM score - KL penalty")
     ax1.set(xlabel="episodes", ylabel="reward", title="PPO reward")
     ax1.legend(fontsize=8)
-    ax2.plot(episodes, [r["objective/kl"] for r in rows], color="tab:red")
+    ax2.plot(episodes, [r["ppo/kl"] for r in rows], color="tab:red")
     ax2.set(xlabel="episodes", ylabel="KL (nats / response)", title="KL to SFT reference")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
