@@ -18,6 +18,7 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
 
     from rlhf_kit import hub, modeling, runs
     from rlhf_kit.ppo import SUMMARY_METRICS, build_ppo_trainer, load_ppo_inputs, train_ppo
+    from rlhf_kit.ppo_checkpoint import PPOCheckpointer
     from rlhf_kit.training import apply_global_batch, last_logged, report_rank, save_log_history, setup_run
 
     setup_run(training_args)
@@ -27,8 +28,13 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
     hub_id = hub.check_push_request(training_args)
     inputs = load_ppo_inputs(script_args, training_args, model_args)
     apply_global_batch(script_args.global_batch_size, training_args)
-    runs.start_stage(out, "ppo", (script_args, training_args, model_args), is_main)
-    trainer = build_ppo_trainer(training_args, **inputs)
+    configs = (script_args, training_args, model_args)
+    checkpointer = PPOCheckpointer(out, runs.resolve_config("ppo", configs), training_args.save_strategy,
+                                   training_args.save_total_limit, resume=not script_args.force)
+    if script_args.force:
+        checkpointer.clear(is_main)
+    runs.start_stage(out, "ppo", configs, is_main)
+    trainer = build_ppo_trainer(training_args, **inputs, checkpointer=checkpointer)
     policy = train_ppo(trainer)
     report_rank(trainer, "ppo")
     if is_main:

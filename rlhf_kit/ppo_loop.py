@@ -361,8 +361,8 @@ class RLHFKitPPOTrainer(PPOTrainer):
             self.lr_scheduler.step()
             self.control = self.callback_handler.on_step_end(args, self.state, self.control)
             if bar is not None:
+                bar.set_postfix({k.split("/")[1]: f"{metrics[k]:.3g}" for k in ("ppo/scores", "ppo/kl")}, refresh=False)
                 bar.update(args.batch_size)
-                bar.set_postfix({k.split("/")[1]: f"{metrics[k]:.3g}" for k in ("ppo/scores", "ppo/kl")})
             if self.checkpointer and self.checkpointer.due(self.state):
                 self.checkpointer.save(self)
             del batch, stats
