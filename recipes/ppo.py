@@ -17,7 +17,7 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
     from accelerate import PartialState
 
     from rlhf_kit import hub, modeling, runs
-    from rlhf_kit.ppo import SUMMARY_METRICS, build_ppo_trainer, load_ppo_inputs, train_ppo
+    from rlhf_kit.ppo import SUMMARY_METRICS, build_loop_extras, build_ppo_trainer, load_ppo_inputs, train_ppo
     from rlhf_kit.ppo_checkpoint import PPOCheckpointer
     from rlhf_kit.training import apply_global_batch, last_logged, report_rank, save_log_history, setup_run
 
@@ -34,7 +34,8 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
     if script_args.force:
         checkpointer.clear(is_main)
     runs.start_stage(out, "ppo", configs, is_main)
-    trainer = build_ppo_trainer(training_args, **inputs, checkpointer=checkpointer)
+    extras = build_loop_extras(script_args, training_args, inputs["tokenizer"])
+    trainer = build_ppo_trainer(training_args, **inputs, checkpointer=checkpointer, **extras)
     policy = train_ppo(trainer)
     report_rank(trainer, "ppo")
     if is_main:

@@ -104,10 +104,31 @@ def load_ppo_inputs(script_args, training_args, model_args) -> dict:
     peft_config = modeling.build_peft_config(model_args, "CAUSAL_LM")
     policy = modeling.load_causal_lm(sft, model_args, "SFT policy")
     explicit_ref = ppo_needs_explicit_reference(peft_config is not None, PartialState().num_processes)
-    reward_model = modeling.load_reward_model(rm)
+    reward_model = modeling.load_reward_model(rm, require_head=True)
     return {
         "tokenizer": tokenizer, "policy": policy, "peft_config": peft_config,
         "ref_policy": modeling.load_causal_lm(sft, what="SFT reference") if explicit_ref else None,
         "reward_model": reward_model, "value_model": copy.deepcopy(reward_model),
         "train_dataset": prompts, "eval_dataset": prompts.select(range(min(script_args.eval_rows, len(prompts)))),
     }
+
+
+def build_loop_extras(script_args, training_args, tokenizer) -> dict:
+    """rlhf_kit's loop extras from the PPO arguments: the KL controller, and PPO-ptx batches when gamma > 0."""
+    from accelerate import PartialState
+
+    from rlhf_kit.ppo_loop import AdaptiveKLController, FixedKLController
+
+    extras = {"kl_controller": FixedKLController(training_args.kl_coef)}
+    if script_args.kl_target is not None:
+        extras["kl_controller"] = AdaptiveKLController(training_args.kl_coef, script_args.kl_target,
+                                                       script_args.kl_horizon)
+    if script_args.ptx_coef > 0:
+        from rlhf_kit.ppo_ptx import PtxBatches, load_ptx_examples
+
+        examples = load_ptx_examples(script_args.ptx_dataset, tokenizer, script_args.ptx_max_length)
+        seed = training_args.seed + PartialState().process_index * 100003  # one stream per process, as TRL's
+        extras["ptx_batches"] = PtxBatches(examples, training_args.per_device_train_batch_size,
+                                           tokenizer.pad_token_id, seed)
+        extras["ptx_coef"] = script_args.ptx_coef
+    return extras

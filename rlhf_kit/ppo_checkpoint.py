@@ -50,8 +50,9 @@ def last_complete_checkpoint(output_dir: str | Path, say=print) -> Path | None:
 
 
 def changed_keys(saved: dict, current: dict) -> list[str]:
-    """Configuration keys whose change alters the optimisation."""
-    keys = (set(saved) | set(current)) - MAY_CHANGE
+    """Configuration keys whose change alters the optimisation (keys only one side has, e.g. added by a newer
+    rlhf_kit, are not compared)."""
+    keys = (set(saved) & set(current)) - MAY_CHANGE
     return sorted(k for k in keys if not k.startswith(MAY_CHANGE_PREFIXES) and saved.get(k) != current.get(k))
 
 

@@ -14,7 +14,7 @@ ORACLE = ["--total_episodes", "64", "--num_ppo_epochs", "2", "--num_mini_batches
 def run_ppo(root, out, loop: str, overrides: list[str] = (), **extras):
     """PPO in-process on the tiny pipeline's SFT and reward models; (trainable weights, log history)."""
     from rlhf_kit.configs import PPOArguments, parse_stage_args
-    from rlhf_kit.ppo import build_ppo_trainer, load_ppo_inputs, train_ppo
+    from rlhf_kit.ppo import build_loop_extras, build_ppo_trainer, load_ppo_inputs, train_ppo
     from rlhf_kit.training import setup_run
     from rlhf_kit.trl_compat import ModelConfig, PPOConfig
 
@@ -23,8 +23,10 @@ def run_ppo(root, out, loop: str, overrides: list[str] = (), **extras):
         config_args("ppo") + stage_paths(root, "ppo") + TINY["ppo"] + ORACLE + ["--output_dir", str(out)]
         + list(overrides))
     setup_run(training_args)
-    trainer = build_ppo_trainer(training_args, **load_ppo_inputs(script_args, training_args, model_args),
-                                loop=loop, **extras)
+    inputs = load_ppo_inputs(script_args, training_args, model_args)
+    if loop == "rlhf_kit":  # the KL controller and PPO-ptx from the arguments (plain PPO unless overridden)
+        extras = {**build_loop_extras(script_args, training_args, inputs["tokenizer"]), **extras}
+    trainer = build_ppo_trainer(training_args, **inputs, loop=loop, **extras)
     train_ppo(trainer)
     model = trainer.accelerator.unwrap_model(trainer.model)
     weights = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
