@@ -21,7 +21,11 @@ RESUMABLE = ["--total_episodes", "160", "--save_strategy", "steps", "--save_step
 
 
 def _args(root, out) -> list[str]:
-    return config_args("ppo") + stage_paths(root, "ppo") + TINY["ppo"] + RESUMABLE + ["--output_dir", str(out)]
+    """With PPO-ptx and the adaptive KL controller on, so their state is checkpointed and restored too."""
+    extras = ["--ptx_coef", "0.5", "--ptx_dataset", str(root / "data" / "pretrain.jsonl"), "--kl_target", "1.0",
+              "--kl_horizon", "200"]
+    return (config_args("ppo") + stage_paths(root, "ppo") + TINY["ppo"] + RESUMABLE + extras
+            + ["--output_dir", str(out)])
 
 
 def _complete(out) -> list[int]:
@@ -71,6 +75,7 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(pipeline, tmp_path):
     adapter_full, logs_full = _outcome(tmp_path / "full")
     adapter_resumed, logs_resumed = _outcome(out)
     assert len(logs_full) == 10 and logs_resumed == logs_full
+    assert len({r["ppo/kl_coef"] for r in logs_full}) == 10 and "losses/ptx" in logs_full[-1]
     assert adapter_resumed == adapter_full
 
 
