@@ -133,6 +133,7 @@ class RLHFKitPPOTrainer(PPOTrainer):
         super().__init__(*args, **kwargs)
         self.kl_controller = kl_controller or FixedKLController(self.args.kl_coef)
         self.ptx_batches, self.ptx_coef, self.checkpointer = ptx_batches, ptx_coef, checkpointer
+        self.timings = {"generate": 0.0, "rollout": 0.0}  # seconds spent sampling, and in the whole rollout phase
         from rlhf_kit.trl_compat import dataloader_generator
 
         self.prompt_batches = PromptBatches(self.dataloader, dataloader_generator(self.dataloader))
@@ -148,10 +149,12 @@ class RLHFKitPPOTrainer(PPOTrainer):
 
         args, tok, model, acc = self.args, self.processing_class, self.model, self.accelerator
         context_length, step = queries.shape[1], args.local_rollout_forward_batch_size
+        started = time.perf_counter()
         with unwrap_model_for_generation(model, acc, gather_deepspeed3_params=args.ds3_gather_for_generation,
                                          generation_kwargs=generation_kwargs) as unwrapped:
             query_responses, logitss = batch_generation(policy_of(unwrapped), queries, step, tok.pad_token_id,
                                                         GenerationConfig(**generation_kwargs))
+        self.timings["generate"] += time.perf_counter() - started
         out = {k: [] for k in ("responses", "postprocessed", "logprobs", "ref_logprobs", "sequence_lengths",
                                "scores", "values")}
         for i in range(0, queries.shape[0], step):
@@ -191,6 +194,7 @@ class RLHFKitPPOTrainer(PPOTrainer):
         for key in ("logprobs", "ref_logprobs"):
             batch[key] = torch.masked_fill(batch[key], batch["padding_mask"], INVALID_LOGPROB)
         batch["values"] = torch.masked_fill(batch["values"], batch["padding_mask_p1"], 0)
+        self.timings["rollout"] += time.perf_counter() - started
         return batch
 
     @torch.no_grad()
