@@ -13,7 +13,7 @@ STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test lint demo base sft compare reward ppo eval bench-reward push data-validate data-preview clean \
+.PHONY: install test lint demo base sft compare reward ppo eval bench-reward bench-ppo push data-validate data-preview clean \
 	label label-export label-screenshots
 
 install: $(STAMP)
@@ -54,6 +54,10 @@ eval: install
 # K-wise vs pairwise reward training on the same rankings (needs `make sft`).
 bench-reward: install
 	$(PYTHON) benchmarks/reward_kwise.py --config benchmarks/reward_kwise.yaml
+
+# rlhf_kit's PPO loop vs TRL's own train() on the same config: episodes/s, ratio, rollout share (needs `make sft reward`).
+bench-ppo: install
+	$(PYTHON) benchmarks/ppo_loop.py --config benchmarks/ppo_loop.yaml
 
 # Data cards: make data-validate CARD=hh_rlhf [DATA_DIR=tests/fixtures/cards] [SPLIT=train]
 data-validate: install

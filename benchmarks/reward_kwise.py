@@ -79,7 +79,9 @@ def main(args: BenchArguments):
 
     from rlhf_kit import compare, modeling, runs
     from rlhf_kit.data import load_rows
-    from rlhf_kit.evaluation import heldout_gold_pairs
+    from rlhf_kit.demo.gold import GoldJudge
+    from rlhf_kit.demo.labeler import SimulatedLabeler
+    from rlhf_kit.evaluation import heldout_judged_pairs
     from rlhf_kit.generation import sample_responses
     from rlhf_kit.training import setup_run
 
@@ -92,10 +94,10 @@ def main(args: BenchArguments):
     for k in [int(x) for x in args.k_values.split(",")]:
         prompts = [r["prompt"] for r in rows]
         responses = sample_responses(policy, tokenizer, prompts, k, seed=args.seed, max_new_tokens=24)
-        rankings = compare.rank_rows(rows, responses, args.labeler_noise, args.seed)
+        rankings = compare.rank_rows(rows, responses, SimulatedLabeler(args.labeler_noise, args.seed))
         random.Random(args.seed).shuffle(rankings)
         n_held = int(len(rankings) * args.heldout_fraction)
-        heldout, train = heldout_gold_pairs(rankings[:n_held]), rankings[n_held:]
+        heldout, train = heldout_judged_pairs(rankings[:n_held], GoldJudge()), rankings[n_held:]
         results[k] = {loss: train_once(args, loss, train, heldout, tokenizer, Path(args.output).parent / f"k{k}_{loss}")
                       for loss in ("pairwise", "kwise")}
         kw, pw = results[k]["kwise"], results[k]["pairwise"]

@@ -120,6 +120,34 @@ class PPOArguments(DataArguments):
 
     max_prompt_length: int = field(default=64, metadata={"help": "Prompts longer than this are dropped."})
     eval_rows: int = field(default=16, metadata={"help": "Prompts kept for TRL's sample generations."})
+    ptx_coef: float = field(default=0.0, metadata={
+        "help": "PPO-ptx (InstructGPT Eq. 2): gamma, the weight of the language-model loss on ptx_dataset added to "
+                "each PPO micro-batch; 0 is plain PPO."})
+    ptx_dataset: str | None = field(default=None, metadata={
+        "help": "Pretraining text for PPO-ptx: a file of {\"text\": ...} or {\"messages\": [...]} rows, or a finished "
+                "stage folder (its training data), e.g. runs/demo/data/pretrain.jsonl or runs/demo/sft."})
+    ptx_max_length: int = field(default=128, metadata={"help": "PPO-ptx examples are cut to this many tokens."})
+    kl_target: float | None = field(default=None, metadata={
+        "help": "Adaptive KL (Ziegler et al. 2019): the KL(pi_RL || pi_SFT) per response to steer towards, in nats; "
+                "kl_coef is then the initial beta. Unset: beta stays kl_coef."})
+    kl_horizon: int = field(default=10000, metadata={
+        "help": "Adaptive KL: episodes over which beta corrects the KL error (Ziegler et al.: 10000)."})
+
+    def __post_init__(self):
+        if self.ptx_coef < 0:
+            raise UserError(f"ptx_coef={self.ptx_coef} is negative; use 0 (plain PPO) or a positive gamma")
+        if self.ptx_coef > 0 and not self.ptx_dataset:
+            raise UserError(f"ptx_coef={self.ptx_coef} needs a ptx_dataset (pretraining text); set ptx_dataset, e.g. "
+                            "runs/demo/data/pretrain.jsonl, or ptx_coef: 0")
+        if self.ptx_dataset and not os.path.exists(self.ptx_dataset):
+            raise UserError(f"ptx_dataset {self.ptx_dataset} not found; pass an existing data file or stage folder")
+        if self.ptx_max_length < 2:
+            raise UserError(f"ptx_max_length={self.ptx_max_length} is too short; use at least 2 tokens")
+        if self.kl_target is not None and self.kl_target <= 0:
+            raise UserError(f"kl_target={self.kl_target} must be positive (nats per response), or unset for a fixed "
+                            "kl_coef")
+        if self.kl_horizon <= 0:
+            raise UserError(f"kl_horizon={self.kl_horizon} must be a positive number of episodes")
 
 
 @dataclass

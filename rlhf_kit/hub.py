@@ -22,7 +22,7 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 HYPERPARAMETERS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                    "gradient_accumulation_steps", "global_batch_size", "lora_r", "lora_alpha", "lora_target_modules",
                    "load_in_4bit", "max_length", "ranking_loss", "kl_coef", "total_episodes", "num_ppo_epochs",
-                   "response_length", "temperature", "seed")
+                   "response_length", "temperature", "ptx_coef", "kl_target", "seed")
 
 
 def validate_hub_id(hub_id: str | None) -> str:

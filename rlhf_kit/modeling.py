@@ -115,13 +115,30 @@ def load_causal_lm(path: str, model_args=None, what: str = "policy"):
     return _load(AutoModelForCausalLM.from_pretrained, path, what, **quantization_kwargs(model_args))
 
 
-def load_reward_model(path: str, model_args=None, what: str = "reward model"):
-    """A sequence-classification model with one output: the scalar reward r(x, y)."""
+def load_reward_model(path: str, model_args=None, what: str = "reward model", require_head: bool = False):
+    """A sequence-classification model with one output: the scalar reward r(x, y). ``require_head``: refuse a
+    checkpoint without a trained head (a reward model to score with, not one to train from an SFT model)."""
     from transformers import AutoModelForSequenceClassification
 
     require_4bit_support(path, model_args)
-    return _load(AutoModelForSequenceClassification.from_pretrained, path, what, num_labels=1,
-                 **quantization_kwargs(model_args))
+    import transformers
+
+    verbosity = transformers.utils.logging.get_verbosity()
+    if require_head:  # a missing head is reported below in one line, not in transformers' load report
+        transformers.utils.logging.set_verbosity_error()
+    try:
+        model, info = _load(AutoModelForSequenceClassification.from_pretrained, path, what, num_labels=1,
+                            output_loading_info=True, **quantization_kwargs(model_args))
+    finally:
+        transformers.utils.logging.set_verbosity(verbosity)
+    head = getattr(model, "score", None)
+    untrained = [k for k in info.get("missing_keys", ()) if k.split(".")[0] == "score"]
+    if require_head and (head is None or untrained):
+        # from_pretrained would initialise a fresh, random head (e.g. on an SFT or base checkpoint) and PPO would
+        # "train" against noise without a word.
+        raise UserError(f"{what} at {path} has no trained reward head ({', '.join(untrained) or 'no score layer'} "
+                        "missing); point to a reward stage's output, e.g. runs/demo/reward")
+    return model
 
 
 def build_peft_config(model_args, task_type: str):

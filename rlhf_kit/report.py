@@ -36,7 +36,7 @@ def plot_training(stage_dir: str, path: Path) -> bool:
     """Reward-model score and KL to the reference over PPO updates, from a PPO stage's ``log_history.json``;
     False (and no plot) when the stage logged no PPO metrics."""
     log = Path(stage_dir) / "log_history.json"
-    rows = [r for r in json.loads(log.read_text()) if "objective/scores" in r] if log.is_file() else []
+    rows = [r for r in json.loads(log.read_text()) if "ppo/scores" in r] if log.is_file() else []  # rlhf_kit/ppo.py
     if not rows:
         return False
     import matplotlib
@@ -44,13 +44,13 @@ def plot_training(stage_dir: str, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    episodes = [r["episode"] for r in rows]
+    episodes = [r["ppo/episode"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax1.plot(episodes, [r["objective/scores"] for r in rows], label="RM score")
-    ax1.plot(episodes, [r["objective/rlhf_reward"] for r in rows], label="RM score - KL penalty")
+    ax1.plot(episodes, [r["ppo/scores"] for r in rows], label="RM score")
+    ax1.plot(episodes, [r["ppo/rlhf_reward"] for r in rows], label="RM score - KL penalty")
     ax1.set(xlabel="episodes", ylabel="reward", title="PPO reward")
     ax1.legend(fontsize=8)
-    ax2.plot(episodes, [r["objective/kl"] for r in rows], color="tab:red")
+    ax2.plot(episodes, [r["ppo/kl"] for r in rows], color="tab:red")
     ax2.set(xlabel="episodes", ylabel="KL (nats / response)", title="KL to SFT reference")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

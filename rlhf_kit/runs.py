@@ -73,11 +73,15 @@ def start_stage(output_dir: str, stage: str, configs: tuple, is_main: bool = Tru
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).unlink(missing_ok=True)
+    (out / RESOLVED_CONFIG).write_text(yaml.safe_dump(resolve_config(stage, configs), sort_keys=True))
+
+
+def resolve_config(stage: str, configs: tuple) -> dict:
+    """The stage's configuration as one flat mapping of plain values (what ``start_stage`` writes)."""
     resolved = {"stage": stage}
     for cfg in configs:
         resolved.update(cfg.to_dict() if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg))
-    resolved = {k: v for k, v in resolved.items() if isinstance(v, (str, int, float, bool, list, dict, type(None)))}
-    (out / RESOLVED_CONFIG).write_text(yaml.safe_dump(resolved, sort_keys=True))
+    return {k: v for k, v in resolved.items() if isinstance(v, (str, int, float, bool, list, dict, type(None)))}
 
 
 def finish_stage(output_dir: str, stage: str, started: float, summary: dict, is_main: bool = True) -> None:

@@ -72,3 +72,50 @@ def enable_deepspeed_on_cpu(parser) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ["ACCELERATE_USE_CPU"] = "false"  # accelerate keeps DeepSpeed only for a process not marked CPU
     parser.set_defaults(ddp_backend="gloo")
+
+
+# PPO internals rlhf_kit's own loop (rlhf_kit/ppo_loop.py) builds on. TRL 1.12 keeps them as module-level helpers of
+# its PPO trainer; tests/test_trl_pins.py pins each name and signature, so a TRL change fails there first.
+from trl.experimental.ppo.ppo_trainer import (  # noqa: E402,F401  (re-exported)
+    INVALID_LOGPROB,
+    PolicyAndValueWrapper,
+    batch_generation,
+    forward,
+    masked_mean,
+    masked_whiten,
+    truncate_response,
+)
+from trl.experimental.utils import first_true_indices, get_reward  # noqa: E402,F401
+from trl.models.utils import unwrap_model_for_generation  # noqa: E402,F401
+from trl.trainer.utils import selective_log_softmax  # noqa: E402,F401
+
+
+def policy_of(wrapped_model, accelerator=None):
+    """The policy inside TRL's private ``PolicyAndValueWrapper`` (unwrapped from DDP first when given an
+    accelerator)."""
+    model = accelerator.unwrap_model(wrapped_model) if accelerator is not None else wrapped_model
+    return model.policy
+
+
+def value_model_of(wrapped_model, accelerator=None):
+    """The value model inside TRL's private ``PolicyAndValueWrapper``."""
+    model = accelerator.unwrap_model(wrapped_model) if accelerator is not None else wrapped_model
+    return model.value_model
+
+
+def reference_context(trainer):
+    """TRL's ``null_ref_context``: the adapter-disabled policy serves as the reference (LoRA without ref_model)."""
+    return trainer.null_ref_context()
+
+
+def progress_callback_classes() -> tuple:
+    """The Trainer callbacks that draw a progress bar (rlhf_kit's PPO loop draws its own, in episodes)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    return (ProgressCallback, PrinterCallback)
+
+
+def dataloader_generator(dataloader):
+    """The torch.Generator that accelerate's prepared dataloader shuffles with (present with several processes,
+    where accelerate syncs it across ranks; None with one process, where the global torch RNG shuffles)."""
+    return getattr(dataloader, "synchronized_generator", None)

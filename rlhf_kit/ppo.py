@@ -1,0 +1,135 @@
+"""The PPO seam: build the PPO trainer, run it, hand back the trained policy; rlhf_kit's metric names.
+
+Recipes, the report, eval and the Hub export see PPO only through this module. The trainer is rlhf_kit's own loop
+(rlhf_kit/ppo_loop.py) on top of TRL 1.12's PPOTrainer; ``loop="trl"`` runs TRL's ``train()`` instead (benchmarks,
+the oracle test) and renames its log keys to ours, so both write the same ``log_history``.
+
+Metric names (CleanRL-style namespaces; TRL 1.12's key in brackets):
+
+- ``ppo/*`` -- the RLHF objective per update, averaged over the batch of responses:
+  ``ppo/scores`` r(x, y) of the reward model, after the missing-EOS penalty [objective/scores];
+  ``ppo/kl`` KL(pi_RL || pi_SFT) summed over a response's tokens [objective/kl];
+  ``ppo/kl_penalty`` -beta * that KL [objective/non_score_reward];
+  ``ppo/rlhf_reward`` scores + kl_penalty, what PPO maximises [objective/rlhf_reward];
+  ``ppo/entropy`` -log pi_RL of the sampled response, summed over tokens [objective/entropy];
+  ``ppo/kl_coef`` beta used for this batch (changes with the adaptive controller) [none];
+  ``ppo/episode`` responses sampled so far [episode].
+- ``losses/*`` -- ``losses/policy`` clipped surrogate [loss/policy_avg], ``losses/value`` clipped value loss
+  [loss/value_avg], ``losses/ptx`` LM loss on pretraining text with PPO-ptx [none].
+- ``charts/*`` -- diagnostics: ``approx_kl`` [policy/approxkl_avg], ``clipfrac`` [policy/clipfrac_avg],
+  ``value_clipfrac`` [val/clipfrac_avg], ``policy_entropy`` [policy/entropy_avg], ``ratio`` [val/ratio],
+  ``ratio_var`` [val/ratio_var], ``num_eos_tokens`` [val/num_eos_tokens], ``learning_rate`` [lr],
+  ``episodes_per_second`` [eps].
+"""
+
+from __future__ import annotations
+
+METRIC_NAMES = {
+    "objective/scores": "ppo/scores",
+    "objective/kl": "ppo/kl",
+    "objective/non_score_reward": "ppo/kl_penalty",
+    "objective/rlhf_reward": "ppo/rlhf_reward",
+    "objective/entropy": "ppo/entropy",
+    "episode": "ppo/episode",
+    "loss/policy_avg": "losses/policy",
+    "loss/value_avg": "losses/value",
+    "policy/approxkl_avg": "charts/approx_kl",
+    "policy/clipfrac_avg": "charts/clipfrac",
+    "val/clipfrac_avg": "charts/value_clipfrac",
+    "policy/entropy_avg": "charts/policy_entropy",
+    "val/ratio": "charts/ratio",
+    "val/ratio_var": "charts/ratio_var",
+    "val/num_eos_tokens": "charts/num_eos_tokens",
+    "lr": "charts/learning_rate",
+    "eps": "charts/episodes_per_second",
+}
+# Metrics that depend on wall time, not on the computation (left out when runs are compared for equality).
+TIMING_METRICS = ("charts/episodes_per_second",)
+SUMMARY_METRICS = ("ppo/scores", "ppo/kl", "ppo/rlhf_reward", "ppo/kl_coef", "ppo/episode")
+
+
+def rename_metrics(record: dict) -> dict:
+    """A log record with TRL's PPO keys renamed to rlhf_kit's (other keys, e.g. ``step``, kept)."""
+    return {METRIC_NAMES.get(k, k): v for k, v in record.items()}
+
+
+def build_ppo_trainer(args, tokenizer, policy, ref_policy, reward_model, value_model, train_dataset,
+                      eval_dataset=None, peft_config=None, loop: str = "rlhf_kit", **extras):
+    """The PPO trainer over TRL 1.12's constructor. ``loop``: ``rlhf_kit`` (our loop; ``extras`` are
+    ``kl_controller``, ``ptx_batches``, ``ptx_coef``, ``checkpointer``) or ``trl`` (TRL's own ``train()``)."""
+    from rlhf_kit.trl_compat import PPOTrainer
+
+    if loop == "rlhf_kit":
+        from rlhf_kit.ppo_loop import RLHFKitPPOTrainer as trainer_class
+    elif loop == "trl":
+        if extras:
+            raise ValueError(f"TRL's PPO loop has no {', '.join(extras)}")
+        trainer_class = PPOTrainer
+    else:
+        raise ValueError(f"unknown PPO loop {loop!r}; use rlhf_kit or trl")
+    return trainer_class(args=args, processing_class=tokenizer, model=policy, ref_model=ref_policy,
+                         reward_model=reward_model, value_model=value_model, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, peft_config=peft_config, **extras)
+
+
+def train_ppo(trainer):
+    """Run PPO and return the trained policy, unwrapped (a PeftModel with LoRA); log history under our names."""
+    from rlhf_kit.trl_compat import policy_of
+
+    trainer.train()
+    trainer.state.log_history = [rename_metrics(r) for r in trainer.state.log_history]
+    return policy_of(trainer.model, trainer.accelerator)
+
+
+def load_ppo_inputs(script_args, training_args, model_args) -> dict:
+    """Tokenizer, prompts, LoRA config and the four models PPO needs, checked (keyword arguments of
+    :func:`build_ppo_trainer`). InstructGPT Sec. 3.5: policy and reference from the SFT model (with LoRA the
+    reference is the adapter-disabled policy), value function initialised from the reward model."""
+    import copy
+
+    from accelerate import PartialState
+
+    from rlhf_kit import modeling, runs
+    from rlhf_kit.cards import load_stage_rows
+    from rlhf_kit.data import build_prompt_dataset
+    from rlhf_kit.trl_compat import ppo_needs_explicit_reference
+
+    sft, rm = model_args.model_name_or_path, training_args.reward_model_path
+    runs.require_stage_output(sft, "SFT policy")
+    runs.require_stage_output(rm, "reward model")
+    tokenizer = modeling.load_tokenizer(sft, padding_side="left")  # rollouts continue prompts from the right
+    modeling.require_same_tokenizer(tokenizer, modeling.load_tokenizer(rm), "policy", "reward model")
+    rows, label = load_stage_rows(script_args, "prompts")
+    prompts = build_prompt_dataset(rows, tokenizer, script_args.max_prompt_length, label, "ppo",
+                                   max_rows=script_args.max_rows)
+    peft_config = modeling.build_peft_config(model_args, "CAUSAL_LM")
+    policy = modeling.load_causal_lm(sft, model_args, "SFT policy")
+    explicit_ref = ppo_needs_explicit_reference(peft_config is not None, PartialState().num_processes)
+    reward_model = modeling.load_reward_model(rm, require_head=True)
+    return {
+        "tokenizer": tokenizer, "policy": policy, "peft_config": peft_config,
+        "ref_policy": modeling.load_causal_lm(sft, what="SFT reference") if explicit_ref else None,
+        "reward_model": reward_model, "value_model": copy.deepcopy(reward_model),
+        "train_dataset": prompts, "eval_dataset": prompts.select(range(min(script_args.eval_rows, len(prompts)))),
+    }
+
+
+def build_loop_extras(script_args, training_args, tokenizer) -> dict:
+    """rlhf_kit's loop extras from the PPO arguments: the KL controller, and PPO-ptx batches when gamma > 0."""
+    from accelerate import PartialState
+
+    from rlhf_kit.ppo_loop import AdaptiveKLController, FixedKLController
+
+    extras = {"kl_controller": FixedKLController(training_args.kl_coef)}
+    if script_args.kl_target is not None:
+        extras["kl_controller"] = AdaptiveKLController(training_args.kl_coef, script_args.kl_target,
+                                                       script_args.kl_horizon)
+    if script_args.ptx_coef > 0:
+        from rlhf_kit.ppo_ptx import PtxBatches, load_ptx_examples
+
+        examples = load_ptx_examples(script_args.ptx_dataset, tokenizer, script_args.ptx_max_length)
+        seed = training_args.seed + PartialState().process_index * 100003  # one stream per process, as TRL's
+        extras["ptx_batches"] = PtxBatches(examples, training_args.per_device_train_batch_size,
+                                           tokenizer.pad_token_id, seed)
+        extras["ptx_coef"] = script_args.ptx_coef
+    return extras

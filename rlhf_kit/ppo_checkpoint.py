@@ -1,0 +1,182 @@
+"""PPO checkpoints that survive a ``kill -9``: everything needed to continue exactly where a run stopped.
+
+Every ``save_steps`` updates, ``<output_dir>/checkpoint-N/`` gets the trainable weights (policy adapter and value
+model), optimizer and scheduler state, the trainer state (update and episode counters, log history, KL
+controller, accelerate's gradient-accumulation counter), each process's RNG states, its position in the prompt
+order and its PPO-ptx sampler, and the configuration that shapes the optimisation. It is written as
+``checkpoint-N.partial`` and renamed when complete (``checkpoint_complete.json`` inside, written last), so a kill
+mid-save leaves the previous checkpoint as the newest complete one. Rerunning the same command resumes from it and,
+on CPU with a fixed seed, ends with the same weights and metrics as a run that was never interrupted
+(tests/test_ppo_resume.py). TRL's PPOTrainer takes no checkpoint to resume from (trl #2657); this is why rlhf_kit
+owns the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlhf_kit.errors import UserError
+
+COMPLETE = "checkpoint_complete.json"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+# Keys that may differ between a run and its resume: where and how it logs, saves, evaluates samples and pushes.
+# Any other difference (batch sizes, models, data, learning rate, seed, ...) changes the optimisation: refused.
+MAY_CHANGE = {"force", "report_to", "run_name", "project", "disable_tqdm", "push_to_hub", "num_sample_generations",
+              "resume_from_checkpoint", "skip_memory_metrics", "ddp_timeout"}
+MAY_CHANGE_PREFIXES = ("logging_", "log_", "save_", "hub_", "eval_", "trackio_", "per_device_eval_batch_size")
+
+
+def checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """``checkpoint-N`` folders (complete or not), oldest first."""
+    out = Path(output_dir)
+    found = [(int(m.group(1)), p) for p in out.glob("checkpoint-*") if (m := _NAME.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def last_complete_checkpoint(output_dir: str | Path, say=print) -> Path | None:
+    """The newest complete checkpoint; an incomplete one is skipped, and said so."""
+    for _, path in reversed(checkpoints(output_dir)):
+        if (path / COMPLETE).is_file():
+            return path
+        say(f"[ppo] ignoring incomplete checkpoint {path} (no {COMPLETE}); using the one before it")
+    return None
+
+
+def changed_keys(saved: dict, current: dict) -> list[str]:
+    """Configuration keys whose change alters the optimisation (keys only one side has, e.g. added by a newer
+    rlhf_kit, are not compared)."""
+    keys = (set(saved) & set(current)) - MAY_CHANGE
+    return sorted(k for k in keys if not k.startswith(MAY_CHANGE_PREFIXES) and saved.get(k) != current.get(k))
+
+
+def _rng_states() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class PPOCheckpointer:
+    """Saves rlhf_kit's PPO trainer every ``save_steps`` updates and resumes it from the last complete checkpoint.
+
+    ``config`` is the stage's resolved configuration (rlhf_kit.runs.resolve_config); it is stored in each
+    checkpoint and compared on resume. ``resume=False`` (a forced rerun) starts afresh.
+    """
+
+    def __init__(self, output_dir: str, config: dict, save_strategy: str = "steps", save_total_limit: int | None = None,
+                 resume: bool = True):
+        self.output_dir, self.config = Path(output_dir), {k: v for k, v in config.items()}
+        self.enabled = str(getattr(save_strategy, "value", save_strategy)) != "no"
+        self.save_total_limit, self.resume_enabled = save_total_limit, resume
+
+    def due(self, state) -> bool:
+        """Whether the update just finished should be checkpointed."""
+        return self.enabled and bool(state.save_steps) and state.global_step % state.save_steps == 0
+
+    def _config(self, trainer) -> dict:
+        return {**self.config, "world_size": trainer.accelerator.num_processes}
+
+    def save(self, trainer) -> Path:
+        """Write ``checkpoint-<update>`` atomically (all processes call this)."""
+        acc, state = trainer.accelerator, trainer.state
+        final = self.output_dir / f"checkpoint-{state.global_step}"
+        tmp = final.with_name(final.name + ".partial")
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        per_process = {"rng": _rng_states(), "prompts": trainer.prompt_batches.state_dict(),
+                       "ptx": trainer.ptx_batches.state_dict() if trainer.ptx_batches else None}
+        torch.save(per_process, tmp / f"process_{acc.process_index}.pt")
+        if acc.is_main_process:
+            model = acc.unwrap_model(trainer.model)
+            trainable = {k: v.detach().cpu().clone() for k, v in model.named_parameters() if v.requires_grad}
+            torch.save(trainable, tmp / "trainable.pt")
+            torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(trainer.lr_scheduler.state_dict(), tmp / "scheduler.pt")
+            from rlhf_kit.trl_compat import policy_of
+
+            policy = policy_of(model)
+            if hasattr(policy, "peft_config"):  # the LoRA adapter, loadable on its own
+                policy.save_pretrained(tmp / "adapter")
+            record = {"global_step": state.global_step, "episode": state.episode, "log_history": state.log_history,
+                      "kl_controller": trainer.kl_controller.state_dict(), "accelerator_step": acc.step}
+            (tmp / "trainer_state.json").write_text(json.dumps(record, indent=1))
+            (tmp / "config.json").write_text(json.dumps(self._config(trainer), indent=1, sort_keys=True,
+                                                        default=str))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (tmp / COMPLETE).write_text(json.dumps({"update": state.global_step, "episode": state.episode}))
+            if final.exists():  # an incomplete folder of the same name, left by something else
+                shutil.rmtree(final)
+            tmp.rename(final)
+            self._rotate()
+        acc.wait_for_everyone()
+        return final
+
+    def clear(self, is_main: bool = True) -> None:
+        """Remove the checkpoints of an earlier run (a forced rerun starts over; they would shadow its own)."""
+        if is_main:
+            for _, path in checkpoints(self.output_dir):
+                shutil.rmtree(path, ignore_errors=True)
+            for path in self.output_dir.glob("checkpoint-*.partial"):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _rotate(self) -> None:
+        """Keep the newest ``save_total_limit`` complete checkpoints."""
+        if not self.save_total_limit:
+            return
+        complete = [p for _, p in checkpoints(self.output_dir) if (p / COMPLETE).is_file()]
+        for path in complete[: max(0, len(complete) - self.save_total_limit)]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def resume(self, trainer) -> int:
+        """Restore the last complete checkpoint into ``trainer``; the number of updates it had done (0: none)."""
+        acc = trainer.accelerator
+        if not self.resume_enabled:
+            return 0
+        path = last_complete_checkpoint(self.output_dir, say=acc.print)
+        if path is None:
+            return 0
+        saved = json.loads((path / "config.json").read_text())
+        current = json.loads(json.dumps(self._config(trainer), default=str))
+        changed = changed_keys(saved, current)
+        if changed:
+            detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:6])
+            raise UserError(f"cannot resume PPO from {path}: the configuration changed ({detail}); rerun with the "
+                            "checkpoint's settings, or pass --force true to start over")
+        model = acc.unwrap_model(trainer.model)
+        trainable = torch.load(path / "trainable.pt", weights_only=True)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in trainable.items():
+                params[name].copy_(value)
+        trainer.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        trainer.lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        record = json.loads((path / "trainer_state.json").read_text())
+        trainer.state.global_step, trainer.state.episode = record["global_step"], record["episode"]
+        trainer.state.log_history = record["log_history"]
+        trainer.state.epoch = trainer.state.episode / trainer.train_dataset_len
+        trainer.kl_controller.load_state_dict(record["kl_controller"])
+        acc.step = record["accelerator_step"]
+        per_process = torch.load(path / f"process_{acc.process_index}.pt", weights_only=False)
+        trainer.prompt_batches.load_state_dict(per_process["prompts"])
+        if trainer.ptx_batches is not None:
+            trainer.ptx_batches.load_state_dict(per_process["ptx"])
+        _set_rng_states(per_process["rng"])  # last: replaying the prompt order above drew from the RNG
+        acc.print(f"[ppo] resuming from {path} (update {record['global_step']} of {trainer.args.num_total_batches}, "
+                  f"episode {record['episode']})")
+        return record["global_step"]

@@ -1,0 +1,120 @@
+"""Kill PPO with SIGKILL mid-run, rerun the same command: it resumes from the last complete checkpoint and ends
+with exactly the adapter and metrics of a run that was never interrupted (CPU, fixed seed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, TINY, config_args, stage_paths
+
+# 10 updates of 16 episodes (on any number of processes), a checkpoint every 2, the newest 2 kept.
+RESUMABLE = ["--total_episodes", "160", "--global_batch_size", "16", "--save_strategy", "steps", "--save_steps", "2",
+             "--save_total_limit", "2", "--report_to", "none"]
+
+
+def _args(root, out) -> list[str]:
+    """With PPO-ptx and the adaptive KL controller on, so their state is checkpointed and restored too."""
+    extras = ["--ptx_coef", "0.5", "--ptx_dataset", str(root / "data" / "pretrain.jsonl"), "--kl_target", "1.0",
+              "--kl_horizon", "200"]
+    return (config_args("ppo") + stage_paths(root, "ppo") + TINY["ppo"] + RESUMABLE + extras
+            + ["--output_dir", str(out)])
+
+
+def _complete(out) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")
+                  if p.name.split("-")[1].isdigit() and (p / "checkpoint_complete.json").is_file())
+
+
+def _outcome(out) -> tuple[bytes, list[dict]]:
+    from rlhf_kit.ppo import TIMING_METRICS
+
+    logs = json.loads((out / "log_history.json").read_text())
+    return ((out / "adapter" / "adapter_model.safetensors").read_bytes(),
+            [{k: v for k, v in r.items() if k not in TIMING_METRICS} for r in logs])
+
+
+def _command(args: list[str], launcher: str) -> list[str]:
+    """The PPO recipe as a user runs it: python, or `make ppo`'s launcher with two processes."""
+    script = [str(REPO / "recipes" / "ppo.py")]
+    if launcher == "accelerate-2proc":
+        script = ["-m", "rlhf_kit.launch", "--config_file", str(REPO / "recipes/accelerate/cpu_2proc.yaml"), *script]
+    return [sys.executable, *script, *args]
+
+
+_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def _run(args: list[str], launcher: str) -> subprocess.CompletedProcess:
+    return subprocess.run(_command(args, launcher), cwd=REPO, env=_ENV, capture_output=True, text=True, timeout=600)
+
+
+def _start(args: list[str], launcher: str) -> subprocess.Popen:
+    return subprocess.Popen(_command(args, launcher), cwd=REPO, env=_ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher and every process under it (torch's elastic agent starts ranks in sessions of their
+    own, so a process-group kill would leave them running)."""
+    import psutil  # an accelerate dependency
+
+    victims = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in victims:
+        p.send_signal(signal.SIGKILL)
+    psutil.wait_procs(victims, timeout=30)
+    proc.wait()
+
+
+@pytest.mark.parametrize("launcher", ["python", pytest.param("accelerate-2proc", marks=pytest.mark.slow)])
+def test_sigkill_then_rerun_matches_uninterrupted_run(pipeline, tmp_path, launcher):
+    full = _run(_args(pipeline, tmp_path / "full"), launcher)
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert _complete(tmp_path / "full") == [8, 10]  # rotated to save_total_limit
+
+    out = tmp_path / "killed"
+    kill_after = random.choice([2, 4, 6])  # kill right after this checkpoint appears, at a random moment
+    proc = _start(_args(pipeline, out), launcher)
+    deadline = time.time() + 300
+    while kill_after not in _complete(out) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(random.uniform(0, 0.2))
+    assert proc.poll() is None, f"the run ended before it could be killed after checkpoint-{kill_after}"
+    _kill_tree(proc)
+    assert not (out / "stage_complete.json").exists()
+    last = _complete(out)[-1]
+    (out / "checkpoint-999").mkdir()  # an incomplete checkpoint (no completion record) is skipped, and said so
+
+    changed = _run(_args(pipeline, out) + ["--learning_rate", "5e-4"], launcher)
+    assert changed.returncode == 2 and "learning_rate" in changed.stderr and "Traceback" not in changed.stderr
+
+    resumed = _run(_args(pipeline, out) + ["--logging_steps", "2"], launcher)  # logging may change
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "ignoring incomplete checkpoint" in resumed.stdout and f"checkpoint-{last} (update {last}" in resumed.stdout
+    adapter_full, logs_full = _outcome(tmp_path / "full")
+    adapter_resumed, logs_resumed = _outcome(out)
+    assert len(logs_full) == 10 and logs_resumed == logs_full
+    assert len({r["ppo/kl_coef"] for r in logs_full}) == 10 and "losses/ptx" in logs_full[-1]
+    assert adapter_resumed == adapter_full
+
+
+@pytest.mark.parametrize("save_total_limit", [1])
+def test_rotation_keeps_newest(tmp_path, save_total_limit):
+    from rlhf_kit.ppo_checkpoint import COMPLETE, PPOCheckpointer, last_complete_checkpoint
+
+    for n in (2, 4, 6):
+        (tmp_path / f"checkpoint-{n}").mkdir()
+        (tmp_path / f"checkpoint-{n}" / COMPLETE).write_text("{}")
+    (tmp_path / "checkpoint-8").mkdir()
+    PPOCheckpointer(str(tmp_path), {}, save_total_limit=save_total_limit)._rotate()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-6", "checkpoint-8"]
+    messages = []
+    assert last_complete_checkpoint(tmp_path, say=messages.append).name == "checkpoint-6"
+    assert "checkpoint-8" in messages[0]
