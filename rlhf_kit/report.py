@@ -13,7 +13,13 @@ def compared(summary: dict) -> tuple[str, str]:
 
 
 def headline(summary: dict) -> str:
-    """One line with the numbers that say whether RLHF helped (policies ordered by judge score)."""
+    """One line with the numbers that say whether RLHF helped (policies ordered by judge score). Summaries written
+    before evaluation took any policies (PPO vs SFT keys only) still read."""
+    if "win_rate_vs_baseline" not in summary:
+        summary = {**summary, "policies": list(summary["gold_score"]), "baseline": "sft",
+                   "win_rate_vs_baseline": {"ppo": {"win_rate": summary["win_rate_ppo_vs_sft"],
+                                                    "ci95": summary["win_rate_ci95"]}},
+                   "kl_to_baseline": {"ppo": summary["kl_ppo_sft"]}}
     policy, baseline = compared(summary)
     win = summary["win_rate_vs_baseline"][policy]
     g, (lo, hi) = summary["gold_score"], win["ci95"]
