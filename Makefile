@@ -13,7 +13,7 @@ STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test lint demo base sft compare reward ppo eval bench-reward bench-ppo push data-validate data-preview clean \
+.PHONY: install chromium test lint demo base sft compare reward ppo eval bench-reward bench-ppo push data-validate data-preview clean \
 	label label-export label-screenshots
 
 install: $(STAMP)
@@ -24,7 +24,13 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet -e ".[dev,label,deepspeed]"
 	touch $(STAMP)
 
-test: install
+# The labeling app's browser tests drive Debian's chromium (Playwright never downloads a browser): installed here
+# when missing, so `make test` runs them everywhere and they never skip.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+test: install chromium
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PYTHON) -m pytest -q tests
 
 lint: install
