@@ -13,7 +13,7 @@ STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install chromium test lint demo base sft compare reward ppo eval bench-reward bench-ppo push data-validate data-preview clean \
+.PHONY: install chromium test lint demo base sft compare reward ppo eval bench-reward bench-ppo bench-alignment-tax push data-validate data-preview clean \
 	label label-export label-screenshots
 
 install: $(STAMP)
@@ -64,6 +64,10 @@ bench-reward: install
 # rlhf_kit's PPO loop vs TRL's own train() on the same config: episodes/s, ratio, rollout share (needs `make sft reward`).
 bench-ppo: install
 	$(PYTHON) benchmarks/ppo_loop.py --config benchmarks/ppo_loop.yaml
+
+# PPO-ptx's alignment tax and the adaptive KL controller in the demo world (needs `make demo`).
+bench-alignment-tax: install
+	PYTHON=$(PYTHON) bash benchmarks/ppo_alignment_tax.sh
 
 # Data cards: make data-validate CARD=hh_rlhf [DATA_DIR=tests/fixtures/cards] [SPLIT=train]
 data-validate: install
