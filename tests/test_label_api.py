@@ -8,12 +8,10 @@ import sys
 
 import pytest
 from label_helpers import PASSWORD, REPO, csrf_of, login, make_db, rank_form, rank_items, response_indices
+from starlette.testclient import TestClient  # label extra, installed by `make install`
 
-pytest.importorskip("starlette", reason="the label extra is installed by `make install`")
-from starlette.testclient import TestClient  # noqa: E402
-
-from rlhf_kit.label.agreement import merge_rankings, pair_agreement  # noqa: E402
-from rlhf_kit.label.app import build_app  # noqa: E402
+from rlhf_kit.label.agreement import merge_rankings, pair_agreement
+from rlhf_kit.label.app import build_app
 
 
 def client_for(db, **kwargs) -> TestClient:

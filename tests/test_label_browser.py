@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from label_helpers import PASSWORD, REPO, Server, make_db, rank_items
+from playwright.sync_api import sync_playwright  # dev extra, installed by `make install`
 
 from rlhf_kit.label.tasks import parse_item
 
@@ -21,13 +22,9 @@ SHOTS = os.environ.get("RLHF_KIT_SCREENSHOTS")
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).is_file():
-        message = f"{CHROMIUM} not found; install Debian's chromium (apt-get install -y chromium; .ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)  # CI always runs the browser tests
-        pytest.skip(message)
-    sync_api = pytest.importorskip("playwright.sync_api", reason="installed by `make install` (dev extra)")
-    with sync_api.sync_playwright() as p:
+    # `make test` installs chromium when missing, so these tests never skip: a missing browser is a failure.
+    assert Path(CHROMIUM).is_file(), f"{CHROMIUM} not found; `make chromium` (run by `make test`) installs it"
+    with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         yield browser
         browser.close()

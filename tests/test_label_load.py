@@ -12,10 +12,8 @@ import statistics
 import threading
 import time
 
-import pytest
+import httpx  # dev extra, installed by `make install`
 from label_helpers import PASSWORD, Server, csrf_of, make_db, rank_form, rank_items
-
-httpx = pytest.importorskip("httpx", reason="installed by `make install` (dev extra)")
 
 LABELERS, SUBMISSIONS = 20, 50
 P95_LIMIT_S = float(os.environ.get("LABEL_P95_LIMIT_S", "0.2"))  # the target: p95 page time <= 200 ms
