@@ -19,6 +19,7 @@ def main(args: EvalArguments):
     from rlhf_kit.data import load_rows
     from rlhf_kit.generation import sample_responses
     from rlhf_kit.labelers import load_judge
+    from rlhf_kit.rows import write_jsonl
     from rlhf_kit.stage import StageRun
     from rlhf_kit.training import setup_run
 
@@ -67,7 +68,7 @@ def main(args: EvalArguments):
         report.plot_gold_vs_rm({p: {"gold": scores[p], "rm": rm_scores[p]} for p in policies}, out / "gold_vs_rm.png")
     report.write_summary(run_dir, summary)
     report.write_report(run_dir, summary, samples)
-    runs.write_jsonl(out / "samples.jsonl", [{"prompt": ev.prompt_text(row), **{p: responses[p][i] for p in policies}}
+    write_jsonl(out / "samples.jsonl", [{"prompt": ev.prompt_text(row), **{p: responses[p][i] for p in policies}}
                                              for i, row in enumerate(rows)])
     final = summary["win_rate_vs_baseline"][last]
     run.finish({"win_rate": final["win_rate"], "rm_accuracy": summary.get("rm_accuracy", float("nan"))})

@@ -85,9 +85,9 @@ def judge_agreement(rankings: list[dict], judge: Judge) -> float:
 
     agree = total = 0
     for r in rankings:
+        score = {response: judge.judge(r, response).score for response in set(r["responses"])}  # each judged once
         for p in expand_pairs(r):
-            g_c = judge.judge(r, p["chosen"][0]["content"]).score
-            g_r = judge.judge(r, p["rejected"][0]["content"]).score
+            g_c, g_r = score[p["chosen"][0]["content"]], score[p["rejected"][0]["content"]]
             if g_c != g_r:
                 total += 1
                 agree += g_c > g_r

@@ -86,7 +86,7 @@ def plot_gold_vs_rm(per_policy: dict[str, dict[str, list[float]]], path: Path) -
 
 def write_report(run_dir: Path, summary: dict, samples: list[dict]) -> Path:
     """``report.md`` next to ``summary.json``, with the plots written by the functions above."""
-    from rlhf_kit.runs import write_atomic
+    from rlhf_kit.rows import write_atomic
 
     policy, baseline = compared(summary)
     g, rm, rules = summary["gold_score"], summary.get("rm_score", {}), summary["gold_rules"]
@@ -139,7 +139,7 @@ def write_report(run_dir: Path, summary: dict, samples: list[dict]) -> Path:
 
 def write_summary(run_dir: Path, summary: dict) -> Path:
     """``summary.json`` (written atomically)."""
-    from rlhf_kit.runs import write_atomic
+    from rlhf_kit.rows import write_atomic
 
     path = run_dir / "summary.json"
     write_atomic(path, json.dumps(summary, indent=2, sort_keys=True))

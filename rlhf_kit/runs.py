@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from rlhf_kit.errors import UserError
-from rlhf_kit.rows import write_atomic, write_jsonl  # noqa: F401  (stage files are written atomically)
+from rlhf_kit.rows import write_atomic
 
 MARKER = "stage_complete.json"
 RESOLVED_CONFIG = "rlhf_kit_config.yaml"

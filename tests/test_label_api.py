@@ -24,6 +24,16 @@ def open_task(client):
     return page, int(str(page.url).rsplit("/", 1)[1])
 
 
+def alice_on_a_task(tmp_path, n_items: int):
+    """A store of ``n_items`` rank tasks, and alice logged in with her first task open: (store, client, page, id)."""
+    db = tmp_path / "labels.db"
+    store = make_db(db, items=rank_items(n_items))
+    client = client_for(db)
+    login(client, "alice")
+    page, aid = open_task(client)
+    return store, client, page, aid
+
+
 def test_pair_agreement_skips_ties_and_merge_rule():
     assert pair_agreement([0, 1, 2], [0, 1, 2]) == (3, 3)
     assert pair_agreement([0, 1, 2], [2, 1, 0]) == (0, 3)
@@ -185,11 +195,7 @@ def test_wrong_logins_are_rate_limited(tmp_path):
 
 
 def test_double_submit_stores_one_label(tmp_path):
-    db = tmp_path / "labels.db"
-    store = make_db(db, items=rank_items(2))
-    client = client_for(db)
-    login(client, "alice")
-    page, aid = open_task(client)
+    store, client, page, aid = alice_on_a_task(tmp_path, 2)
     fields = rank_form(page.text)
     first = client.post(f"/task/{aid}", data=fields, follow_redirects=False)
     second = client.post(f"/task/{aid}", data=fields, follow_redirects=False)
@@ -202,11 +208,8 @@ def test_double_submit_stores_one_label(tmp_path):
 
 
 def test_bad_forms_and_imports_are_one_line_errors(tmp_path):
+    store, client, page, aid = alice_on_a_task(tmp_path, 1)
     db = tmp_path / "labels.db"
-    store = make_db(db, items=rank_items(1))
-    client = client_for(db)
-    login(client, "alice")
-    page, aid = open_task(client)
     fields = {k: v for k, v in rank_form(page.text).items() if not k.startswith("score_")}
     bad = client.post(f"/task/{aid}", data=fields)
     assert bad.status_code == 400 and "rate every response" in bad.text

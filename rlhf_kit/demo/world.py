@@ -203,7 +203,7 @@ def build_demo_data(seed: int, flaw_rate: float = 0.2, demos_per_prompt: int = 3
 
 def write_demo_data(out_dir: str | Path, seed: int, flaw_rate: float = 0.2) -> dict[str, Path]:
     """Write the demo world's splits as JSON Lines files under ``out_dir``; returns the paths."""
-    from rlhf_kit.runs import write_jsonl
+    from rlhf_kit.rows import write_jsonl
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
