@@ -13,7 +13,7 @@ STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install chromium test lint demo base sft compare reward ppo eval bench-reward bench-ppo bench-alignment-tax push data-validate data-preview clean \
+.PHONY: install chromium test lint demo rounds bench-rounds base sft compare reward ppo eval bench-reward bench-ppo bench-alignment-tax push data-validate data-preview clean \
 	label label-export label-screenshots
 
 install: $(STAMP)
@@ -38,6 +38,12 @@ lint: install
 
 demo: install
 	$(MAKE) --no-print-directory base sft compare reward ppo eval
+
+# RLHF rounds (README "Rounds"): setup stages once, then ROUNDS x (compare, reward, ppo, eval) in
+# runs/rounds[-seed<SEED>]/round-<r>/; rerun the same command after a kill to continue.
+rounds: install
+	$(PYTHON) recipes/rounds.py --config $(RUN_CONFIGS)/rounds.yaml --accelerate_config $(ACCELERATE_CONFIG) \
+	  $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(SEED),--seed $(SEED) --run_dir runs/rounds-seed$(SEED))
 
 base: install
 	$(LAUNCH) recipes/base.py --config $(RUN_CONFIGS)/base.yaml
