@@ -63,6 +63,13 @@ ppo: install
 eval: install
 	$(PYTHON) recipes/eval.py --config $(RUN_CONFIGS)/eval.yaml
 
+# The demo's rounds over three seeds (world and training seed): mean and spread after round 1 and after round 3.
+bench-rounds: install
+	$(MAKE) --no-print-directory rounds SEED=0
+	$(MAKE) --no-print-directory rounds SEED=1
+	$(MAKE) --no-print-directory rounds SEED=2
+	$(PYTHON) benchmarks/rounds_seeds.py runs/rounds-seed0 runs/rounds-seed1 runs/rounds-seed2
+
 # K-wise vs pairwise reward training on the same rankings (needs `make sft`).
 bench-reward: install
 	$(PYTHON) benchmarks/reward_kwise.py --config benchmarks/reward_kwise.yaml

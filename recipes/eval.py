@@ -36,6 +36,8 @@ def main(args: EvalArguments):
     stages |= {"compare": str(run_dir / args.comparisons)} if args.comparisons else {}
     if args.previous_reward_model:
         stages["previous reward"] = str(run_dir / args.previous_reward_model)
+    if args.reference_comparisons:
+        stages["reference compare"] = str(run_dir / args.reference_comparisons)
     for name, path in stages.items():
         runs.require_complete_stage(path, f"the summary needs the {name} stage, but")
     rows = load_rows(args.eval_dataset_path).to_list()
@@ -67,6 +69,11 @@ def main(args: EvalArguments):
         accuracy, n = ev.rm_accuracy(previous, tokenizer, pairs)
         summary["rm_accuracy_previous"] = {"reward_model": args.previous_reward_model, "accuracy": accuracy,
                                            "pairs": n}
+    if args.reference_comparisons and reward_model is not None:
+        reference = load_rows(f"{stages['reference compare']}/rankings_heldout.jsonl").to_list()
+        accuracy, n = ev.rm_accuracy(reward_model, tokenizer, ev.heldout_judged_pairs(reference, judge))
+        summary["rm_accuracy_reference"] = {"comparisons": args.reference_comparisons, "accuracy": accuracy,
+                                            "pairs": n}
     report.add_legacy_keys(summary)
     summary["wall_seconds"] = {s: runs.read_marker(p)["wall_seconds"] for s, p in stages.items()}
     summary["wall_seconds"]["eval"] = round(time.time() - run.started, 2)

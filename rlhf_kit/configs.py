@@ -185,6 +185,10 @@ class EvalArguments(SamplingArguments):
         "help": "An earlier reward model (e.g. the previous round's) whose accuracy on the same held-out comparisons "
                 "is reported too: how far the policy's samples drifted from that model's data."})
 
+    reference_comparisons: str | None = field(default=None, metadata={
+        "help": "Another comparison stage whose held-out rankings the reward model is also measured on (rounds: "
+                "round 1's, i.e. SFT samples, one yardstick for every round's reward model)."})
+
     def __post_init__(self):
         for name in self.versus:
             if name not in self.policies:

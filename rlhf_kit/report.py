@@ -125,6 +125,10 @@ def write_report(run_dir: Path, summary: dict, samples: list[dict], eval_dir: st
         prev = summary["rm_accuracy_previous"]
         lines += [f"- The same comparisons scored by the earlier reward model {prev['reward_model']}: "
                   f"{prev['accuracy']:.3f} (before retraining)"]
+    if "rm_accuracy_reference" in summary:
+        ref = summary["rm_accuracy_reference"]
+        lines += [f"- On the held-out comparisons of {ref['comparisons']}: {ref['accuracy']:.3f} "
+                  f"({ref['pairs']} pairs)"]
     for opponent, h2h in summary.get("head_to_head", {}).items():
         lines += [f"- {policy} against {opponent}, head to head: {h2h['win_rate']:.3f} "
                   f"[{h2h['ci95'][0]:.3f}, {h2h['ci95'][1]:.3f}]"]

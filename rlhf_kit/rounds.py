@@ -12,7 +12,8 @@ After the setup stages (the demo: ``base``, ``sft``), each round r = 1..R runs, 
 4. ``eval``: held-out prompts, SFT vs earlier rounds vs this round, and the previous reward model's accuracy on
    this round's held-out comparisons (before retraining) next to the new one's (after).
 
-Every stage runs as its own recipe process with its track config plus overrides (``plan``), so a killed run,
+Every stage runs as its own recipe process with its track config (copied into ``<run_dir>/configs/`` when the run
+starts) plus overrides (``plan``), so a killed run,
 rerun with the same command, continues at its first unfinished stage. ``rounds.json`` and ``rounds.md`` gather the
 per-round figures (``collect``, ``write_rounds_report``).
 """
@@ -20,6 +21,7 @@ per-round figures (``collect``, ``write_rounds_report``).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -88,7 +90,7 @@ def reroot(config: dict, source: str, run_dir: str) -> dict:
 def plan(args, configs: dict[str, dict]) -> list[Step]:
     """Every stage process of the run, in order, with the overrides that place it in the run."""
     run, setup = args.run_dir, list(args.setup_stages)
-    source, folder = source_run(configs, setup), Path(args.stage_configs)
+    source, folder = source_run(configs, setup), Path(run) / "configs"  # the run's own copies (see run_rounds)
     sft = f"{run}/{Path(configs[setup[-1]]['output_dir']).name}"
 
     def seeded(stage: str) -> dict:
@@ -118,8 +120,9 @@ def plan(args, configs: dict[str, dict]) -> list[Step]:
             "run_dir": run, "output_dir": f"{here}/eval", "policies": eval_policies + earlier + [f"round-{r}/ppo"],
             "reward_model": rel(f"{here}/reward"), "comparisons": rel(f"{here}/compare"), "versus": earlier,
         }
-        if r > 1:
+        if r > 1:  # the previous RM on this round's samples; this RM on round 1's (SFT) samples as well
             evaluate["previous_reward_model"] = rel(f"{prev}/reward")
+            evaluate["reference_comparisons"] = "round-1/compare"
         for stage, overrides in zip(ROUND_STAGES, (compare, reward, ppo, evaluate)):
             steps.append(Step(r, stage, folder / f"{stage}.yaml", overrides["output_dir"], overrides))
     return steps
@@ -209,7 +212,9 @@ def run_rounds(args) -> int:
     steps = plan(args, configs)
     check_run_config(args.run_dir, resolved(args, configs))
     check_progress(steps)
-    Path(args.run_dir).mkdir(parents=True, exist_ok=True)
+    Path(args.run_dir, "configs").mkdir(parents=True, exist_ok=True)
+    for stage in stages:  # every stage reads the run's copy: editing the track's configs mid-run changes nothing
+        shutil.copyfile(Path(args.stage_configs) / f"{stage}.yaml", Path(args.run_dir) / "configs" / f"{stage}.yaml")
     write_atomic(Path(args.run_dir) / RUN_CONFIG, yaml.safe_dump(resolved(args, configs), sort_keys=True))
     for step in steps:
         if runs.is_complete(step.output_dir):
@@ -248,6 +253,9 @@ def collect(run_dir: str, n_rounds: int) -> dict:
             "response_length": s["response_length"][policy],
             "rm_accuracy_after": s.get("rm_accuracy"), "rm_accuracy_pairs": s.get("rm_accuracy_pairs"),
             "rm_accuracy_before": (s.get("rm_accuracy_previous") or {}).get("accuracy"),
+            # one yardstick for every round's RM: round 1's held-out comparisons (SFT samples)
+            "rm_accuracy_round1_comparisons": (s.get("rm_accuracy_reference") or {}).get("accuracy",
+                                                                                     s.get("rm_accuracy")),
             "wall_seconds": {k: v for k, v in s["wall_seconds"].items() if k in ROUND_STAGES},
         }
         for name, h2h in s.get("head_to_head", {}).items():
@@ -283,16 +291,20 @@ def write_rounds_report(run_dir: str, summary: dict) -> Path:
     lines = [f"# RLHF rounds: {Path(run_dir).name}", "", f"**{rounds_headline(summary)}**", "",
              "Held-out prompts, scored by the judge that the reward models and PPO never see. RM accuracy is measured "
              "against the judge's order on the round's held-out comparisons, i.e. on samples of the policy the round "
-             "started from: *before* is the previous round's reward model, *after* the one retrained this round.", "",
+             "started from: *before* is the previous round's reward model, *after* the one retrained this round; "
+             "the next column measures each round's reward model on round 1's held-out comparisons (SFT samples).",
+             "",
              "Setup policies' judge score: " + ", ".join(f"{p} {v:.3f}" for p, v in setup.items()),
              "", f"| round | judge score | win rate vs {base} (95% CI) | vs previous round | vs round 1 "
-             f"| KL to {base} | length | RM accuracy before | after | wall (s) |", "|---" * 10 + "|"]
+             f"| KL to {base} | length | RM accuracy before | after | on round 1's comparisons | wall (s) |",
+             "|---" * 11 + "|"]
     for row in rows:
         lo, hi = row[f"win_rate_vs_{base}_ci95"]
         lines.append(f"| {row['round']} | {row['gold_score']:.3f} | {row[f'win_rate_vs_{base}']:.3f} [{lo:.3f}, "
                      f"{hi:.3f}] | {fmt(row.get('win_rate_vs_previous'))} | {fmt(row.get('win_rate_vs_round1'))} | "
                      f"{row[f'kl_to_{base}']:.4f} | {row['response_length']:.1f} | "
                      f"{fmt(row['rm_accuracy_before'])} | {fmt(row['rm_accuracy_after'])} | "
+                     f"{fmt(row['rm_accuracy_round1_comparisons'])} | "
                      f"{sum(row['wall_seconds'].values()):.0f} |")
     x = [row["round"] for row in rows]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))

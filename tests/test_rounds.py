@@ -47,6 +47,7 @@ def test_round_two_samples_the_round_one_policy_and_keeps_sft_as_reference():
     ev = steps[(3, "eval")].overrides
     assert ev["policies"] == ["base", "sft", "round-1/ppo", "round-2/ppo", "round-3/ppo"]
     assert ev["versus"] == ["round-1/ppo", "round-2/ppo"] and ev["previous_reward_model"] == "round-2/reward"
+    assert ev["reference_comparisons"] == "round-1/compare"
     assert ev["output_dir"] == "runs/r/round-3/eval" and ev["eval_dataset_path"] == "runs/r/data/eval.jsonl"
     assert "previous_reward_model" not in steps[(1, "eval")].overrides and steps[(1, "eval")].overrides["versus"] == []
 
@@ -197,6 +198,9 @@ def test_two_rounds_killed_in_round_two_reward_resume_to_the_same_figures(pipeli
     assert round2["policies"] == ["base", "sft", "round-1/ppo", "round-2/ppo"]
     assert set(round2["head_to_head"]) == {"round-1/ppo"}
     assert round2["rm_accuracy_previous"]["pairs"] == round2["rm_accuracy_pairs"] > 0
+    round1 = json.loads((full / "round-1" / "summary.json").read_text())
+    assert round2["rm_accuracy_reference"]["pairs"] == round1["rm_accuracy_pairs"]  # round 1's held-out pairs
+    assert summary["rounds"][0]["rm_accuracy_round1_comparisons"] == round1["rm_accuracy"]
     ppo2 = yaml.safe_load((full / "round-2" / "ppo" / "rlhf_kit_config.yaml").read_text())
     assert ppo2["model_name_or_path"].endswith("round-1/ppo") and ppo2["ref_model_path"].endswith("/sft")
     data2 = (full / "round-2" / "data" / "rankings.jsonl").read_text().splitlines()

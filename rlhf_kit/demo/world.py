@@ -8,7 +8,7 @@ politely declined. Everything is generated deterministically from a seed:
 - ``sft``: demonstrations written by simulated labelers of mixed care (some add rude or off-topic tails, repeat
   themselves, miscount, decline harmless requests or comply with harmful ones), so the SFT policy inherits flaws
   that the reward model and PPO can remove -- the situation InstructGPT's RLHF stage addresses;
-- ``prompts``: prompts for comparison collection and PPO;
+- ``prompts``: prompts for comparison collection and PPO (those kept for them, then the SFT prompts);
 - ``eval``: held-out prompts, disjoint from the others.
 
 The gold labeler that scores responses lives in :mod:`rlhf_kit.gold`.
@@ -196,7 +196,9 @@ def build_demo_data(seed: int, flaw_rate: float = 0.2, demos_per_prompt: int = 3
     return {
         "pretrain": [{"text": s} for s in pretrain_sentences(rng, n_pretrain, parts["sft"] + parts["prompts"])],
         "sft": sft,
-        "prompts": [_chat_row(p) for p in parts["prompts"]],
+        # Comparisons and PPO may revisit the SFT prompts (InstructGPT's RM and PPO prompts come from the same API
+        # distribution as its SFT prompts); only the evaluation prompts are held out from every stage.
+        "prompts": [_chat_row(p) for p in parts["prompts"] + parts["sft"]],
         "eval": [_chat_row(p) for p in parts["eval"]],
     }
 
