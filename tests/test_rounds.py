@@ -201,6 +201,7 @@ def test_two_rounds_killed_in_round_two_reward_resume_to_the_same_figures(pipeli
     round1 = json.loads((full / "round-1" / "summary.json").read_text())
     assert round2["rm_accuracy_reference"]["pairs"] == round1["rm_accuracy_pairs"]  # round 1's held-out pairs
     assert summary["rounds"][0]["rm_accuracy_round1_comparisons"] == round1["rm_accuracy"]
+    assert (full / "configs" / "ppo.yaml").read_text() == (config.parent / "ppo.yaml").read_text()  # run's copy
     ppo2 = yaml.safe_load((full / "round-2" / "ppo" / "rlhf_kit_config.yaml").read_text())
     assert ppo2["model_name_or_path"].endswith("round-1/ppo") and ppo2["ref_model_path"].endswith("/sft")
     data2 = (full / "round-2" / "data" / "rankings.jsonl").read_text().splitlines()
