@@ -107,8 +107,9 @@ def plan(args, configs: dict[str, dict]) -> list[Step]:
         compare = moved["compare"] | {"model_name_or_path": policy, "output_dir": f"{here}/compare"}
         if args.comparison_prompts == "fresh":
             compare |= {"prompt_chunk": r - 1, "num_prompt_chunks": args.rounds}
+        ranked = f"{here}/{rankings_folder(configs)}"  # where this round's rankings are
         reward = moved["reward"] | {"model_name_or_path": sft, "dataset_path": f"{here}/data/rankings.jsonl",
-                                    "eval_dataset_path": f"{here}/compare/rankings_heldout.jsonl",
+                                    "eval_dataset_path": f"{ranked}/rankings_heldout.jsonl",
                                     "output_dir": f"{here}/reward"}
         start = policy if args.ppo_init == "previous" else sft
         ppo = moved["ppo"] | {"model_name_or_path": start, "ref_model_path": sft,
@@ -120,7 +121,9 @@ def plan(args, configs: dict[str, dict]) -> list[Step]:
             "run_dir": run, "output_dir": f"{here}/eval", "policies": eval_policies + earlier + [f"round-{r}/ppo"],
             "reward_model": rel(f"{here}/reward"), "comparisons": rel(f"{here}/compare"), "versus": earlier,
         }
-        if r > 1:  # the previous RM on this round's samples; this RM on round 1's (SFT) samples as well
+        if is_human(configs):  # people's rankings have no judge order to measure the RM against
+            evaluate["comparisons"] = ""
+        elif r > 1:  # the previous RM on this round's samples; this RM on round 1's (SFT) samples as well
             evaluate["previous_reward_model"] = rel(f"{prev}/reward")
             evaluate["reference_comparisons"] = "round-1/compare"
         for stage, overrides in zip(ROUND_STAGES, (compare, reward, ppo, evaluate)):
@@ -168,11 +171,33 @@ def check_progress(steps: list[Step]) -> None:
                         "rerun)")
 
 
-def write_reward_data(run_dir: str, r: int, newest_weight: int) -> Path:
-    """``round-<r>/data/rankings.jsonl``: the training rankings of rounds 1..r, the newest ``newest_weight`` times."""
+def is_human(configs: dict[str, dict]) -> bool:
+    """Whether people rank the samples (``labeler: human``): the labeling app's export holds the rankings."""
+    return configs["compare"].get("labeler") == "human"
+
+
+def rankings_folder(configs: dict[str, dict]) -> str:
+    """The folder of a round that holds its rankings: ``compare``, or ``labels`` (the app's export) for people."""
+    return "labels" if is_human(configs) else "compare"
+
+
+def human_labels_pending(run_dir: str, r: int, label_db: str) -> str | None:
+    """What to do when round ``r``'s samples wait in the labeling app and no export is there yet (else None)."""
+    labels = Path(round_dir(run_dir, r)) / "labels"
+    if (labels / "rankings.jsonl").is_file():
+        return None
+    return (f"[rounds] round {r}'s samples wait in {label_db} for people to rank: `rlhf-kit label serve --db "
+            f"{label_db}`, then `rlhf-kit label export --db {label_db} --output-dir {labels} --heldout-fraction "
+            f"0.15`, then rerun this command to continue with round {r}'s reward model")
+
+
+def write_reward_data(run_dir: str, r: int, newest_weight: int, folder: str = "compare") -> Path:
+    """``round-<r>/data/rankings.jsonl``: the training rankings of rounds 1..r, the newest ``newest_weight`` times.
+    People's rankings (``folder="labels"``) come from one export of the whole label database: the newest holds
+    every round's, so it is taken alone."""
     rows = []
-    for q in range(1, r + 1):
-        part = read_jsonl(Path(round_dir(run_dir, q)) / "compare" / "rankings.jsonl")
+    for q in range(1 if folder == "compare" else r, r + 1):
+        part = read_jsonl(Path(round_dir(run_dir, q)) / folder / "rankings.jsonl")
         rows += [row | {"round": q} for row in part] * (newest_weight if q == r else 1)
     path = Path(round_dir(run_dir, r)) / "data" / "rankings.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,6 +215,12 @@ def check_heldout(run_dir: str, steps: list[Step]) -> None:
     eval_rows = load_rows(config(first["eval"])["eval_dataset_path"]).to_list()
     require_disjoint(eval_rows, {f"{stage} prompts": load_rows(config(first[stage])["dataset_path"]).to_list()
                                  for stage in ("compare", "ppo")})
+
+
+def compare_setting(steps: list[Step], r: int, key: str):
+    """A setting of round ``r``'s compare stage: its override, else its track config's value."""
+    step = next(s for s in steps if s.round == r and s.stage == "compare")
+    return step.overrides.get(key, yaml.safe_load(step.config.read_text()).get(key))
 
 
 def command(step: Step, accelerate_config: str | None) -> list[str]:
@@ -223,7 +254,12 @@ def run_rounds(args) -> int:
         if step.round == 1 and step.stage == "compare":
             check_heldout(args.run_dir, steps)
         if step.stage == "reward":
-            write_reward_data(args.run_dir, step.round, args.newest_round_weight)
+            if is_human(configs):
+                pending = human_labels_pending(args.run_dir, step.round, compare_setting(steps, step.round, "label_db"))
+                if pending:  # a pause, not a failure: nothing of the round's reward stage is written
+                    print(pending)
+                    return 0
+            write_reward_data(args.run_dir, step.round, args.newest_round_weight, rankings_folder(configs))
         print(f"[rounds] {step.name} -> {step.output_dir}", flush=True)
         code = subprocess.call(command(step, args.accelerate_config))
         if code:
@@ -273,7 +309,9 @@ def rounds_headline(summary: dict) -> str:
     lo, hi = last[f"win_rate_vs_{base}_ci95"]
     line = (f"after {last['round']} round(s): PPO beats {base.upper()} on {last[f'win_rate_vs_{base}']:.0%} of "
             f"held-out prompts (95% CI {lo:.0%}-{hi:.0%}; round 1: {first[f'win_rate_vs_{base}']:.0%}); gold score "
-            f"{first['gold_score']:.3f} -> {last['gold_score']:.3f}; RM accuracy {last['rm_accuracy_after']:.2f}")
+            f"{first['gold_score']:.3f} -> {last['gold_score']:.3f}")
+    if last["rm_accuracy_after"] is not None:
+        line += f"; RM accuracy {last['rm_accuracy_after']:.2f}"
     if "win_rate_vs_round1" in last:
         line += f"; vs round 1 {last['win_rate_vs_round1']:.0%}"
     return line

@@ -228,3 +228,22 @@ def test_two_rounds_killed_in_round_two_reward_resume_to_the_same_figures(pipeli
     after = json.loads((killed / "rounds.json").read_text())
     strip = lambda s: [{k: v for k, v in r.items() if k != "wall_seconds"} for r in s["rounds"]]  # noqa: E731
     assert strip(after) == strip(summary)
+
+
+def test_human_rankings_pause_the_round_until_the_app_export_is_there(tmp_path):
+    from rlhf_kit.rounds import human_labels_pending, rankings_folder
+
+    configs = read_stage_configs(str(DEMO), STAGES)
+    configs["compare"] = {**configs["compare"], "labeler": "human", "label_db": "runs/labels/labels.db"}
+    steps = {(s.round, s.stage): s for s in plan(RoundsArguments(run_dir=str(tmp_path), stage_configs=str(DEMO),
+                                                                 rounds=2), configs)}
+    assert rankings_folder(configs) == "labels"
+    assert steps[(2, "reward")].overrides["eval_dataset_path"] == f"{tmp_path}/round-2/labels/rankings_heldout.jsonl"
+    assert steps[(2, "eval")].overrides["comparisons"] == ""  # no judge order for people's rankings
+    pending = human_labels_pending(str(tmp_path), 2, "runs/labels/labels.db")
+    assert f"--output-dir {tmp_path}/round-2/labels" in pending and "rerun this command" in pending
+    _rankings(tmp_path / "round-2" / "labels", ["p1"])  # the export arrived
+    assert human_labels_pending(str(tmp_path), 2, "runs/labels/labels.db") is None
+    _rankings(tmp_path / "round-1" / "labels", ["old"])
+    rows = (write_reward_data(str(tmp_path), 2, 1, "labels")).read_text().splitlines()
+    assert len(rows) == 1  # the newest export already holds every round's labels
