@@ -1,7 +1,8 @@
 """``rlhf-kit`` command line: the recipes as subcommands, and tools around them.
 
     rlhf-kit demo                                  every demo stage, in ./runs/demo (installed or in a checkout)
-    rlhf-kit sft --config recipes/configs/demo/sft.yaml [--key value ...]   (base, sft, compare, reward, ppo, eval)
+    rlhf-kit sft --config recipes/configs/demo/sft.yaml [--key value ...]   (import, base, sft, compare, reward, ppo,
+                                                                              eval)
     rlhf-kit push runs/demo/sft user/tiny-sft [--adapter-only] [--dry-run]
     rlhf-kit data validate hh_rlhf [--data-dir DIR] [--split train]
     rlhf-kit data preview oasst1 --stage comparisons -n 3
@@ -71,7 +72,8 @@ def data_command(args) -> None:
                 print(json.dumps(row, ensure_ascii=False))
 
 
-STAGES = ("base", "sft", "compare", "reward", "ppo", "eval")
+DEMO_STAGES = ("base", "sft", "compare", "reward", "ppo", "eval")
+STAGES = ("import", *DEMO_STAGES)  # import: a GGUF file as a plain checkpoint (the real-model track's first stage)
 TRAINING_STAGES = ("base", "sft", "reward", "ppo")  # run under accelerate (one process per device)
 
 
@@ -99,7 +101,7 @@ def demo_command(accelerate_config: str | None = None) -> int:
     from rlhf_kit.paths import demo_config, recipe_path, shipped
 
     hardware = accelerate_config or str(shipped("recipes") / "accelerate" / "cpu.yaml")
-    for stage in STAGES:
+    for stage in DEMO_STAGES:
         launcher = ["-m", "rlhf_kit.launch", "--config_file", hardware] if stage in TRAINING_STAGES else []
         cmd = [sys.executable, *launcher, str(recipe_path(stage)), "--config", str(demo_config(stage))]
         code = subprocess.call(cmd)

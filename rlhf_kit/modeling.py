@@ -17,10 +17,40 @@ from rlhf_kit.errors import UserError
 logger = logging.getLogger(__name__)
 
 GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+IMPORT_COMMAND = "rlhf-kit import --model_name_or_path <file.gguf> --output_dir runs/<name>/import"
+
+
+def is_gguf_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a ``.gguf`` file or a folder whose config still declares GGUF quantization (a model
+    loaded from GGUF and saved without the import stage)."""
+    import json
+
+    p = Path(path)
+    if p.is_file():
+        return p.suffix == ".gguf"
+    config = p / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        quant = json.loads(config.read_text()).get("quantization_config") or {}
+    except (OSError, ValueError):
+        return False
+    return str(quant.get("quant_method", "")).lower() == "gguf"
+
+
+def require_plain_checkpoint(path: str, what: str) -> None:
+    """Refuse a GGUF file or GGUF-declaring checkpoint where a stage needs a trainable one (the import stage first)."""
+    if is_gguf_checkpoint(path):
+        kind = "a GGUF file" if Path(path).is_file() else "a checkpoint whose config declares GGUF quantization"
+        raise UserError(f"{what} at {path} is {kind}, which trainers refuse; import it first with "
+                        f"`{IMPORT_COMMAND}` and point to that folder")
+
+
 def _load(loader, path: str, what: str, **kwargs):
-    """``loader(path)`` with one-line errors for a missing path or an unreachable Hub."""
+    """``loader(path)`` with one-line errors for a missing path, an unreachable Hub or a GGUF checkpoint."""
     from rlhf_kit.runs import looks_like_hub_id
 
+    require_plain_checkpoint(path, what)
     try:
         return loader(path, **kwargs)
     except (OSError, ValueError) as err:
