@@ -73,7 +73,7 @@ def data_command(args) -> None:
 
 
 DEMO_STAGES = ("base", "sft", "compare", "reward", "ppo", "eval")
-STAGES = ("import", *DEMO_STAGES)  # import: a GGUF file as a plain checkpoint (the real-model track's first stage)
+STAGES = ("import", "world", *DEMO_STAGES)  # the real-model track: a GGUF as a checkpoint; the IFEval world
 TRAINING_STAGES = ("base", "sft", "reward", "ppo")  # run under accelerate (one process per device)
 
 

@@ -61,6 +61,23 @@ class ImportArguments(StageArguments):
 
 
 @dataclass
+class WorldArguments(StageArguments):
+    """The IFEval world's prompt files (rlhf_kit/ifeval.py): training prompts, held-out tasks, held-out types."""
+
+    output_dir: str = field(default="runs/real/world", metadata={"help": "Where the world's JSONL files go."})
+    seed: int = field(default=0, metadata={"help": "Seed of the task split, instruction draws and their arguments."})
+    train_types: list[str] = field(default_factory=lambda: [], metadata={
+        "help": "IFEval instruction types of the training prompts (default: rlhf_kit.ifeval.TRAIN_TYPES)."})
+    heldout_types: list[str] = field(default_factory=lambda: [], metadata={
+        "help": "Instruction types never trained on, evaluated alone (default: rlhf_kit.ifeval.HELDOUT_TYPES)."})
+    heldout_fraction: float = field(default=0.3, metadata={"help": "Share of base tasks held out for evaluation."})
+    train_prompts_per_task: int = field(default=4, metadata={"help": "Training prompts per training task."})
+    eval_prompts_per_task: int = field(default=3, metadata={"help": "Evaluation prompts per held-out task."})
+    heldout_type_prompts_per_task: int = field(default=2, metadata={"help": "Held-out-type prompts per held-out task."})
+    max_instructions: int = field(default=2, metadata={"help": "Most instructions per prompt (1 or 2 in IFEval)."})
+
+
+@dataclass
 class DataArguments(TrainArguments):
     """A training stage's dataset: a local file (.jsonl/.json/.parquet/.csv), a local folder, or a Hub id."""
 
