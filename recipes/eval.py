@@ -45,10 +45,10 @@ def main(args: EvalArguments):
 
     prompts = [r["prompt"] for r in rows]
     tokenizer = modeling.load_tokenizer(stages[baseline])
-    reward_model = modeling.load_reward_model(stages["reward"]) if "reward" in stages else None
+    reward_model = modeling.load_reward_model(stages["reward"], dtype=args.dtype) if "reward" in stages else None
     models, responses = {}, {}
     for p in policies:
-        models[p] = modeling.load_causal_lm(stages[p], what=f"{p} policy")
+        models[p] = modeling.load_causal_lm(stages[p], what=f"{p} policy", dtype=args.dtype)
         responses[p] = [r[0] for r in sample_responses(models[p], tokenizer, prompts, 1, args.temperature,
                                                        args.max_new_tokens, args.batch_size, args.seed)]
     heldout = load_rows(f"{stages['compare']}/rankings_heldout.jsonl").to_list() if "compare" in stages else None

@@ -99,6 +99,9 @@ class SamplingArguments(StageArguments):
     max_new_tokens: int = field(default=24, metadata={"help": "Longest response."})
     batch_size: int = field(default=64, metadata={"help": "Prompts per generation or forward batch."})
     seed: int = field(default=0, metadata={"help": "Sampling (and simulated labeler) seed."})
+    dtype: str = field(default="float32", metadata={
+        "help": "Dtype the models sample and score in; bfloat16 needs a GPU or a CPU with AMX / AVX512-BF16.",
+        "choices": ["float32", "bfloat16"]})
 
 
 @dataclass
@@ -258,6 +261,10 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
         from rlhf_kit.trl_compat import enable_deepspeed_on_cpu
 
         enable_deepspeed_on_cpu(parser)
+    from rlhf_kit.scaling import check_bf16, check_stage_hardware, train_on_cpu
+
+    if not torch.cuda.is_available():
+        train_on_cpu(parser, dataclass_types)
     try:
         parsed = tuple(parser.parse_args_and_config(argv))
     except (ValueError, TypeError) as err:
@@ -265,10 +272,9 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
         if "bf16" in msg or "fp16" in msg:
             msg += " (on a CPU set `bf16: false` in the config or pass --bf16 false)"
         raise UserError(f"invalid configuration: {msg}")
-    from rlhf_kit.scaling import check_stage_hardware
-
     for args in parsed:
         check_values(args)
+    check_bf16(parsed)
     check_stage_hardware(parsed)
     return parsed
 

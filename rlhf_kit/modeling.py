@@ -137,15 +137,27 @@ def require_4bit_support(path: str, model_args) -> None:
                         f"but {path} has {detail}; drop load_in_4bit or use a GPU")
 
 
-def load_causal_lm(path: str, model_args=None, what: str = "policy"):
-    """A causal LM (policy or reference) from a folder or Hub id."""
+def dtype_kwargs(model_args=None, dtype: str | None = None) -> dict:
+    """``from_pretrained`` kwargs from TRL's ModelConfig (quantization, dtype), or from ``dtype`` alone (a frozen or
+    sampling-only model, e.g. ``bfloat16`` on a CPU with AMX)."""
+    kwargs = quantization_kwargs(model_args)
+    if dtype not in (None, "auto") and "dtype" not in kwargs:
+        import torch
+
+        kwargs["dtype"] = getattr(torch, dtype)
+    return kwargs
+
+
+def load_causal_lm(path: str, model_args=None, what: str = "policy", dtype: str | None = None):
+    """A causal LM (policy or reference) from a folder or Hub id; ``dtype`` when no ModelConfig gives one."""
     from transformers import AutoModelForCausalLM
 
     require_4bit_support(path, model_args)
-    return _load(AutoModelForCausalLM.from_pretrained, path, what, **quantization_kwargs(model_args))
+    return _load(AutoModelForCausalLM.from_pretrained, path, what, **dtype_kwargs(model_args, dtype))
 
 
-def load_reward_model(path: str, model_args=None, what: str = "reward model", require_head: bool = False):
+def load_reward_model(path: str, model_args=None, what: str = "reward model", require_head: bool = False,
+                      dtype: str | None = None):
     """A sequence-classification model with one output: the scalar reward r(x, y). ``require_head``: refuse a
     checkpoint without a trained head (a reward model to score with, not one to train from an SFT model)."""
     from transformers import AutoModelForSequenceClassification
@@ -158,7 +170,7 @@ def load_reward_model(path: str, model_args=None, what: str = "reward model", re
         transformers.utils.logging.set_verbosity_error()
     try:
         model, info = _load(AutoModelForSequenceClassification.from_pretrained, path, what, num_labels=1,
-                            output_loading_info=True, **quantization_kwargs(model_args))
+                            output_loading_info=True, **dtype_kwargs(model_args, dtype))
     finally:
         transformers.utils.logging.set_verbosity(verbosity)
     head = getattr(model, "score", None)

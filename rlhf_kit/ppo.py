@@ -105,11 +105,13 @@ def load_ppo_inputs(script_args, training_args, model_args) -> dict:
     peft_config = modeling.build_peft_config(model_args, "CAUSAL_LM")
     policy = modeling.load_causal_lm(sft, model_args, "SFT policy")
     explicit_ref = ppo_needs_explicit_reference(peft_config is not None, PartialState().num_processes)
-    reward_model = modeling.load_reward_model(rm, require_head=True)
+    # The frozen models (reward, reference) take the policy's dtype, e.g. bfloat16 on a CPU with AMX; the value model
+    # is trained in full, so it keeps float32 weights (bf16 weights would round most Adam updates away).
+    reward_model = modeling.load_reward_model(rm, require_head=True, dtype=model_args.dtype)
+    ref_policy = modeling.load_causal_lm(sft, what="SFT reference", dtype=model_args.dtype) if explicit_ref else None
     return {
-        "tokenizer": tokenizer, "policy": policy, "peft_config": peft_config,
-        "ref_policy": modeling.load_causal_lm(sft, what="SFT reference") if explicit_ref else None,
-        "reward_model": reward_model, "value_model": copy.deepcopy(reward_model),
+        "tokenizer": tokenizer, "policy": policy, "peft_config": peft_config, "ref_policy": ref_policy,
+        "reward_model": reward_model, "value_model": copy.deepcopy(reward_model).float(),
         "train_dataset": prompts, "eval_dataset": prompts.select(range(min(script_args.eval_rows, len(prompts)))),
     }
 
