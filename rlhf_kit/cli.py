@@ -73,7 +73,7 @@ def data_command(args) -> None:
 
 
 DEMO_STAGES = ("base", "sft", "compare", "reward", "ppo", "eval")
-STAGES = ("import", "world", *DEMO_STAGES)  # the real-model track: a GGUF as a checkpoint; the IFEval world
+STAGES = ("import", "world", "demos", *DEMO_STAGES)  # the real-model track: GGUF import, IFEval world, demos
 TRAINING_STAGES = ("base", "sft", "reward", "ppo")  # run under accelerate (one process per device)
 
 

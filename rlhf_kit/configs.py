@@ -133,6 +133,20 @@ class CompareArguments(SamplingArguments):
 
 
 @dataclass
+class DemosArguments(SamplingArguments):
+    """SFT demonstrations by rejection sampling (Llama 2): K samples per prompt from the base model, kept when the
+    judge says they follow every instruction and they ended on their own."""
+
+    model_name_or_path: str = field(default="runs/real/import", metadata={"help": "The model to sample from."})
+    dataset_path: str = field(default="runs/real/world/prompts.jsonl", metadata={"help": "Prompts to sample for."})
+    output_dir: str = field(default="runs/real/demos", metadata={"help": "Where sft.jsonl goes."})
+    num_samples: int = field(default=4, metadata={"help": "K samples per prompt (best-of-K)."})
+    judge: str = field(default="ifeval", metadata={"help": "Who accepts a sample: a registered judge or module:Class."})
+    max_prompt_length: int = field(default=256, metadata={"help": "Prompts longer than this are dropped."})
+    max_rows: int | None = field(default=None, metadata={"help": "Sample for at most this many prompts."})
+
+
+@dataclass
 class RewardArguments(DataArguments):
     """Reward-model data: training comparisons and (optionally) held-out ones for accuracy."""
 
@@ -284,7 +298,8 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
 POSITIVE = ("learning_rate", "num_train_epochs", "temperature")
 AT_LEAST_ONE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                 "batch_size", "max_new_tokens", "num_ppo_epochs", "num_mini_batches", "response_length",
-                "max_prompt_length", "k_max")
+                "max_prompt_length", "k_max", "num_samples", "train_prompts_per_task", "eval_prompts_per_task",
+                "heldout_type_prompts_per_task", "max_instructions")
 
 
 def check_values(args) -> None:

@@ -58,8 +58,8 @@ def check_bf16(parsed: tuple) -> None:
         for key, value in (("bf16", True), ("dtype", "bfloat16")):
             if getattr(args, key, None) == value:
                 fix = "bf16: false" if key == "bf16" else "dtype: float32"
-                raise UserError(f"{key}: {str(value).lower()} needs a GPU or a CPU with native bf16 (AMX-BF16 or AVX512-BF16 in "
-                                f"/proc/cpuinfo), and this CPU has neither; set `{fix}` in the config")
+                raise UserError(f"{key}: {str(value).lower()} needs a GPU or a CPU with native bf16 (AMX-BF16 or "
+                                f"AVX512-BF16 in /proc/cpuinfo), and this CPU has neither; set `{fix}` in the config")
 
 
 def has_gpu() -> bool:
