@@ -165,3 +165,17 @@ def test_the_world_stage_writes_canonical_prompt_rows(tmp_path):
     for name in ("prompts", "eval", "eval_heldout_types"):
         rows = read_jsonl(tmp_path / "world" / f"{name}.jsonl")
         assert len(rows) == marker[name] > 100 and all(check_prompt(r) is None for r in rows)
+
+
+def test_rejection_sampling_keeps_finished_samples_that_follow_every_instruction():
+    from rlhf_kit.demonstrations import select_demonstrations
+
+    row = _row(["punctuation:no_comma", "change_case:english_capital"], [{}, {}])
+    other = _row(["punctuation:no_comma"], [{}], "Write about jam.")
+    samples = [["Tea, hot.", "TEA IS HOT", "TEA IS GOOD"], ["Jam, sweet.", "Jam is"]]
+    finished = [[True, False, True], [True, False]]  # "TEA IS HOT" follows both but was cut off; "Jam is" too
+    demos, counts = select_demonstrations([row, other], samples, finished, ifeval.IFEvalJudge())
+    assert [d["messages"][-1] for d in demos] == [{"role": "assistant", "content": "TEA IS GOOD"}]
+    assert demos[0]["messages"][:-1] == row["prompt"] and demos[0]["meta"] == row["meta"]
+    assert counts == {"prompts": 2, "samples": 5, "cut_off": 2, "followed": 1, "demonstrations": 1,
+                      "acceptance_rate": 0.5}
