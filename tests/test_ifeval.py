@@ -128,7 +128,7 @@ def test_judge_scores_the_fraction_followed_strict_and_loose():
     assert half.score == 0.5 and half.rules["prompt_strict"] == 0.0
     # A trailing line breaks the strict check only: IFEval's loose check also tries the response without it.
     loose = judge.judge(row, "Tea is good. Any other questions?\n---")
-    assert loose.rules == {"instruction_strict": 0.5, "instruction_loose": 1.0, "prompt_strict": 0.0,
+    assert loose.score == 0.5 and loose.rules == {"instruction_strict": 0.5, "instruction_loose": 1.0, "prompt_strict": 0.0,
                            "prompt_loose": 1.0}
     assert judge.judge(row, "").score == 0.0  # saying nothing follows nothing, not even "no commas"
 
