@@ -55,6 +55,8 @@ def main(args: EvalArguments):
     summary, scores, rm_scores = ev.compare_policies(rows, responses, models, tokenizer, judge, baseline, reward_model,
                                                      heldout, args.batch_size)
     summary["judge"] = args.judge
+    if hasattr(judge, "report"):  # a benchmark's own metrics (e.g. IFEval's prompt/instruction-level accuracies)
+        summary["judge_report"] = {p: judge.report(rows, responses[p]) for p in policies}
     report.add_legacy_keys(summary)
     summary["wall_seconds"] = {s: runs.read_marker(p)["wall_seconds"] for s, p in stages.items()}
     summary["wall_seconds"]["eval"] = round(time.time() - run.started, 2)

@@ -237,6 +237,10 @@ class IFEvalJudge:
                             "use the IFEval world's files (recipes/configs/smollm2-135m-ifeval/world.yaml)")
         _registry()
 
+    def report(self, rows: list[dict], responses: list[str]) -> dict:
+        """IFEval's accuracies with 95% intervals and the per-type table (:func:`score_responses`)."""
+        return score_responses(rows, responses)
+
     def judge(self, row: dict, response: str) -> Judgement:
         n = len(json.loads(row["meta"])["instruction_id_list"])
         results = check_instructions(row, response)
@@ -263,3 +267,41 @@ class IFEvalLabeler:
         noisy = {s: s + self.rng.gauss(0.0, self.noise) for s in sorted(set(scores))}
         order = sorted(noisy, key=lambda s: -noisy[s])
         return {"ranks": [order.index(s) for s in scores], "scores": scores}
+
+
+# ------------------------------------------------------------------------------------------------------- report
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson score interval of a proportion (stays inside [0, 1] near 0 and 1, unlike the normal one)."""
+    if n == 0:
+        return [float("nan"), float("nan")]
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def score_responses(rows: list[dict], responses: list[str]) -> dict:
+    """IFEval's four accuracies for one policy's responses (Zhou et al. 2023, Sec. 3): prompt-level (every
+    instruction followed) and instruction-level (pooled over instructions), strict and loose, each with a 95%
+    Wilson interval; per instruction type; and the share of empty responses (which follow nothing)."""
+    counts = {k: [0, 0] for k in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")}
+    per_type: dict[str, list[int]] = {}
+    for row, response in zip(rows, responses):
+        types = json.loads(row["meta"])["instruction_id_list"]
+        verdicts = {r.instruction_id: r for r in check_instructions(row, response)}
+        strict = [bool(verdicts.get(t) and verdicts[t].strict_pass) for t in types]
+        loose = [bool(verdicts.get(t) and verdicts[t].loose_pass) for t in types]
+        for key, hits in (("strict", strict), ("loose", loose)):
+            counts[f"prompt_{key}"][0] += all(hits)
+            counts[f"prompt_{key}"][1] += 1
+            counts[f"instruction_{key}"][0] += sum(hits)
+            counts[f"instruction_{key}"][1] += len(hits)
+        for t, s, lo in zip(types, strict, loose):
+            n = per_type.setdefault(t, [0, 0, 0])
+            n[0], n[1], n[2] = n[0] + s, n[1] + lo, n[2] + 1
+    report = {k: {"accuracy": hit / n if n else float("nan"), "ci95": wilson_interval(hit, n), "n": n}
+              for k, (hit, n) in counts.items()}
+    report["per_type"] = {t: {"strict": s / n, "loose": lo / n, "n": n} for t, (s, lo, n) in sorted(per_type.items())}
+    report["empty_share"] = sum(not r.strip() for r in responses) / max(1, len(responses))
+    return report

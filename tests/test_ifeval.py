@@ -128,7 +128,8 @@ def test_judge_scores_the_fraction_followed_strict_and_loose():
     assert half.score == 0.5 and half.rules["prompt_strict"] == 0.0
     # A trailing line breaks the strict check only: IFEval's loose check also tries the response without it.
     loose = judge.judge(row, "Tea is good. Any other questions?\n---")
-    assert loose.score == 0.5 and loose.rules == {"instruction_strict": 0.5, "instruction_loose": 1.0, "prompt_strict": 0.0,
+    assert loose.score == 0.5
+    assert loose.rules == {"instruction_strict": 0.5, "instruction_loose": 1.0, "prompt_strict": 0.0,
                            "prompt_loose": 1.0}
     assert judge.judge(row, "").score == 0.0  # saying nothing follows nothing, not even "no commas"
 
@@ -179,3 +180,18 @@ def test_rejection_sampling_keeps_finished_samples_that_follow_every_instruction
     assert demos[0]["messages"][:-1] == row["prompt"] and demos[0]["meta"] == row["meta"]
     assert counts == {"prompts": 2, "samples": 5, "cut_off": 2, "followed": 1, "demonstrations": 1,
                       "acceptance_rate": 0.5}
+
+
+def test_report_gives_ifevals_prompt_and_instruction_level_accuracies():
+    rows = [_row(["punctuation:no_comma", "change_case:english_capital"], [{}, {}]),
+            _row(["punctuation:no_comma"], [{}]),
+            _row(["startend:end_checker"], [{"end_phrase": "Any other questions?"}])]
+    report = ifeval.IFEvalJudge().report(rows, ["TEA IS GOOD", "Tea, hot.", ""])
+    assert report["prompt_strict"]["accuracy"] == pytest.approx(1 / 3) and report["prompt_strict"]["n"] == 3
+    assert report["instruction_strict"]["accuracy"] == 0.5 and report["instruction_strict"]["n"] == 4  # pooled
+    low, high = report["prompt_strict"]["ci95"]
+    assert 0 < low < 1 / 3 < high < 1 and ifeval.wilson_interval(0, 10)[0] == 0.0
+    assert report["per_type"] == {"change_case:english_capital": {"strict": 1.0, "loose": 1.0, "n": 1},
+                                  "punctuation:no_comma": {"strict": 0.5, "loose": 0.5, "n": 2},
+                                  "startend:end_checker": {"strict": 0.0, "loose": 0.0, "n": 1}}
+    assert report["empty_share"] == pytest.approx(1 / 3)
