@@ -100,7 +100,7 @@ def test_rollouts_stop_at_im_end_and_the_reward_model_reads_what_was_sampled(imp
     from rlhf_kit.modeling import load_causal_lm
 
     model = load_causal_lm(str(imported))
-    short = [{"role": "user", "content": "What colour is the sky on a clear day? Answer with one word."}]
+    short = [{"role": "user", "content": "Reply with the single word: hello"}]  # greedy: "Hello.<|im_end|>"
     long = [{"role": "user", "content": "Write a long story about a dragon who learns to cook soup for a village, "
                                         "with many characters and a happy ending."}]
     alone = sample_responses(model, tokenizer, [short], temperature=1e-3, max_new_tokens=12)[0][0]
