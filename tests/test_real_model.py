@@ -220,3 +220,10 @@ def test_missing_track_packages_name_the_install_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
     with pytest.raises(UserError, match=r"needs the Python package\(s\) gguf.*pip install -e '.\[real\]'"):
         gguf.require_packages("gguf", "json")
+
+
+def test_a_missing_import_names_the_stage_to_run(tmp_path):
+    from rlhf_kit.runs import require_stage_output
+
+    with pytest.raises(UserError, match=r"runs/real/import not found; run the import stage first \(`make real`"):
+        require_stage_output(str(tmp_path / "runs" / "real" / "import"), "base model")
