@@ -16,7 +16,7 @@ STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install chromium test lint demo real import world demos base sft compare reward ppo eval bench-reward bench-ppo bench-alignment-tax push data-validate data-preview clean \
+.PHONY: install chromium test lint demo rounds bench-rounds real import world demos base sft compare reward ppo eval bench-reward bench-ppo bench-alignment-tax push data-validate data-preview clean \
 	label label-export label-screenshots
 
 install: $(STAMP)
@@ -43,9 +43,16 @@ lint: install
 demo: install
 	$(MAKE) --no-print-directory base sft compare reward ppo eval
 
+# RLHF rounds (README "Rounds"): setup stages once, then ROUNDS x (compare, reward, ppo, eval) in
+# runs/rounds[-seed<SEED>]/round-<r>/; rerun the same command after a kill to continue.
+rounds: install
+	$(PYTHON) recipes/rounds.py --config $(RUN_CONFIGS)/rounds.yaml --accelerate_config $(ACCELERATE_CONFIG) \
+	  $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(SEED),--seed $(SEED) --run_dir runs/rounds-seed$(SEED))
+
 # The real-model track: SmolLM2-135M-Instruct (GGUF from PyPI) on IFEval's verifiable instructions, every stage.
 real: install
 	$(MAKE) --no-print-directory import world demos sft compare reward ppo eval RUN_CONFIGS=$(REAL_CONFIGS)
+	$(PYTHON) recipes/eval.py --config $(REAL_CONFIGS)/heldout-types/eval.yaml
 
 import: install
 	$(PYTHON) recipes/import.py --config $(RUN_CONFIGS)/import.yaml

@@ -27,6 +27,7 @@ def main(args: CompareArguments):
     tokenizer = modeling.load_tokenizer(args.model_name_or_path)
     rows = build_prompt_dataset(load_rows(args.dataset_path, args.dataset_split), tokenizer, args.max_prompt_length,
                                 args.dataset_path, "compare", keep_columns=("prompt",) + compare.CARRIED).to_list()
+    rows = rows[args.prompt_chunk :: args.num_prompt_chunks]  # this round's share of the prompts (fresh prompts)
     labeler = None if args.labeler == "human" else load_labeler(args.labeler, noise=args.labeler_noise, seed=args.seed)
     judge = load_judge(args.judge) if args.judge else None
     for checker in (labeler, judge):
@@ -42,6 +43,7 @@ def main(args: CompareArguments):
         run.finish(queue_samples(args.label_db, rows, responses, args.dataset_path))
         return
     rankings = compare.rank_rows(rows, responses, labeler)
+    compare.require_preferences(rankings, args.labeler)  # before anything is written
     counts = compare.write_comparisons(out, rankings, args.heldout_fraction, args.seed)
     if judge is not None:
         counts[f"labeler_{args.judge}_agreement"] = judge_agreement(rankings, judge)

@@ -1,6 +1,7 @@
 """Evaluation stage: a run's policies (by default base, SFT and PPO) on held-out prompts, scored by a judge that
 the reward model and PPO never saw (InstructGPT judged its policies by held-out labelers' preferences). Writes
-``runs/<name>/summary.json`` and ``runs/<name>/report.md`` with plots under ``runs/<name>/eval/``.
+``runs/<name>/summary.json`` and ``runs/<name>/report.md`` with plots under ``runs/<name>/eval/`` (with
+``output_dir``: next to that folder, as each round of ``rlhf-kit rounds`` does).
 
     python recipes/eval.py --config recipes/configs/demo/eval.yaml
 
@@ -25,7 +26,7 @@ def main(args: EvalArguments):
 
     setup_run(seed=args.seed)
     run_dir = Path(args.run_dir)
-    out = run_dir / "eval"
+    out = Path(args.output_dir) if args.output_dir else run_dir / "eval"
     run = StageRun("eval", out, args.force)
     if run.skipped:
         return
@@ -33,6 +34,8 @@ def main(args: EvalArguments):
     stages = {p: str(run_dir / p) for p in policies}
     stages |= {"reward": str(run_dir / args.reward_model)} if args.reward_model else {}
     stages |= {"compare": str(run_dir / args.comparisons)} if args.comparisons else {}
+    if args.previous_reward_model:
+        stages["previous reward"] = str(run_dir / args.previous_reward_model)
     for name, path in stages.items():
         runs.require_complete_stage(path, f"the summary needs the {name} stage, but")
     rows = load_rows(args.eval_dataset_path).to_list()
@@ -57,19 +60,27 @@ def main(args: EvalArguments):
     summary["judge"] = args.judge
     if hasattr(judge, "report"):  # a benchmark's own metrics (e.g. IFEval's prompt/instruction-level accuracies)
         summary["judge_report"] = {p: judge.report(rows, responses[p]) for p in policies}
+    last = [p for p in policies if p != baseline][-1]  # the policy the headline and samples compare
+    if args.versus:
+        summary["head_to_head"] = ev.head_to_head(scores, last, args.versus)
+    if args.previous_reward_model and heldout is not None:  # the same held-out pairs, before retraining
+        pairs = ev.heldout_judged_pairs(heldout, judge)
+        previous = modeling.load_reward_model(stages["previous reward"])
+        accuracy, n = ev.rm_accuracy(previous, tokenizer, pairs)
+        summary["rm_accuracy_previous"] = {"reward_model": args.previous_reward_model, "accuracy": accuracy,
+                                           "pairs": n}
     report.add_legacy_keys(summary)
     summary["wall_seconds"] = {s: runs.read_marker(p)["wall_seconds"] for s, p in stages.items()}
     summary["wall_seconds"]["eval"] = round(time.time() - run.started, 2)
 
-    last = [p for p in policies if p != baseline][-1]  # the policy the headline and samples compare
     samples = [{"prompt": ev.prompt_text(rows[i]), "baseline": responses[baseline][i], "policy": responses[last][i],
                 "score_baseline": scores[baseline][i], "score_policy": scores[last][i]}
                for i in range(min(args.num_report_samples, len(rows)))]
     report.plot_training(stages[last], out / "ppo_training.png")
     if rm_scores:
         report.plot_gold_vs_rm({p: {"gold": scores[p], "rm": rm_scores[p]} for p in policies}, out / "gold_vs_rm.png")
-    report.write_summary(run_dir, summary)
-    report.write_report(run_dir, summary, samples)
+    report.write_summary(out.parent, summary)  # next to the eval folder: <run_dir>/summary.json by default
+    report.write_report(out.parent, summary, samples, out.name)
     write_jsonl(out / "samples.jsonl", [{"prompt": ev.prompt_text(row), **{p: responses[p][i] for p in policies}}
                                              for i, row in enumerate(rows)])
     final = summary["win_rate_vs_baseline"][last]

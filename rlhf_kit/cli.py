@@ -1,8 +1,9 @@
 """``rlhf-kit`` command line: the recipes as subcommands, and tools around them.
 
     rlhf-kit demo                                  every demo stage, in ./runs/demo (installed or in a checkout)
-    rlhf-kit sft --config recipes/configs/demo/sft.yaml [--key value ...]   (import, base, sft, compare, reward, ppo,
-                                                                              eval)
+    rlhf-kit sft --config recipes/configs/demo/sft.yaml [--key value ...]   (import, world, demos, base, sft,
+                                                                              compare, reward, ppo, eval)
+    rlhf-kit rounds --config recipes/configs/demo/rounds.yaml [--rounds 3]   RLHF rounds (recipes/rounds.py)
     rlhf-kit push runs/demo/sft user/tiny-sft [--adapter-only] [--dry-run]
     rlhf-kit data validate hh_rlhf [--data-dir DIR] [--split train]
     rlhf-kit data preview oasst1 --stage comparisons -n 3
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for stage in STAGES:
         sub.add_parser(stage, help=f"the {stage} stage's recipe (`rlhf-kit {stage} --help` lists its options)")
+    sub.add_parser("rounds", help="RLHF rounds: compare, reward, ppo, eval, several times (`rlhf-kit rounds --help`)")
     demo = sub.add_parser("demo", help="run every demo stage with the shipped configs (outputs in ./runs/demo)")
     demo.add_argument("--accelerate-config", default=None, help="accelerate YAML for the training stages")
     push = sub.add_parser("push", help="export a finished stage with a model card and upload it to the Hub")
@@ -74,7 +76,7 @@ def data_command(args) -> None:
 
 DEMO_STAGES = ("base", "sft", "compare", "reward", "ppo", "eval")
 STAGES = ("import", "world", "demos", *DEMO_STAGES)  # the real-model track: GGUF import, IFEval world, demos
-TRAINING_STAGES = ("base", "sft", "reward", "ppo")  # run under accelerate (one process per device)
+RECIPES = STAGES + ("rounds",)  # `rlhf-kit <recipe> --config ...`
 
 
 def load_recipe(stage: str):
@@ -98,13 +100,11 @@ def demo_command(accelerate_config: str | None = None) -> int:
     import subprocess
     import sys
 
-    from rlhf_kit.paths import demo_config, recipe_path, shipped
+    from rlhf_kit.launch import stage_command
+    from rlhf_kit.paths import demo_config
 
-    hardware = accelerate_config or str(shipped("recipes") / "accelerate" / "cpu.yaml")
     for stage in DEMO_STAGES:
-        launcher = ["-m", "rlhf_kit.launch", "--config_file", hardware] if stage in TRAINING_STAGES else []
-        cmd = [sys.executable, *launcher, str(recipe_path(stage)), "--config", str(demo_config(stage))]
-        code = subprocess.call(cmd)
+        code = subprocess.call(stage_command(stage, str(demo_config(stage)), [], accelerate_config))
         if code:
             print(f"error: the demo stopped at the {stage} stage (exit {code}); fix what it printed and rerun "
                   "`rlhf-kit demo` to continue", file=sys.stderr)
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in STAGES:  # `rlhf-kit sft --config ...`: the recipe's own parser takes the rest
+    if argv and argv[0] in RECIPES:  # `rlhf-kit sft --config ...`: the recipe's own parser takes the rest
         from rlhf_kit.configs import run_recipe
 
         sys.argv[0] = f"rlhf-kit {argv[0]}"  # usage lines name the subcommand

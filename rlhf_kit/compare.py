@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from rlhf_kit.errors import UserError
 from rlhf_kit.labelers import Labeler
 from rlhf_kit.rows import expand_pairs, write_jsonl
 
@@ -25,6 +26,14 @@ def rank_rows(rows: list[dict], responses: list[list[str]], labeler: Labeler) ->
         ranking = {"prompt": row["prompt"], "responses": resp, **labeler.rank(row, resp)}
         ranked.append(ranking | {k: row[k] for k in CARRIED if k in row})
     return ranked
+
+
+def require_preferences(rankings: list[dict], labeler: str) -> None:
+    """Refuse rankings with no preference at all: every prompt's responses tied, so not one comparison to learn."""
+    if not any(len(set(r["ranks"])) > 1 for r in rankings):
+        raise UserError(f"the {labeler} labeler gave all K responses of every prompt ({len(rankings)}) the same rank: "
+                        "no comparisons to train a reward model on; check the labeler (or the policy, if its samples "
+                        "are all alike: raise temperature)")
 
 
 def write_comparisons(output_dir: str, rankings: list[dict], heldout_fraction: float, seed: int) -> dict:

@@ -123,10 +123,17 @@ class CompareArguments(SamplingArguments):
     max_prompt_length: int = field(default=64, metadata={"help": "Prompts longer than this are dropped."})
     heldout_fraction: float = field(default=0.1, metadata={"help": "Share of prompts kept for RM evaluation."})
     label_db: str | None = field(default=None, metadata={"help": "labeler human: the label database to fill."})
+    prompt_chunk: int = field(default=0, metadata={
+        "help": "Rank only chunk prompt_chunk (0-based) of num_prompt_chunks equal shares of the prompts: fresh "
+                "prompts for each round of `rlhf-kit rounds` (comparison_prompts: fresh)."})
+    num_prompt_chunks: int = field(default=1, metadata={"help": "How many chunks the prompts are cut into."})
 
     def __post_init__(self):
         if not 2 <= self.num_responses <= 9:
             raise UserError(f"num_responses={self.num_responses} is out of range; InstructGPT's K is 2 to 9")
+        if not 0 <= self.prompt_chunk < self.num_prompt_chunks:
+            raise UserError(f"prompt_chunk={self.prompt_chunk} is not a chunk of num_prompt_chunks="
+                            f"{self.num_prompt_chunks}; use 0 to num_prompt_chunks - 1")
         if self.labeler == "human" and not self.label_db:
             raise UserError("labeler human needs label_db, the database to queue the samples in "
                             "(e.g. label_db: runs/labels/labels.db)")
@@ -179,6 +186,10 @@ class PPOArguments(DataArguments):
     kl_target: float | None = field(default=None, metadata={
         "help": "Adaptive KL (Ziegler et al. 2019): the KL(pi_RL || pi_SFT) per response to steer towards, in nats; "
                 "kl_coef is then the initial beta. Unset: beta stays kl_coef."})
+    ref_model_path: str | None = field(default=None, metadata={
+        "help": "The reference policy of the KL penalty when it is not the starting policy: later RLHF rounds start "
+                "PPO from the previous round's policy and keep the SFT model as reference (InstructGPT's KL is to "
+                "SFT). Unset: the starting policy (model_name_or_path)."})
     kl_horizon: int = field(default=10000, metadata={
         "help": "Adaptive KL: episodes over which beta corrects the KL error (Ziegler et al.: 10000)."})
 
@@ -215,12 +226,56 @@ class EvalArguments(SamplingArguments):
     comparisons: str | None = field(default="compare", metadata={
         "help": "Comparison stage folder whose held-out rankings measure RM accuracy; empty to skip."})
     num_report_samples: int = field(default=10, metadata={"help": "Baseline-vs-policy sample rows in the report."})
+    output_dir: str | None = field(default=None, metadata={
+        "help": "Where plots and samples go (default <run_dir>/eval); summary.json and report.md go next to it."})
+    versus: list[str] = field(default_factory=list, metadata={
+        "help": "More policies (among `policies`) that the last policy meets head to head, e.g. earlier rounds."})
+    previous_reward_model: str | None = field(default=None, metadata={
+        "help": "An earlier reward model (e.g. the previous round's) whose accuracy on the same held-out comparisons "
+                "is reported too: how far the policy's samples drifted from that model's data."})
 
     def __post_init__(self):
+        for name in self.versus:
+            if name not in self.policies:
+                raise UserError(f"versus policy {name!r} is not among policies {self.policies}; add it or drop it")
         if len(self.policies) < 2 or len(set(self.policies)) != len(self.policies):
             raise UserError(f"policies {self.policies} must name two or more distinct stage folders, e.g. [sft, ppo]")
         if self.baseline not in self.policies:
             raise UserError(f"baseline {self.baseline!r} is not among policies {self.policies}; add it or pick one")
+
+
+@dataclass
+class RoundsArguments:
+    """RLHF rounds: the track's setup stages once, then compare -> reward -> PPO -> eval, ``rounds`` times."""
+
+    run_dir: str = field(default="runs/rounds", metadata={
+        "help": "The run: setup stages in <run_dir>/<stage>, rounds in <run_dir>/round-<r>/<stage>."})
+    stage_configs: str = field(default="recipes/configs/demo", metadata={
+        "help": "The track's stage configs (<stage>.yaml); their output paths are moved into run_dir."})
+    rounds: int = field(default=3, metadata={"help": "How many rounds (a finished run can be extended)."})
+    setup_stages: list[str] = field(default_factory=lambda: ["base", "sft"], metadata={
+        "help": "Stages run once before round 1, in order (the demo: base sft); the last one is the SFT policy."})
+    seed: int | None = field(default=None, metadata={
+        "help": "Seed of every stage (world_seed too, where a config has one); unset: the configs' own seeds."})
+    ppo_init: str = field(default="previous", metadata={
+        "help": "Where each round's PPO starts: previous (the last round's policy; round 1: SFT) or sft. The KL "
+                "penalty is always to SFT.", "choices": ["previous", "sft"]})
+    comparison_prompts: str = field(default="reuse", metadata={
+        "help": "reuse: every round ranks new samples for the same prompts; fresh: each round ranks its own 1/R "
+                "share of the prompts.", "choices": ["reuse", "fresh"]})
+    newest_round_weight: int = field(default=1, metadata={
+        "help": "The newest round's rankings count this many times in the reward model's data (on-policy data "
+                "weighted up, as Llama 2 did); 1: every round alike."})
+    accelerate_config: str | None = field(default=None, metadata={
+        "help": "accelerate YAML (hardware) for the training stages; default: the shipped cpu.yaml."})
+
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise UserError(f"rounds={self.rounds} must be at least 1; e.g. make rounds ROUNDS=3")
+        if self.newest_round_weight < 1:
+            raise UserError(f"newest_round_weight={self.newest_round_weight} must be at least 1 (1: no extra weight)")
+        if not self.setup_stages:
+            raise UserError("setup_stages is empty; name the stages that build the SFT policy, e.g. [base, sft]")
 
 
 def make_stage_parser(dataclass_types: tuple):

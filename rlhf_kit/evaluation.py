@@ -24,8 +24,6 @@ def compare_policies(rows: list[dict], responses: dict[str, list[str]], models: 
     a normal-approximation 95% CI; KL is the k1 estimate per token of each policy to the baseline on the policy's
     own samples; RM accuracy is measured on held-out rankings against the judge's order.
     """
-    from rlhf_kit.metrics import load_metric
-
     policies = list(responses)
     prompts = [r["prompt"] for r in rows]
     judged = {p: [judge.judge(row, resp) for row, resp in zip(rows, responses[p])] for p in policies}
@@ -41,13 +39,10 @@ def compare_policies(rows: list[dict], responses: dict[str, list[str]], models: 
         "win_rate_vs_baseline": {},
         "kl_to_baseline": {},
     }
-    win_rate = load_metric("win_rate")
     for p in policies:
         if p == baseline:
             continue
-        win = win_rate.compute(predictions=scores[p], references=scores[baseline])
-        summary["win_rate_vs_baseline"][p] = {"win_rate": win["win_rate"], "ci95": [win["ci95_low"], win["ci95_high"]],
-                                              "win_tie_loss": [win["wins"], win["ties"], win["losses"]]}
+        summary["win_rate_vs_baseline"][p] = head_to_head(scores, p, [baseline])[baseline]
         own = response_logprobs(models[p], tokenizer, prompts, responses[p])
         summary["kl_to_baseline"][p] = per_token_kl(own, response_logprobs(models[baseline], tokenizer, prompts,
                                                                            responses[p]))
@@ -58,12 +53,32 @@ def compare_policies(rows: list[dict], responses: dict[str, list[str]], models: 
         summary["rm_score"] = {p: mean(rm_scores[p]) for p in policies}
         if heldout_rankings is not None:
             pairs = heldout_judged_pairs(heldout_rankings, judge)
-            pair_prompts = [p for p, _, _ in pairs]
-            rm_w = score_with_reward_model(reward_model, tokenizer, pair_prompts, [w for _, w, _ in pairs])
-            rm_l = score_with_reward_model(reward_model, tokenizer, pair_prompts, [lo for _, _, lo in pairs])
-            accuracy = load_metric("pairwise_accuracy").compute(predictions=rm_w, references=rm_l)
-            summary["rm_accuracy"], summary["rm_accuracy_pairs"] = accuracy["accuracy"], accuracy["n"]
+            summary["rm_accuracy"], summary["rm_accuracy_pairs"] = rm_accuracy(reward_model, tokenizer, pairs)
     return summary, scores, rm_scores
+
+
+def head_to_head(scores: dict[str, list[float]], policy: str, opponents: list[str]) -> dict:
+    """``policy``'s win rate (ties half, 95% CI) against each opponent on the same prompts, by judge score."""
+    from rlhf_kit.metrics import load_metric
+
+    win_rate = load_metric("win_rate")
+    out = {}
+    for other in opponents:
+        win = win_rate.compute(predictions=scores[policy], references=scores[other])
+        out[other] = {"win_rate": win["win_rate"], "ci95": [win["ci95_low"], win["ci95_high"]],
+                      "win_tie_loss": [win["wins"], win["ties"], win["losses"]]}
+    return out
+
+
+def rm_accuracy(reward_model, tokenizer, pairs: list[tuple[list[dict], str, str]]) -> tuple[float, int]:
+    """(accuracy, pairs): how often the reward model scores the judge-preferred response of a pair higher."""
+    from rlhf_kit.metrics import load_metric
+
+    prompts = [p for p, _, _ in pairs]
+    rm_w = score_with_reward_model(reward_model, tokenizer, prompts, [w for _, w, _ in pairs])
+    rm_l = score_with_reward_model(reward_model, tokenizer, prompts, [lo for _, _, lo in pairs])
+    accuracy = load_metric("pairwise_accuracy").compute(predictions=rm_w, references=rm_l)
+    return accuracy["accuracy"], accuracy["n"]
 
 
 def stage_rows(stage_dir: str, card_stage: str) -> list[dict]:

@@ -20,6 +20,22 @@ from rlhf_kit.scaling import CONFIG_ENV, check_accelerate_config
 OVERRIDES = ("num_processes", "num_machines", "machine_rank", "main_process_ip", "mixed_precision")
 
 
+TRAINING_STAGES = ("base", "sft", "reward", "ppo")  # run under accelerate (one process per device)
+
+
+def stage_command(stage: str, config: str, flags: list[str] = (), accelerate_config: str | None = None) -> list[str]:
+    """The command that runs one stage's recipe with ``config`` plus ``flags`` (``--key value`` overrides), as
+    ``make <stage>`` does: training stages through this launcher with the accelerate config (hardware; default the
+    shipped ``cpu.yaml``), the others as plain processes."""
+    from rlhf_kit.paths import recipe_path, shipped
+
+    launcher = []
+    if stage in TRAINING_STAGES:
+        hardware = accelerate_config or str(shipped("recipes") / "accelerate" / "cpu.yaml")
+        launcher = ["-m", "rlhf_kit.launch", "--config_file", hardware]
+    return [sys.executable, *launcher, str(recipe_path(stage)), "--config", str(config), *flags]
+
+
 def check_launch(args) -> None:
     """The accelerate config this launch will use (file, then command-line overrides), refused if it cannot run."""
     config, name = {}, "accelerate launch"

@@ -84,7 +84,8 @@ def train_ppo(trainer):
 def load_ppo_inputs(script_args, training_args, model_args) -> dict:
     """Tokenizer, prompts, LoRA config and the four models PPO needs, checked (keyword arguments of
     :func:`build_ppo_trainer`). InstructGPT Sec. 3.5: policy and reference from the SFT model (with LoRA the
-    reference is the adapter-disabled policy), value function initialised from the reward model."""
+    reference is the adapter-disabled policy), value function initialised from the reward model. A later RLHF round
+    starts the policy elsewhere (``ref_model_path`` keeps SFT as the reference)."""
     import copy
 
     from accelerate import PartialState
@@ -97,6 +98,9 @@ def load_ppo_inputs(script_args, training_args, model_args) -> dict:
     sft, rm = model_args.model_name_or_path, training_args.reward_model_path
     runs.require_stage_output(sft, "SFT policy")
     runs.require_stage_output(rm, "reward model")
+    ref = script_args.ref_model_path or sft
+    if ref != sft:
+        runs.require_stage_output(ref, "reference policy")
     tokenizer = modeling.load_tokenizer(sft, padding_side="left")  # rollouts continue prompts from the right
     modeling.require_same_tokenizer(tokenizer, modeling.load_tokenizer(rm), "policy", "reward model")
     rows, label = load_stage_rows(script_args, "prompts")
@@ -104,11 +108,13 @@ def load_ppo_inputs(script_args, training_args, model_args) -> dict:
                                    max_rows=script_args.max_rows)
     peft_config = modeling.build_peft_config(model_args, "CAUSAL_LM")
     policy = modeling.load_causal_lm(sft, model_args, "SFT policy")
-    explicit_ref = ppo_needs_explicit_reference(peft_config is not None, PartialState().num_processes)
+    explicit_ref = ref != sft or ppo_needs_explicit_reference(peft_config is not None, PartialState().num_processes)
+    if ref != sft:
+        modeling.require_same_tokenizer(tokenizer, modeling.load_tokenizer(ref), "policy", "reference policy")
     # The frozen models (reward, reference) take the policy's dtype, e.g. bfloat16 on a CPU with AMX; the value model
     # is trained in full, so it keeps float32 weights (bf16 weights would round most Adam updates away).
     reward_model = modeling.load_reward_model(rm, require_head=True, dtype=model_args.dtype)
-    ref_policy = modeling.load_causal_lm(sft, what="SFT reference", dtype=model_args.dtype) if explicit_ref else None
+    ref_policy = modeling.load_causal_lm(ref, what="reference policy", dtype=model_args.dtype) if explicit_ref else None
     return {
         "tokenizer": tokenizer, "policy": policy, "peft_config": peft_config, "ref_policy": ref_policy,
         "reward_model": reward_model, "value_model": copy.deepcopy(reward_model).float(),

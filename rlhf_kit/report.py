@@ -84,8 +84,8 @@ def plot_gold_vs_rm(per_policy: dict[str, dict[str, list[float]]], path: Path) -
     plt.close(fig)
 
 
-def write_report(run_dir: Path, summary: dict, samples: list[dict]) -> Path:
-    """``report.md`` next to ``summary.json``, with the plots written by the functions above."""
+def write_report(run_dir: Path, summary: dict, samples: list[dict], eval_dir: str = "eval") -> Path:
+    """``report.md`` next to ``summary.json``, with the plots the functions above wrote in ``run_dir/eval_dir``."""
     from rlhf_kit.rows import write_atomic
 
     policy, baseline = compared(summary)
@@ -121,10 +121,17 @@ def write_report(run_dir: Path, summary: dict, samples: list[dict]) -> Path:
     ]
     for rule in next(iter(rules.values())):
         lines.append(f"| {rule} | " + " | ".join(f"{rules[p][rule]:.3f}" for p in rules) + " |")
-    if (run_dir / "eval" / "ppo_training.png").is_file():
-        lines += ["", "## PPO training", "", "![PPO reward and KL](eval/ppo_training.png)"]
-    if (run_dir / "eval" / "gold_vs_rm.png").is_file():
-        lines += ["", "## Over-optimisation check", "", "![gold vs reward model](eval/gold_vs_rm.png)"]
+    if "rm_accuracy_previous" in summary:
+        prev = summary["rm_accuracy_previous"]
+        lines += [f"- The same comparisons scored by the earlier reward model {prev['reward_model']}: "
+                  f"{prev['accuracy']:.3f} (before retraining)"]
+    for opponent, h2h in summary.get("head_to_head", {}).items():
+        lines += [f"- {policy} against {opponent}, head to head: {h2h['win_rate']:.3f} "
+                  f"[{h2h['ci95'][0]:.3f}, {h2h['ci95'][1]:.3f}]"]
+    if (run_dir / eval_dir / "ppo_training.png").is_file():
+        lines += ["", "## PPO training", "", f"![PPO reward and KL]({eval_dir}/ppo_training.png)"]
+    if (run_dir / eval_dir / "gold_vs_rm.png").is_file():
+        lines += ["", "## Over-optimisation check", "", f"![gold vs reward model]({eval_dir}/gold_vs_rm.png)"]
     lines += ["", "## Samples (same prompts)", "", f"| prompt | {baseline.upper()} | {policy.upper()} |",
               "|---|---|---|"]
     for s in samples:

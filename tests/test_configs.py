@@ -26,7 +26,7 @@ def test_recipe_config_parses(path: Path):
     # GPU recipes (bf16) parse here with the CPU override a user would pass; the demo configs parse as they are.
     cpu = ["--bf16", "false"] if yaml.safe_load(path.read_text()).get("bf16") and not torch.cuda.is_available() else []
     parsed = parse_stage_args(_dataclasses(stage), ["--config", str(path)] + cpu)
-    output_dirs = [p.output_dir for p in parsed if hasattr(p, "output_dir")]
+    output_dirs = [p.output_dir for p in parsed if getattr(p, "output_dir", None)]  # eval: output_dir optional
     output_dirs += [str(Path(p.run_dir) / "eval") for p in parsed if hasattr(p, "run_dir")]  # eval: run_dir/eval
     assert output_dirs and Path(output_dirs[0]).name == stage, "outputs go to runs/<name>/<stage>/"
     raw = yaml.safe_load(path.read_text())
