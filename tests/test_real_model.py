@@ -104,8 +104,11 @@ def test_rollouts_stop_at_im_end_and_the_reward_model_reads_what_was_sampled(imp
     long = [{"role": "user", "content": "Write a long story about a dragon who learns to cook soup for a village, "
                                         "with many characters and a happy ending."}]
     alone = sample_responses(model, tokenizer, [short], temperature=1e-3, max_new_tokens=12)[0][0]
-    batched = sample_responses(model, tokenizer, [short, long], temperature=1e-3, max_new_tokens=12)
+    finished = []
+    batched = sample_responses(model, tokenizer, [short, long], temperature=1e-3, max_new_tokens=12,
+                               finished=finished)
     assert batched[0][0] == alone  # left padding: the batch neighbour changes nothing
+    assert finished == [[True], [False]]  # the long story is cut off at 12 tokens (eval's cut_off_share)
     assert alone and "user" not in alone and "assistant" not in alone  # stopped at <|im_end|>, not a new turn
     # The policy's own tokens (prompt + sampled reply up to and including <|im_end|>) are what the reward model scores.
     prompt_ids = chat_ids(tokenizer, short, add_generation_prompt=True)
