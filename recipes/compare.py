@@ -33,7 +33,7 @@ def main(args: CompareArguments):
     for checker in (labeler, judge):
         if checker is not None:
             checker.check_rows(rows, args.dataset_path)  # before any sampling: refuse prompts it cannot read
-    model = modeling.load_causal_lm(args.model_name_or_path, what="SFT policy")
+    model = modeling.load_causal_lm(args.model_name_or_path, what="SFT policy", dtype=args.dtype)
     run.start(args)
     responses = sample_responses(model, tokenizer, [r["prompt"] for r in rows], args.num_responses,
                                  args.temperature, args.max_new_tokens, args.batch_size, args.seed)

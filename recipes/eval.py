@@ -50,16 +50,23 @@ def main(args: EvalArguments):
 
     prompts = [r["prompt"] for r in rows]
     tokenizer = modeling.load_tokenizer(stages[baseline])
-    reward_model = modeling.load_reward_model(stages["reward"]) if "reward" in stages else None
-    models, responses = {}, {}
+    reward_model = modeling.load_reward_model(stages["reward"], dtype=args.dtype) if "reward" in stages else None
+    models, responses, finished = {}, {}, {}
     for p in policies:
-        models[p] = modeling.load_causal_lm(stages[p], what=f"{p} policy")
+        models[p] = modeling.load_causal_lm(stages[p], what=f"{p} policy", dtype=args.dtype)
+        finished[p] = []
         responses[p] = [r[0] for r in sample_responses(models[p], tokenizer, prompts, 1, args.temperature,
-                                                       args.max_new_tokens, args.batch_size, args.seed)]
+                                                       args.max_new_tokens, args.batch_size, args.seed,
+                                                       finished=finished[p])]
     heldout = load_rows(f"{stages['compare']}/rankings_heldout.jsonl").to_list() if "compare" in stages else None
     summary, scores, rm_scores = ev.compare_policies(rows, responses, models, tokenizer, judge, baseline, reward_model,
                                                      heldout, args.batch_size)
     summary["judge"] = args.judge
+    # A policy can "win" by stopping early or saying nothing (e.g. no commas): show both shares.
+    summary["cut_off_share"] = {p: 1 - sum(f[0] for f in finished[p]) / len(rows) for p in policies}
+    summary["empty_share"] = {p: sum(not r.strip() for r in responses[p]) / len(rows) for p in policies}
+    if hasattr(judge, "report"):  # a benchmark's own metrics (e.g. IFEval's prompt/instruction-level accuracies)
+        summary["judge_report"] = {p: judge.report(rows, responses[p]) for p in policies}
     last = [p for p in policies if p != baseline][-1]  # the policy the headline and samples compare
     if args.versus:
         summary["head_to_head"] = ev.head_to_head(scores, last, args.versus)

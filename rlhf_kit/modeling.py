@@ -17,10 +17,40 @@ from rlhf_kit.errors import UserError
 logger = logging.getLogger(__name__)
 
 GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+IMPORT_COMMAND = "rlhf-kit import --model_name_or_path <file.gguf> --output_dir runs/<name>/import"
+
+
+def is_gguf_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a ``.gguf`` file or a folder whose config still declares GGUF quantization (a model
+    loaded from GGUF and saved without the import stage)."""
+    import json
+
+    p = Path(path)
+    if p.is_file():
+        return p.suffix == ".gguf"
+    config = p / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        quant = json.loads(config.read_text()).get("quantization_config") or {}
+    except (OSError, ValueError):
+        return False
+    return str(quant.get("quant_method", "")).lower() == "gguf"
+
+
+def require_plain_checkpoint(path: str, what: str) -> None:
+    """Refuse a GGUF file or GGUF-declaring checkpoint where a stage needs a trainable one (the import stage first)."""
+    if is_gguf_checkpoint(path):
+        kind = "a GGUF file" if Path(path).is_file() else "a checkpoint whose config declares GGUF quantization"
+        raise UserError(f"{what} at {path} is {kind}, which trainers refuse; import it first with "
+                        f"`{IMPORT_COMMAND}` and point to that folder")
+
+
 def _load(loader, path: str, what: str, **kwargs):
-    """``loader(path)`` with one-line errors for a missing path or an unreachable Hub."""
+    """``loader(path)`` with one-line errors for a missing path, an unreachable Hub or a GGUF checkpoint."""
     from rlhf_kit.runs import looks_like_hub_id
 
+    require_plain_checkpoint(path, what)
     try:
         return loader(path, **kwargs)
     except (OSError, ValueError) as err:
@@ -107,15 +137,27 @@ def require_4bit_support(path: str, model_args) -> None:
                         f"but {path} has {detail}; drop load_in_4bit or use a GPU")
 
 
-def load_causal_lm(path: str, model_args=None, what: str = "policy"):
-    """A causal LM (policy or reference) from a folder or Hub id."""
+def dtype_kwargs(model_args=None, dtype: str | None = None) -> dict:
+    """``from_pretrained`` kwargs from TRL's ModelConfig (quantization, dtype), or from ``dtype`` alone (a frozen or
+    sampling-only model, e.g. ``bfloat16`` on a CPU with AMX)."""
+    kwargs = quantization_kwargs(model_args)
+    if dtype not in (None, "auto") and "dtype" not in kwargs:
+        import torch
+
+        kwargs["dtype"] = getattr(torch, dtype)
+    return kwargs
+
+
+def load_causal_lm(path: str, model_args=None, what: str = "policy", dtype: str | None = None):
+    """A causal LM (policy or reference) from a folder or Hub id; ``dtype`` when no ModelConfig gives one."""
     from transformers import AutoModelForCausalLM
 
     require_4bit_support(path, model_args)
-    return _load(AutoModelForCausalLM.from_pretrained, path, what, **quantization_kwargs(model_args))
+    return _load(AutoModelForCausalLM.from_pretrained, path, what, **dtype_kwargs(model_args, dtype))
 
 
-def load_reward_model(path: str, model_args=None, what: str = "reward model", require_head: bool = False):
+def load_reward_model(path: str, model_args=None, what: str = "reward model", require_head: bool = False,
+                      dtype: str | None = None):
     """A sequence-classification model with one output: the scalar reward r(x, y). ``require_head``: refuse a
     checkpoint without a trained head (a reward model to score with, not one to train from an SFT model)."""
     from transformers import AutoModelForSequenceClassification
@@ -128,7 +170,7 @@ def load_reward_model(path: str, model_args=None, what: str = "reward model", re
         transformers.utils.logging.set_verbosity_error()
     try:
         model, info = _load(AutoModelForSequenceClassification.from_pretrained, path, what, num_labels=1,
-                            output_loading_info=True, **quantization_kwargs(model_args))
+                            output_loading_info=True, **dtype_kwargs(model_args, dtype))
     finally:
         transformers.utils.logging.set_verbosity(verbosity)
     head = getattr(model, "score", None)

@@ -111,11 +111,13 @@ def load_ppo_inputs(script_args, training_args, model_args) -> dict:
     explicit_ref = ref != sft or ppo_needs_explicit_reference(peft_config is not None, PartialState().num_processes)
     if ref != sft:
         modeling.require_same_tokenizer(tokenizer, modeling.load_tokenizer(ref), "policy", "reference policy")
-    reward_model = modeling.load_reward_model(rm, require_head=True)
+    # The frozen models (reward, reference) take the policy's dtype, e.g. bfloat16 on a CPU with AMX; the value model
+    # is trained in full, so it keeps float32 weights (bf16 weights would round most Adam updates away).
+    reward_model = modeling.load_reward_model(rm, require_head=True, dtype=model_args.dtype)
+    ref_policy = modeling.load_causal_lm(ref, what="reference policy", dtype=model_args.dtype) if explicit_ref else None
     return {
-        "tokenizer": tokenizer, "policy": policy, "peft_config": peft_config,
-        "ref_policy": modeling.load_causal_lm(ref, what="reference policy") if explicit_ref else None,
-        "reward_model": reward_model, "value_model": copy.deepcopy(reward_model),
+        "tokenizer": tokenizer, "policy": policy, "peft_config": peft_config, "ref_policy": ref_policy,
+        "reward_model": reward_model, "value_model": copy.deepcopy(reward_model).float(),
         "train_dataset": prompts, "eval_dataset": prompts.select(range(min(script_args.eval_rows, len(prompts)))),
     }
 

@@ -35,8 +35,13 @@ def looks_like_hub_id(name: str) -> bool:
     return bool(_HUB_ID.match(name)) and not os.path.exists(name) and not name.startswith(("runs/", "."))
 
 
+REAL_STAGES = ("import", "world", "demos")  # the real-model track's own stages (recipes/configs/smollm2-135m-ifeval)
+
+
 def _stage_hint(path: str) -> str:
     stage = Path(path).name
+    if stage in REAL_STAGES:
+        return f"run the {stage} stage first (`make real` runs every stage of the real-model track)"
     return f"run `make {stage}` first" if stage in STAGES else "check the path"
 
 

@@ -37,6 +37,31 @@ def cpu_supports_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
+def train_on_cpu(parser, dataclass_types: tuple, env=None) -> None:
+    """Without a GPU, default TrainingArguments' ``use_cpu`` to true (what ``ACCELERATE_USE_CPU`` already says):
+    transformers accepts ``bf16: true`` on a CPU only then, and accelerate trains under CPU autocast in bf16.
+    :func:`check_bf16` refuses bf16 where the CPU lacks it. DeepSpeed on CPU keeps its own setting (it must not be
+    marked CPU, see trl_compat.enable_deepspeed_on_cpu)."""
+    env = os.environ if env is None else env
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return
+    if any("use_cpu" in getattr(dc, "__dataclass_fields__", {}) for dc in dataclass_types):
+        parser.set_defaults(use_cpu=True)
+
+
+def check_bf16(parsed: tuple) -> None:
+    """Refuse bf16 training (``bf16: true``) or bf16 models (``dtype: bfloat16``) on a CPU without native bf16, where
+    PyTorch emulates it many times slower than float32."""
+    if has_gpu() or cpu_supports_bf16():
+        return
+    for args in parsed:
+        for key, value in (("bf16", True), ("dtype", "bfloat16")):
+            if getattr(args, key, None) == value:
+                fix = "bf16: false" if key == "bf16" else "dtype: float32"
+                raise UserError(f"{key}: {str(value).lower()} needs a GPU or a CPU with native bf16 (AMX-BF16 or "
+                                f"AVX512-BF16 in /proc/cpuinfo), and this CPU has neither; set `{fix}` in the config")
+
+
 def has_gpu() -> bool:
     """Whether a CUDA GPU is visible (otherwise every process runs on the CPU)."""
     import torch

@@ -119,3 +119,11 @@ def dataloader_generator(dataloader):
     """The torch.Generator that accelerate's prepared dataloader shuffles with (present with several processes,
     where accelerate syncs it across ranks; None with one process, where the global torch RNG shuffles)."""
     return getattr(dataloader, "synchronized_generator", None)
+
+
+def gguf_supported_architectures() -> set[str]:
+    """The GGUF ``general.architecture`` values transformers can load (a private list of its GGUF loader; pinned by
+    tests/test_real_model.py)."""
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    return set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"}  # metadata sections, not architectures

@@ -4,7 +4,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from rlhf_kit.errors import UserError
 
@@ -49,13 +48,6 @@ def test_unknown_cli_flag_fails_cleanly():
     proc = run_cli("sft", config_args("sft") + ["--learning_rat", "0.1"])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--learning_rat" in proc.stderr
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU takes bf16; this checks the CPU refusal")
-def test_bf16_on_cpu_says_how_to_fix():
-    proc = run_cli("sft", config_args("sft") + ["--bf16", "true"])
-    line = _single_error_line(proc)
-    assert "bf16: false" in line
 
 
 def test_missing_model_path_names_the_stage_to_run(pipeline, tmp_path):

@@ -72,6 +72,8 @@ def test_eval_stage_summary_matches_its_samples(pipeline, tmp_path):
         assert summary["gold_score"][p] == pytest.approx(sum(scores[p]) / len(rows), abs=1e-12)
         rules = [judge.judge(r, s[p]).rules for r, s in zip(rows, samples)]
         assert summary["gold_rules"][p] == pytest.approx({k: sum(x[k] for x in rules) / len(rows) for k in rules[0]})
+        assert summary["empty_share"][p] == sum(not s[p].strip() for s in samples) / len(rows)
+        assert 0 <= summary["cut_off_share"][p] <= 1
     for p in ("base", "ppo"):
         pairs = list(zip(scores[p], scores["sft"]))
         counts = [sum(a > b for a, b in pairs), sum(a == b for a, b in pairs), sum(a < b for a, b in pairs)]

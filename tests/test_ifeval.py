@@ -1,0 +1,197 @@
+"""The IFEval task world (rlhf_kit/ifeval.py): its tasks and splits, its refusals, and IFEval's checkers as judge and
+labeler on hand-written responses that pass and fail each instruction type the world uses."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from rlhf_kit import ifeval
+from rlhf_kit.errors import UserError
+
+# type -> (checker arguments, a response that follows it, one that does not)
+CASES = {
+    "punctuation:no_comma": ({}, "I like tea and cake.", "I like tea, and cake."),
+    "change_case:english_capital": ({}, "I LIKE TEA AND CAKE BECAUSE THEY ARE GOOD.", "I like tea and cake."),
+    "change_case:english_lowercase": ({}, "i like tea and cake because they are good.", "I like tea and cake."),
+    "detectable_format:title": ({}, "<<Tea Time>>\nI like tea.", "Tea Time\nI like tea."),
+    "startend:end_checker": ({"end_phrase": "Any other questions?"}, "I like tea. Any other questions?",
+                             "Any other questions? I like tea."),
+    "keywords:existence": ({"keywords": ["rain", "garden"]}, "The rain fell on the garden.", "The sun shone here."),
+    "keywords:forbidden_words": ({"forbidden_words": ["rain", "garden"]}, "The sun shone on the field.",
+                                 "The rain fell."),
+    "length_constraints:number_words": ({"num_words": 10, "relation": "less than"}, "A short answer.",
+                                        "one two three four five six seven eight nine ten eleven"),
+    "detectable_format:number_bullet_lists": ({"num_bullets": 2}, "* tea\n* cake", "* tea\n* cake\n* jam"),
+    "detectable_format:number_highlighted_sections": ({"num_highlights": 2}, "Tea is *hot* and *sweet*.",
+                                                      "Tea is *hot*."),
+    "detectable_content:postscript": ({"postscript_marker": "P.S."}, "Hello.\nP.S. Bye.", "Hello. Bye."),
+    "startend:quotation": ({}, '"Hello there."', 'Hello "there".'),
+}
+
+
+def _row(types: list[str], kwargs: list[dict], text: str = "Write about tea.") -> dict:
+    meta = {"task": text, "instruction_id_list": types, "kwargs": kwargs}
+    return {"prompt": [{"role": "user", "content": text}], "meta": json.dumps(meta)}
+
+
+@pytest.fixture(scope="module")
+def world():
+    return ifeval.build_world()
+
+
+def test_the_shipped_tasks_are_many_distinct_requests_of_many_kinds():
+    tasks = ifeval.load_tasks()
+    assert len(tasks) >= 400 and len(set(tasks)) == len(tasks)
+    for kind in ("Write a short poem", "Write a letter", "Explain", "Give advice", "Summarise", "List a few tips",
+                 "Write a short story", "Describe", "Write an email"):
+        assert sum(t.startswith(kind) for t in tasks) >= 10, kind
+
+
+def test_the_tasks_file_ships_in_the_wheel():
+    from pathlib import Path
+
+    import tomllib
+
+    config = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert ifeval.TASKS_FILE.name in config["tool"]["setuptools"]["package-data"]["rlhf_kit"]
+    assert ifeval.TASKS_FILE.parent.name == "rlhf_kit"
+
+
+def test_splits_share_no_task_and_held_out_types_are_never_trained(world):
+    tasks = {name: {json.loads(r["meta"])["task"] for r in rows} for name, rows in world.items()}
+    assert not tasks["prompts"] & tasks["eval"] and tasks["eval"] == tasks["eval_heldout_types"]
+    assert ifeval.instruction_types(world["prompts"]) == set(ifeval.TRAIN_TYPES)
+    assert ifeval.instruction_types(world["eval"]) == set(ifeval.TRAIN_TYPES)
+    assert ifeval.instruction_types(world["eval_heldout_types"]) == set(ifeval.HELDOUT_TYPES)
+    assert all(len(json.loads(r["meta"])["instruction_id_list"]) == 1 for r in world["eval_heldout_types"])
+    assert len(world["eval"]) >= 300 and len(world["eval_heldout_types"]) >= 200 and len(world["prompts"]) >= 1000
+    for rows in world.values():
+        contents = [r["prompt"][0]["content"] for r in rows]
+        assert len(set(contents)) == len(contents)  # no prompt repeats within a split
+
+
+def test_instruction_text_is_the_checkers_own_and_the_world_is_seeded(world):
+    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+
+    state = random.getstate()
+    assert ifeval.build_world() == world and ifeval.build_world(seed=1) != world
+    assert random.getstate() == state  # the package's draws are seeded without disturbing the global stream
+    for row in world["prompts"][:50] + world["eval_heldout_types"][:50]:
+        meta = json.loads(row["meta"])
+        text = row["prompt"][0]["content"]
+        assert text.startswith(meta["task"])
+        for type_id, kwargs in zip(meta["instruction_id_list"], meta["kwargs"]):
+            checker = INSTRUCTION_DICT[type_id](type_id)
+            assert checker.build_description(**kwargs) in text  # the judge rebuilds exactly this instruction
+        assert not any(ifeval.conflicts(a, b) for i, a in enumerate(meta["instruction_id_list"])
+                       for b in meta["instruction_id_list"][i + 1:])
+
+
+def test_checkers_that_need_nltk_data_are_refused_by_name():
+    with pytest.raises(UserError, match=r"length_constraints:number_sentences, change_case:capital_word_frequency "
+                                        r"need NLTK data"):
+        ifeval.check_types(["punctuation:no_comma", "length_constraints:number_sentences"],
+                           [*ifeval.HELDOUT_TYPES, "change_case:capital_word_frequency"])
+
+
+@pytest.mark.parametrize("train,heldout,message", [
+    (["punctuation:no_comma"], ["punctuation:no_comma", *ifeval.HELDOUT_TYPES[1:]], r"both trained and held out"),
+    (["punctuation:no_comma"], list(ifeval.HELDOUT_TYPES[:3]), r"3 held-out instruction type\(s\).*at least 4"),
+    (["punctuation:no_coma"], list(ifeval.HELDOUT_TYPES), r"unknown IFEval instruction type\(s\) punctuation:no_coma"),
+])
+def test_bad_world_types_are_one_line(train, heldout, message):
+    with pytest.raises(UserError, match=message):
+        ifeval.check_types(train, heldout)
+
+
+def test_every_type_the_world_uses_has_a_judge_case():
+    assert set(ifeval.TRAIN_TYPES) | set(ifeval.HELDOUT_TYPES) <= set(CASES)
+
+
+@pytest.mark.parametrize("type_id", sorted(CASES))
+def test_judge_passes_and_fails_each_instruction_type(type_id):
+    kwargs, follows, breaks = CASES[type_id]
+    judge, row = ifeval.IFEvalJudge(), _row([type_id], [kwargs])
+    good, bad = judge.judge(row, follows), judge.judge(row, breaks)
+    assert (good.score, good.rules["prompt_strict"], good.rules["instruction_loose"]) == (1.0, 1.0, 1.0)
+    assert (bad.score, bad.rules["prompt_strict"]) == (0.0, 0.0)
+
+
+def test_judge_scores_the_fraction_followed_strict_and_loose():
+    judge = ifeval.IFEvalJudge()
+    row = _row(["punctuation:no_comma", "startend:end_checker"], [{}, {"end_phrase": "Any other questions?"}])
+    assert judge.judge(row, "Tea is good. Any other questions?").score == 1.0
+    half = judge.judge(row, "Tea is good, hot. Any other questions?")
+    assert half.score == 0.5 and half.rules["prompt_strict"] == 0.0
+    # A trailing line breaks the strict check only: IFEval's loose check also tries the response without it.
+    loose = judge.judge(row, "Tea is good. Any other questions?\n---")
+    assert loose.score == 0.5
+    assert loose.rules == {"instruction_strict": 0.5, "instruction_loose": 1.0, "prompt_strict": 0.0,
+                           "prompt_loose": 1.0}
+    assert judge.judge(row, "").score == 0.0  # saying nothing follows nothing, not even "no commas"
+
+
+def test_judge_refuses_rows_without_ifeval_meta():
+    with pytest.raises(UserError, match=r"lacks the IFEval `meta`"):
+        ifeval.IFEvalJudge().check_rows([{"prompt": [{"role": "user", "content": "hi"}]}], "prompts.jsonl")
+
+
+def test_labeler_ranks_by_the_judge_ties_share_a_rank():
+    from rlhf_kit.labelers import load_judge, load_labeler
+    from rlhf_kit.rows import expand_pairs
+
+    assert isinstance(load_judge("ifeval"), ifeval.IFEvalJudge)
+    row = _row(["punctuation:no_comma", "change_case:english_capital"], [{}, {}])
+    responses = ["TEA IS GOOD.", "Tea, good.", "TEA, GOOD.", "Tea is good."]
+    ranked = load_labeler("ifeval", noise=0.0, seed=0).rank(row, responses)
+    assert ranked == {"ranks": [0, 2, 1, 1], "scores": [1.0, 0.0, 0.5, 0.5]}
+    pairs = expand_pairs({"prompt": row["prompt"], "responses": responses, **ranked})
+    assert len(pairs) == 5  # six pairs minus the tie
+    noisy = ifeval.IFEvalLabeler(noise=10.0, seed=0)
+    orders = {tuple(noisy.rank(row, responses)["ranks"]) for _ in range(30)}
+    assert len(orders) > 1 and all(o[2] == o[3] for o in orders)  # noise reorders levels, never splits a tie
+
+
+def test_the_world_stage_writes_canonical_prompt_rows(tmp_path):
+    from rlhf_kit.rows import check_prompt, read_jsonl
+
+    from conftest import run_inprocess
+
+    run_inprocess("world", ["--output_dir", str(tmp_path / "world"), "--train_prompts_per_task", "1",
+                            "--eval_prompts_per_task", "1", "--heldout_type_prompts_per_task", "1"])
+    marker = json.loads((tmp_path / "world" / "stage_complete.json").read_text())
+    for name in ("prompts", "eval", "eval_heldout_types"):
+        rows = read_jsonl(tmp_path / "world" / f"{name}.jsonl")
+        assert len(rows) == marker[name] > 100 and all(check_prompt(r) is None for r in rows)
+
+
+def test_rejection_sampling_keeps_finished_samples_that_follow_every_instruction():
+    from rlhf_kit.demonstrations import select_demonstrations
+
+    row = _row(["punctuation:no_comma", "change_case:english_capital"], [{}, {}])
+    other = _row(["punctuation:no_comma"], [{}], "Write about jam.")
+    samples = [["Tea, hot.", "TEA IS HOT", "TEA IS GOOD"], ["Jam, sweet.", "Jam is"]]
+    finished = [[True, False, True], [True, False]]  # "TEA IS HOT" follows both but was cut off; "Jam is" too
+    demos, counts = select_demonstrations([row, other], samples, finished, ifeval.IFEvalJudge())
+    assert [d["messages"][-1] for d in demos] == [{"role": "assistant", "content": "TEA IS GOOD"}]
+    assert demos[0]["messages"][:-1] == row["prompt"] and demos[0]["meta"] == row["meta"]
+    assert counts == {"prompts": 2, "samples": 5, "cut_off": 2, "followed": 1, "demonstrations": 1,
+                      "acceptance_rate": 0.5}
+
+
+def test_report_gives_ifevals_prompt_and_instruction_level_accuracies():
+    rows = [_row(["punctuation:no_comma", "change_case:english_capital"], [{}, {}]),
+            _row(["punctuation:no_comma"], [{}]),
+            _row(["startend:end_checker"], [{"end_phrase": "Any other questions?"}])]
+    report = ifeval.IFEvalJudge().report(rows, ["TEA IS GOOD", "Tea, hot.", ""])
+    assert report["prompt_strict"]["accuracy"] == pytest.approx(1 / 3) and report["prompt_strict"]["n"] == 3
+    assert report["instruction_strict"]["accuracy"] == 0.5 and report["instruction_strict"]["n"] == 4  # pooled
+    low, high = report["prompt_strict"]["ci95"]
+    assert 0 < low < 1 / 3 < high < 1 and ifeval.wilson_interval(0, 10)[0] == 0.0
+    assert report["per_type"] == {"change_case:english_capital": {"strict": 1.0, "loose": 1.0, "n": 1},
+                                  "punctuation:no_comma": {"strict": 0.5, "loose": 0.5, "n": 2},
+                                  "startend:end_checker": {"strict": 0.0, "loose": 0.0, "n": 1}}
+    assert report["empty_share"] == pytest.approx(1 / 3)
