@@ -247,3 +247,17 @@ def test_human_rankings_pause_the_round_until_the_app_export_is_there(tmp_path):
     _rankings(tmp_path / "round-1" / "labels", ["old"])
     rows = (write_reward_data(str(tmp_path), 2, 1, "labels")).read_text().splitlines()
     assert len(rows) == 1  # the newest export already holds every round's labels
+
+
+def test_the_real_model_track_runs_in_rounds_too():
+    track = REPO / "recipes" / "configs" / "smollm2-135m-ifeval"
+    stages = ["world", "import", "demos", "sft", "compare", "reward", "ppo", "eval"]
+    config = yaml.safe_load((track / "rounds.yaml").read_text())
+    args = RoundsArguments(**{**config, "stage_configs": str(track)})
+    steps = {(s.round, s.stage): s for s in plan(args, read_stage_configs(str(track), stages))}
+    assert [s for (r, s) in steps if r == 0] == ["world", "import", "demos", "sft"]
+    assert steps[(0, "demos")].overrides["model_name_or_path"] == "runs/real-rounds/import"
+    assert steps[(0, "sft")].overrides["dataset_path"] == "runs/real-rounds/demos/sft.jsonl"
+    assert steps[(2, "compare")].overrides["model_name_or_path"] == "runs/real-rounds/round-1/ppo"
+    assert steps[(2, "compare")].overrides["dataset_path"] == "runs/real-rounds/world/prompts.jsonl"
+    assert steps[(3, "eval")].overrides["policies"] == ["import", "sft", "round-1/ppo", "round-2/ppo", "round-3/ppo"]
