@@ -292,7 +292,9 @@ def collect(run_dir: str, n_rounds: int) -> dict:
             # one yardstick for every round's RM: round 1's held-out comparisons (SFT samples)
             "rm_accuracy_round1_comparisons": (s.get("rm_accuracy_reference") or {}).get("accuracy",
                                                                                      s.get("rm_accuracy")),
-            "wall_seconds": {k: v for k, v in s["wall_seconds"].items() if k in ROUND_STAGES},
+            # eval records each stage folder's time under the name it evaluated it by (PPO: round-<r>/ppo)
+            "wall_seconds": {stage: s["wall_seconds"].get(policy if stage == "ppo" else stage)
+                             for stage in ROUND_STAGES},
         }
         for name, h2h in s.get("head_to_head", {}).items():
             key = "previous" if name == earlier else name.split("/")[0].replace("-", "")

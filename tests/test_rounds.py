@@ -194,6 +194,7 @@ def test_two_rounds_killed_in_round_two_reward_resume_to_the_same_figures(pipeli
     assert two["rm_accuracy_before"] is not None and summary["rounds"][0]["rm_accuracy_before"] is None
     assert 0 <= two["win_rate_vs_previous"] <= 1 and 0 <= two["rm_accuracy_after"] <= 1
     assert (full / "rounds.md").is_file() and (full / "rounds.png").is_file()
+    assert set(two["wall_seconds"]) == {"compare", "reward", "ppo", "eval"} and all(two["wall_seconds"].values())
     round2 = json.loads((full / "round-2" / "summary.json").read_text())
     assert round2["policies"] == ["base", "sft", "round-1/ppo", "round-2/ppo"]
     assert set(round2["head_to_head"]) == {"round-1/ppo"}
