@@ -126,5 +126,15 @@ def test_eval_refuses_missing_or_unfinished_stage(pipeline, tmp_path):
 def test_eval_refuses_prompts_seen_in_training(pipeline, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(pipeline / "runs", run_dir)
+    # PPO's prompts that no SFT demonstration has (the demo's PPO prompts include the SFT prompts too)
+    sft = {json.loads(line)["messages"][0]["content"] for line in (pipeline / "data" / "sft.jsonl").open()}
+    ppo_only = [line for line in (pipeline / "data" / "prompts.jsonl").open()
+                if json.loads(line)["prompt"][0]["content"] not in sft]
+    (tmp_path / "ppo_prompts.jsonl").write_text("".join(ppo_only))
     with pytest.raises(UserError, match="also appear in the ppo data"):
-        run_inprocess("eval", _eval_args(run_dir, pipeline / "data", pipeline / "data" / "prompts.jsonl"))
+        run_inprocess("eval", _eval_args(run_dir, pipeline / "data", tmp_path / "ppo_prompts.jsonl"))
+    sft_prompts = [{"prompt": r["messages"][:1], "meta": r["meta"]}
+                   for r in map(json.loads, (pipeline / "data" / "sft.jsonl").open())]
+    (tmp_path / "sft_prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sft_prompts))
+    with pytest.raises(UserError, match="also appear in the sft data"):
+        run_inprocess("eval", _eval_args(run_dir, pipeline / "data", tmp_path / "sft_prompts.jsonl"))

@@ -94,7 +94,8 @@ def test_world_is_deterministic_and_splits_are_disjoint():
     assert world.build_demo_data(seed=4)["sft"] != a["sft"]
     text = lambda rows, key: {r[key][0]["content"] for r in rows}  # noqa: E731
     sft, prompts, evals = text(a["sft"], "messages"), text(a["prompts"], "prompt"), text(a["eval"], "prompt")
-    assert not (evals & sft) and not (evals & prompts) and not (sft & prompts)
+    assert not (evals & sft) and not (evals & prompts)  # evaluation prompts are held out from every stage
+    assert sft < prompts and len(prompts - sft) >= 100  # comparisons and PPO revisit the SFT prompts, and more
     assert len(evals) >= 256
     tasks = {json.loads(r["meta"])["task"] for r in a["eval"]}
     assert len(tasks - {"harmful"}) >= 4  # at least four InstructGPT use-case categories
