@@ -71,10 +71,27 @@ def gather_full_state_dict(trainer) -> dict | None:
 
 
 def last_checkpoint(output_dir: str) -> str | None:
-    """The newest ``checkpoint-N`` folder to resume from (an interrupted stage continues, never restarts)."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete ``checkpoint-N`` folder to resume from (an interrupted stage continues, never restarts).
 
-    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    The Trainer writes ``trainer_state.json`` last when it saves a checkpoint (transformers' ``_save_checkpoint``),
+    so a folder without a readable one was cut short by a kill; it is skipped, and said so, for the one before it.
+    """
+    import json
+    import re
+
+    if not os.path.isdir(output_dir):
+        return None
+    found = [(int(m.group(1)), name) for name in os.listdir(output_dir)
+             if (m := re.fullmatch(r"checkpoint-(\d+)", name)) and os.path.isdir(os.path.join(output_dir, name))]
+    for _, name in sorted(found, reverse=True):
+        path = os.path.join(output_dir, name)
+        try:
+            with open(os.path.join(path, "trainer_state.json")) as f:
+                json.load(f)
+            return path
+        except (OSError, ValueError):
+            print(f"ignoring incomplete checkpoint {path} (no complete trainer_state.json: killed while saving)")
+    return None
 
 
 def train_with_resume(trainer, output_dir: str, force: bool = False, checkpoint: str | None = None) -> dict:

@@ -262,3 +262,18 @@ def test_the_real_model_track_runs_in_rounds_too():
     assert steps[(2, "compare")].overrides["model_name_or_path"] == "runs/real-rounds/round-1/ppo"
     assert steps[(2, "compare")].overrides["dataset_path"] == "runs/real-rounds/world/prompts.jsonl"
     assert steps[(3, "eval")].overrides["policies"] == ["import", "sft", "round-1/ppo", "round-2/ppo", "round-3/ppo"]
+
+
+def test_a_checkpoint_cut_short_by_a_kill_is_skipped_for_the_one_before(tmp_path, capsys):
+    from rlhf_kit.training import last_checkpoint
+
+    for n in (2, 4, 10):
+        (tmp_path / f"checkpoint-{n}").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}')
+    (tmp_path / "checkpoint-10" / "trainer_state.json").write_text('{"glob')  # killed mid-write
+    assert last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4")  # by step number, not by name
+    assert "ignoring incomplete checkpoint" in capsys.readouterr().out
+    (tmp_path / "checkpoint-4" / "trainer_state.json").unlink()  # killed before the state was written
+    assert last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-2")
+    assert last_checkpoint(str(tmp_path / "absent")) is None
