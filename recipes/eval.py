@@ -89,6 +89,8 @@ def main(args: EvalArguments):
                 "score_baseline": scores[baseline][i], "score_policy": scores[last][i]}
                for i in range(min(args.num_report_samples, len(rows)))]
     report.plot_training(stages[last], out / "ppo_training.png")
+    if "judge_report" in summary:
+        report.plot_per_type(summary["judge_report"], out / "per_type.png")
     if rm_scores:
         report.plot_gold_vs_rm({p: {"gold": scores[p], "rm": rm_scores[p]} for p in policies}, out / "gold_vs_rm.png")
     report.write_summary(out.parent, summary)  # next to the eval folder: <run_dir>/summary.json by default

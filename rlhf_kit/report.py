@@ -84,6 +84,60 @@ def plot_gold_vs_rm(per_policy: dict[str, dict[str, list[float]]], path: Path) -
     plt.close(fig)
 
 
+def plot_per_type(judge_report: dict[str, dict], path: Path) -> None:
+    """Per instruction type, each policy's strict accuracy (a benchmark judge's ``per_type`` table, e.g. IFEval's):
+    shows which instructions RLHF taught and whether any got worse."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    policies = list(judge_report)
+    types = sorted({t for r in judge_report.values() for t in r["per_type"]})
+    width = 0.8 / len(policies)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(types) + 2), 3.8))
+    for i, p in enumerate(policies):
+        per_type = judge_report[p]["per_type"]
+        ax.bar([x + i * width for x in range(len(types))], [per_type.get(t, {}).get("strict", 0.0) for t in types],
+               width, label=p, color=f"C{i}")
+    ax.set_xticks([x + width * (len(policies) - 1) / 2 for x in range(len(types))])
+    ax.set_xticklabels([t.split(":")[-1] for t in types], rotation=35, ha="right", fontsize=8)
+    ax.set(ylabel="followed (strict)", ylim=(0, 1), title="Instructions followed, by type (held-out prompts)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def benchmark_lines(summary: dict, eval_dir: str) -> list[str]:
+    """The report section of a benchmark judge (``summary["judge_report"]``, e.g. IFEval): its own accuracies per
+    policy with 95% intervals, the shares of empty and cut-off responses (a policy can "follow" *no commas* by
+    saying nothing), and the per-type table."""
+    reports = summary.get("judge_report")
+    if not reports:
+        return []
+    keys = [k for k in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
+            if k in next(iter(reports.values()))]
+    n = next(iter(reports.values()))[keys[0]]["n"] if keys else 0
+    lines = ["", f"## {summary['judge']} accuracy ({n} held-out prompts, 95% Wilson intervals)", "",
+             "| policy | " + " | ".join(k.replace("_", " ") for k in keys) + " | empty | cut off |",
+             "|---|" + "---|" * (len(keys) + 2)]
+    for p, r in reports.items():
+        cells = [f"{r[k]['accuracy']:.3f} [{r[k]['ci95'][0]:.3f}, {r[k]['ci95'][1]:.3f}]" for k in keys]
+        shares = [f"{summary.get(s, {}).get(p, float('nan')):.3f}" for s in ("empty_share", "cut_off_share")]
+        lines.append(f"| {p} | " + " | ".join(cells + shares) + " |")
+    types = sorted({t for r in reports.values() for t in r.get("per_type", {})})
+    if types:
+        lines += ["", "| instruction type (strict) | n | " + " | ".join(reports) + " |",
+                  "|---|---|" + "---|" * len(reports)]
+        for t in types:
+            count = max(r["per_type"].get(t, {}).get("n", 0) for r in reports.values())
+            lines.append(f"| {t} | {count} | " + " | ".join(
+                f"{r['per_type'][t]['strict']:.3f}" if t in r["per_type"] else "" for r in reports.values()) + " |")
+        lines += ["", f"![instructions followed by type]({eval_dir}/per_type.png)"]
+    return lines
+
+
 def write_report(run_dir: Path, summary: dict, samples: list[dict], eval_dir: str = "eval") -> Path:
     """``report.md`` next to ``summary.json``, with the plots the functions above wrote in ``run_dir/eval_dir``."""
     from rlhf_kit.rows import write_atomic
@@ -132,6 +186,7 @@ def write_report(run_dir: Path, summary: dict, samples: list[dict], eval_dir: st
     for opponent, h2h in summary.get("head_to_head", {}).items():
         lines += [f"- {policy} against {opponent}, head to head: {h2h['win_rate']:.3f} "
                   f"[{h2h['ci95'][0]:.3f}, {h2h['ci95'][1]:.3f}]"]
+    lines += benchmark_lines(summary, eval_dir)
     if (run_dir / eval_dir / "ppo_training.png").is_file():
         lines += ["", "## PPO training", "", f"![PPO reward and KL]({eval_dir}/ppo_training.png)"]
     if (run_dir / eval_dir / "gold_vs_rm.png").is_file():

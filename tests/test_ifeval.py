@@ -195,3 +195,22 @@ def test_report_gives_ifevals_prompt_and_instruction_level_accuracies():
                                   "punctuation:no_comma": {"strict": 0.5, "loose": 0.5, "n": 2},
                                   "startend:end_checker": {"strict": 0.0, "loose": 0.0, "n": 1}}
     assert report["empty_share"] == pytest.approx(1 / 3)
+
+
+def test_the_run_report_shows_the_benchmarks_accuracies_shares_and_per_type_table(tmp_path):
+    from rlhf_kit import report as rep
+
+    rows = [_row(["punctuation:no_comma"], [{}]), _row(["change_case:english_capital"], [{}])]
+    capital = CASES["change_case:english_capital"]
+    reports = {"import": ifeval.IFEvalJudge().report(rows, ["Tea, hot.", capital[2]]),
+               "ppo": ifeval.IFEvalJudge().report(rows, ["Tea is hot.", capital[1]])}
+    summary = {"judge": "ifeval", "judge_report": reports, "empty_share": {"import": 0.0, "ppo": 0.0},
+               "cut_off_share": {"import": 0.5, "ppo": 0.0}}
+    text = "\n".join(rep.benchmark_lines(summary, "eval"))
+    assert "## ifeval accuracy (2 held-out prompts" in text
+    assert "| import | 0.000 [0.000, 0.658] |" in text and "| ppo | 1.000 [0.342, 1.000] |" in text
+    assert text.count("| 0.000 | 0.500 |") == 1  # import: nothing empty, half cut off
+    assert "| punctuation:no_comma | 1 | 0.000 | 1.000 |" in text
+    rep.plot_per_type(reports, tmp_path / "per_type.png")
+    assert (tmp_path / "per_type.png").stat().st_size > 1000
+    assert rep.benchmark_lines({"judge": "gold"}, "eval") == []  # judges without a report add nothing
