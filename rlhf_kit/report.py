@@ -93,12 +93,12 @@ def plot_per_type(judge_report: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     policies = list(judge_report)
-    types = sorted({t for r in judge_report.values() for t in r["per_type"]})
+    types = list(judge_report[policies[0]]["per_type"])  # every policy answered the same prompts
     width = 0.8 / len(policies)
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(types) + 2), 3.8))
     for i, p in enumerate(policies):
         per_type = judge_report[p]["per_type"]
-        ax.bar([x + i * width for x in range(len(types))], [per_type.get(t, {}).get("strict", 0.0) for t in types],
+        ax.bar([x + i * width for x in range(len(types))], [per_type[t]["strict"] for t in types],
                width, label=p, color=f"C{i}")
     ax.set_xticks([x + width * (len(policies) - 1) / 2 for x in range(len(types))])
     ax.set_xticklabels([t.split(":")[-1] for t in types], rotation=35, ha="right", fontsize=8)
@@ -116,9 +116,8 @@ def benchmark_lines(summary: dict, eval_dir: str) -> list[str]:
     reports = summary.get("judge_report")
     if not reports:
         return []
-    keys = [k for k in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
-            if k in next(iter(reports.values()))]
-    n = next(iter(reports.values()))[keys[0]]["n"] if keys else 0
+    keys = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
+    n = next(iter(reports.values()))["prompt_strict"]["n"]  # every policy answered the same prompts
     lines = ["", f"## {summary['judge']} accuracy ({n} held-out prompts, 95% Wilson intervals)", "",
              "| policy | " + " | ".join(k.replace("_", " ") for k in keys) + " | empty | cut off |",
              "|---|" + "---|" * (len(keys) + 2)]
@@ -126,16 +125,13 @@ def benchmark_lines(summary: dict, eval_dir: str) -> list[str]:
         cells = [f"{r[k]['accuracy']:.3f} [{r[k]['ci95'][0]:.3f}, {r[k]['ci95'][1]:.3f}]" for k in keys]
         shares = [f"{summary.get(s, {}).get(p, float('nan')):.3f}" for s in ("empty_share", "cut_off_share")]
         lines.append(f"| {p} | " + " | ".join(cells + shares) + " |")
-    types = sorted({t for r in reports.values() for t in r.get("per_type", {})})
-    if types:
-        lines += ["", "| instruction type (strict) | n | " + " | ".join(reports) + " |",
-                  "|---|---|" + "---|" * len(reports)]
-        for t in types:
-            count = max(r["per_type"].get(t, {}).get("n", 0) for r in reports.values())
-            lines.append(f"| {t} | {count} | " + " | ".join(
-                f"{r['per_type'][t]['strict']:.3f}" if t in r["per_type"] else "" for r in reports.values()) + " |")
-        lines += ["", f"![instructions followed by type]({eval_dir}/per_type.png)"]
-    return lines
+    per_type = next(iter(reports.values()))["per_type"]  # the same prompts, so the same types and counts
+    lines += ["", "| instruction type (strict) | n | " + " | ".join(reports) + " |",
+              "|---|---|" + "---|" * len(reports)]
+    for t in per_type:
+        lines.append(f"| {t} | {per_type[t]['n']} | " + " | ".join(f"{r['per_type'][t]['strict']:.3f}"
+                                                                 for r in reports.values()) + " |")
+    return lines + ["", f"![instructions followed by type]({eval_dir}/per_type.png)"]
 
 
 def write_report(run_dir: Path, summary: dict, samples: list[dict], eval_dir: str = "eval") -> Path:
