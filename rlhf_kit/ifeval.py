@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 from rlhf_kit.errors import UserError
@@ -60,6 +61,9 @@ def _registry():
     try:
         from if_verifiable.ifeval.instructions_registry import INSTRUCTION_CONFLICTS, INSTRUCTION_DICT
     except ImportError as err:
+        if sys.version_info < (3, 11):  # if-verifiable declares Python >= 3.11: pip would not install it here
+            raise UserError(f"the IFEval world needs the if-verifiable package, which needs Python >= 3.11 (this is "
+                            f"{sys.version.split()[0]}); run the real-model track with Python 3.11 or later")
         raise UserError(f"the IFEval world needs the if-verifiable package ({err}); install it with {INSTALL}")
     return INSTRUCTION_DICT, INSTRUCTION_CONFLICTS
 
@@ -284,7 +288,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float]:
 def score_responses(rows: list[dict], responses: list[str]) -> dict:
     """IFEval's four accuracies for one policy's responses (Zhou et al. 2023, Sec. 3): prompt-level (every
     instruction followed) and instruction-level (pooled over instructions), strict and loose, each with a 95%
-    Wilson interval; per instruction type; and the share of empty responses (which follow nothing)."""
+    Wilson interval; and per instruction type. (Empty and cut-off shares are the eval stage's, for every judge.)"""
     counts = {k: [0, 0] for k in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")}
     per_type: dict[str, list[int]] = {}
     for row, response in zip(rows, responses):
@@ -303,5 +307,4 @@ def score_responses(rows: list[dict], responses: list[str]) -> dict:
     report = {k: {"accuracy": hit / n if n else float("nan"), "ci95": wilson_interval(hit, n), "n": n}
               for k, (hit, n) in counts.items()}
     report["per_type"] = {t: {"strict": s / n, "loose": lo / n, "n": n} for t, (s, lo, n) in sorted(per_type.items())}
-    report["empty_share"] = sum(not r.strip() for r in responses) / max(1, len(responses))
     return report

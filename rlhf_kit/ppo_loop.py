@@ -356,7 +356,8 @@ class RLHFKitPPOTrainer(PPOTrainer):
             self.compute_rewards(batch)
             self.compute_advantages(batch)
             stats = self.ppo_epochs(batch)
-            eps = int((self.state.episode - start_episode) / (time.time() - start_time))
+            # Not TRL's int(): on a CPU PPO runs well under one episode per second, which int() logs as 0.
+            eps = (self.state.episode - start_episode) / (time.time() - start_time)
             metrics = self.batch_metrics(batch, stats, eps)
             self.kl_controller.update(metrics["ppo/kl"], args.batch_size)  # same beta on every process
             self.state.epoch = self.state.episode / self.train_dataset_len

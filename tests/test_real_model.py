@@ -153,6 +153,8 @@ def test_two_sft_steps_and_one_ppo_update_on_the_real_model(imported, tokenizer,
         "--max_prompt_length", "128"])
     logs = json.loads((tmp_path / "ppo" / "log_history.json").read_text())
     assert logs[-1]["ppo/episode"] == 2 and math.isfinite(logs[-1]["ppo/kl"])
+    eps = logs[-1]["charts/episodes_per_second"]  # a fraction, not TRL's int() (0 for any CPU run)
+    assert 0 < eps != int(eps)
     name = "model.layers.0.self_attn.q_proj.weight"
     weights = {}
     for stage in ("sft", "ppo"):
