@@ -61,10 +61,10 @@ def _registry():
     try:
         from if_verifiable.ifeval.instructions_registry import INSTRUCTION_CONFLICTS, INSTRUCTION_DICT
     except ImportError as err:
-        if sys.version_info < (3, 11):  # if-verifiable declares Python >= 3.11: pip would not install it here
-            raise UserError(f"the IFEval world needs the if-verifiable package, which needs Python >= 3.11 (this is "
-                            f"{sys.version.split()[0]}); run the real-model track with Python 3.11 or later")
-        raise UserError(f"the IFEval world needs the if-verifiable package ({err}); install it with {INSTALL}")
+        # if-verifiable declares Python >= 3.11: below that, pip would not install it, so name the Python instead.
+        fix = (f"it needs Python >= 3.11 (this is {sys.version.split()[0]}): run the real-model track with 3.11 or "
+               f"later") if sys.version_info < (3, 11) else f"install it with {INSTALL}"
+        raise UserError(f"the IFEval world needs the if-verifiable package ({err}); {fix}")
     return INSTRUCTION_DICT, INSTRUCTION_CONFLICTS
 
 

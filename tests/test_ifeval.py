@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 
 import pytest
 
@@ -110,8 +111,6 @@ def test_bad_world_types_are_one_line(train, heldout, message):
 @pytest.mark.parametrize("version, expected", [((3, 11, 7), "install it with pip install -e '.[real]'"),
                                                ((3, 10, 14), "needs Python >= 3.11 (this is 3.10.14)")])
 def test_a_missing_checker_package_is_one_line_naming_the_fix(monkeypatch, version, expected):
-    import sys
-
     monkeypatch.setitem(sys.modules, "if_verifiable.ifeval.instructions_registry", None)  # import fails
     monkeypatch.setattr(sys, "version_info", version)
     monkeypatch.setattr(sys, "version", ".".join(map(str, version)) + " (main)")
