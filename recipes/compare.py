@@ -1,7 +1,8 @@
 """Comparison collection (InstructGPT Sec. 3.5): sample K responses per prompt from the SFT policy and rank them
 with the configured labeler (the demo: its simulated labeler, gold score + noise). Writes full rankings and the
-pairs derived from them. With ``labeler: human`` the samples go to the labeling queue instead (``rlhf-kit label``;
-README "Human labels").
+pairs derived from them. ``other_samples`` adds other policies' samples (the demos stage's ``samples.jsonl``),
+ranked by the same labeler, to the training rankings only. With ``labeler: human`` the samples go to the labeling
+queue instead (``rlhf-kit label``; README "Human labels").
 
     python recipes/compare.py --config recipes/configs/demo/compare.yaml
     python recipes/compare.py --config recipes/configs/demo/compare.yaml --labeler human \\
@@ -30,9 +31,12 @@ def main(args: CompareArguments):
     rows = rows[args.prompt_chunk :: args.num_prompt_chunks]  # this round's share of the prompts (fresh prompts)
     labeler = None if args.labeler == "human" else load_labeler(args.labeler, noise=args.labeler_noise, seed=args.seed)
     judge = load_judge(args.judge) if args.judge else None
+    others = compare.read_samples(args.other_samples)
     for checker in (labeler, judge):
         if checker is not None:
             checker.check_rows(rows, args.dataset_path)  # before any sampling: refuse prompts it cannot read
+    if labeler is not None and others:
+        labeler.check_rows(others, ", ".join(args.other_samples))
     model = modeling.load_causal_lm(args.model_name_or_path, what="SFT policy", dtype=args.dtype)
     run.start(args)
     responses = sample_responses(model, tokenizer, [r["prompt"] for r in rows], args.num_responses,
@@ -44,7 +48,8 @@ def main(args: CompareArguments):
         return
     rankings = compare.rank_rows(rows, responses, labeler)
     compare.require_preferences(rankings, args.labeler)  # before anything is written
-    counts = compare.write_comparisons(out, rankings, args.heldout_fraction, args.seed)
+    counts = compare.write_comparisons(out, rankings, args.heldout_fraction, args.seed,
+                                       compare.rank_samples(others, labeler))  # ranked after the policy's own
     if judge is not None:
         counts[f"labeler_{args.judge}_agreement"] = judge_agreement(rankings, judge)
     run.finish(counts)

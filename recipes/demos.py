@@ -1,6 +1,7 @@
 """Stage "demos" -- SFT demonstrations by rejection sampling (Llama 2, Sec. 3.2.3): K samples per prompt from the
 base model, a sample kept when the judge (IFEval's checkers) says it follows every instruction and it ended on its
-own (rlhf_kit/demonstrations.py). Writes ``sft.jsonl`` (canonical ``messages`` rows) for the sft stage.
+own (rlhf_kit/demonstrations.py). Writes ``sft.jsonl`` (canonical ``messages`` rows) for the sft stage, and every
+sample, unranked, to ``samples.jsonl`` (the compare stage can rank them too: its ``other_samples``).
 
     python recipes/demos.py --config recipes/configs/smollm2-135m-ifeval/demos.yaml
 """
@@ -11,7 +12,7 @@ from rlhf_kit.configs import DemosArguments, make_stage_parser, run_recipe
 def main(args: DemosArguments):
     from pathlib import Path
 
-    from rlhf_kit import modeling, runs
+    from rlhf_kit import compare, modeling, runs
     from rlhf_kit.data import build_prompt_dataset, load_rows
     from rlhf_kit.demonstrations import select_demonstrations
     from rlhf_kit.generation import sample_responses
@@ -36,6 +37,7 @@ def main(args: DemosArguments):
     responses = sample_responses(model, tokenizer, [r["prompt"] for r in rows], args.num_samples, args.temperature,
                                  args.max_new_tokens, args.batch_size, args.seed, finished=finished)
     demos, counts = select_demonstrations(rows, responses, finished, judge)
+    write_jsonl(Path(args.output_dir) / "samples.jsonl", compare.sample_rows(rows, responses))
     write_jsonl(Path(args.output_dir) / "sft.jsonl", demos)
     run.finish(counts)
 

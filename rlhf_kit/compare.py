@@ -8,6 +8,7 @@ of prompts goes to ``*_heldout.jsonl`` for measuring reward-model accuracy. Whic
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -19,13 +20,21 @@ from rlhf_kit.rows import expand_pairs, write_jsonl
 CARRIED = ("meta",)
 
 
+def sample_rows(rows: list[dict], responses: list[list[str]]) -> list[dict]:
+    """Unranked sample rows: prompt, the K responses and the carried columns (what a labeler ranks; the demos stage
+    writes its samples so, for the compare stage's ``other_samples``)."""
+    return [{"prompt": row["prompt"], "responses": resp} | {k: row[k] for k in CARRIED if k in row}
+            for row, resp in zip(rows, responses)]
+
+
 def rank_rows(rows: list[dict], responses: list[list[str]], labeler: Labeler) -> list[dict]:
     """Ranking rows: prompt, responses, ranks (0 = best, ties share a rank), the labeler's scores if it grades."""
-    ranked = []
-    for row, resp in zip(rows, responses):
-        ranking = {"prompt": row["prompt"], "responses": resp, **labeler.rank(row, resp)}
-        ranked.append(ranking | {k: row[k] for k in CARRIED if k in row})
-    return ranked
+    return rank_samples(sample_rows(rows, responses), labeler)
+
+
+def rank_samples(samples: list[dict], labeler: Labeler) -> list[dict]:
+    """Sample rows (see :func:`sample_rows`) with the labeler's ranks (and scores, if it grades) added."""
+    return [s | labeler.rank(s, s["responses"]) for s in samples]
 
 
 def require_preferences(rankings: list[dict], labeler: str) -> None:
@@ -36,12 +45,38 @@ def require_preferences(rankings: list[dict], labeler: str) -> None:
                         "are all alike: raise temperature)")
 
 
-def write_comparisons(output_dir: str, rankings: list[dict], heldout_fraction: float, seed: int) -> dict:
-    """Split rankings by prompt into train / held-out, write rankings and pairs; return counts."""
+def read_samples(paths: list[str]) -> list[dict]:
+    """Sample rows (prompt + K responses, see :func:`sample_rows`) from each file of ``paths``, checked."""
+    from rlhf_kit.rows import read_jsonl, valid_messages
+
+    samples = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise UserError(f"other_samples file {path} does not exist; run the stage that writes it first (the demos "
+                            "stage writes samples.jsonl) or remove it from other_samples")
+        for number, row in enumerate(read_jsonl(path), start=1):
+            responses = row.get("responses")
+            if not (valid_messages(row.get("prompt")) and isinstance(responses, list) and len(responses) >= 2
+                    and all(isinstance(r, str) for r in responses)):
+                raise UserError(f"{path} row {number} is not a sample row (prompt messages and a list of at least two "
+                                "response strings, as the demos stage writes samples.jsonl)")
+            samples.append(row)
+    return samples
+
+
+def write_comparisons(output_dir: str, rankings: list[dict], heldout_fraction: float, seed: int,
+                      other_rankings: list[dict] = ()) -> dict:
+    """Split rankings by prompt into train / held-out, write rankings and pairs; return counts.
+
+    ``other_rankings`` (other policies' samples, ranked) join the training split only, less any whose prompt is
+    held out: the held-out rankings stay the sampled policy's own, the responses the reward model will score in PPO.
+    """
     rankings = list(rankings)
     random.Random(seed).shuffle(rankings)
     n_heldout = int(round(len(rankings) * heldout_fraction))
-    parts = {"heldout": rankings[:n_heldout], "train": rankings[n_heldout:]}
+    heldout_prompts = {json.dumps(r["prompt"], sort_keys=True) for r in rankings[:n_heldout]}
+    others = [r for r in other_rankings if json.dumps(r["prompt"], sort_keys=True) not in heldout_prompts]
+    parts = {"heldout": rankings[:n_heldout], "train": rankings[n_heldout:] + others}
     out = Path(output_dir)
     counts = {}
     for name, rows in parts.items():
@@ -50,4 +85,7 @@ def write_comparisons(output_dir: str, rankings: list[dict], heldout_fraction: f
         write_jsonl(out / f"rankings{suffix}.jsonl", rows)
         write_jsonl(out / f"pairs{suffix}.jsonl", pairs)
         counts[f"prompts_{name}"], counts[f"pairs_{name}"] = len(rows), len(pairs)
+    if other_rankings:
+        counts["prompts_train_other_samples"] = len(others)
+        counts["other_samples_dropped_heldout_prompt"] = len(other_rankings) - len(others)
     return counts

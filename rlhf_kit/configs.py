@@ -127,8 +127,15 @@ class CompareArguments(SamplingArguments):
         "help": "Rank only chunk prompt_chunk (0-based) of num_prompt_chunks equal shares of the prompts: fresh "
                 "prompts for each round of `rlhf-kit rounds` (comparison_prompts: fresh)."})
     num_prompt_chunks: int = field(default=1, metadata={"help": "How many chunks the prompts are cut into."})
+    other_samples: list[str] = field(default_factory=list, metadata={
+        "help": "Sample files of other policies (e.g. runs/real/demos/samples.jsonl: the base model's samples) that "
+                "the labeler ranks too; they join the training rankings only, never the held-out ones (Llama 2, Sec. "
+                "3.2.1, samples its comparisons from several model variants)."})
 
     def __post_init__(self):
+        if self.other_samples and self.labeler == "human":
+            raise UserError("other_samples is ranked by a labeler at once; with labeler human leave other_samples "
+                            "empty (people rank the policy's own samples in the labeling app)")
         if not 2 <= self.num_responses <= 9:
             raise UserError(f"num_responses={self.num_responses} is out of range; InstructGPT's K is 2 to 9")
         if not 0 <= self.prompt_chunk < self.num_prompt_chunks:

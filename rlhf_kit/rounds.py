@@ -80,11 +80,12 @@ def source_run(configs: dict[str, dict], setup_stages: list[str]) -> str:
 
 def reroot(config: dict, source: str, run_dir: str) -> dict:
     """Overrides moving every path of ``config`` under ``source`` (e.g. runs/demo) into ``run_dir``."""
-    moved = {}
-    for key, value in config.items():
+    def move(value):
         if isinstance(value, str) and (value == source or value.startswith(source + "/")):
-            moved[key] = run_dir + value[len(source):]
-    return moved
+            return run_dir + value[len(source):]
+        return [move(v) for v in value] if isinstance(value, list) else value
+
+    return {key: move(value) for key, value in config.items() if move(value) != value}
 
 
 def plan(args, configs: dict[str, dict]) -> list[Step]:
@@ -107,6 +108,8 @@ def plan(args, configs: dict[str, dict]) -> list[Step]:
         compare = moved["compare"] | {"model_name_or_path": policy, "output_dir": f"{here}/compare"}
         if args.comparison_prompts == "fresh":
             compare |= {"prompt_chunk": r - 1, "num_prompt_chunks": args.rounds}
+        if r > 1:  # other policies' samples (e.g. the base model's) join round 1 only: later rounds' reward data
+            compare["other_samples"] = []  # already holds round 1's rankings
         ranked = f"{here}/{rankings_folder(configs)}"  # where this round's rankings are
         reward = moved["reward"] | {"model_name_or_path": sft, "dataset_path": f"{here}/data/rankings.jsonl",
                                     "eval_dataset_path": f"{ranked}/rankings_heldout.jsonl",

@@ -7,7 +7,9 @@ Shapes (TRL's conversational formats, plus InstructGPT's K-wise rankings):
 - ``pairs``: ``prompt`` + ``chosen`` / ``rejected`` (one assistant message each), optional graded
   ``score_chosen`` / ``score_rejected``;
 - ``rankings``: ``prompt`` + ``responses`` (K strings) + ``ranks`` (0 = best, ties share a rank), optional graded
-  ``scores``, per-response ``flags``, the ``labeler`` who ranked and a ``meta`` record (a judge's task data).
+  ``scores``, per-response ``flags``, the ``labeler`` who ranked and a ``meta`` record (a judge's task data);
+- ``samples`` (not a card shape; the demos stage's ``samples.jsonl``): a ranking before anyone ranked it, ``prompt`` +
+  ``responses`` (+ ``meta``), for the compare stage's ``other_samples``.
 
 Each ``check_*`` returns ``None`` for a usable row or the reason it is dropped; callers count reasons, never drop
 silently. Data cards, dataset loading, the reward trainer, the comparison stage and evaluation all use this module.

@@ -58,6 +58,33 @@ def test_bf16_is_refused_on_a_cpu_without_it(bf16_cpu, stage, flags, fix):
         _parse(stage, flags)
 
 
+@pytest.mark.parametrize("bf16_cpu", [True], indirect=True)
+@pytest.mark.parametrize("amx", [True, False])
+def test_bf16_without_amx_gets_one_note_that_float32_is_faster(bf16_cpu, amx, monkeypatch, capsys):
+    from rlhf_kit import scaling
+
+    monkeypatch.setattr(scaling, "cpu_has_amx", lambda *a: amx)
+    assert _parse("ppo", ["--bf16", "true"])[1].bf16  # taken either way
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: bf16")]
+    assert notes == ([] if amx else ["note: bf16: true on a CPU with AVX512-BF16 but no AMX runs no faster than "
+                                     "float32 (and rounds more); `bf16: false` is the faster choice here"])
+    _parse("ppo", ["--bf16", "false", "--dtype", "float32"])
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_amx_is_read_from_the_cpu_flags(tmp_path):
+    from rlhf_kit.scaling import cpu_has_amx, cpu_supports_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu avx512f avx512_bf16\n")
+    assert cpu_supports_bf16(str(info)) and not cpu_has_amx(str(info))
+    info.write_text("flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert cpu_has_amx(str(info))
+    info.write_text("flags\t\t: fpu avx2\n")
+    assert not cpu_supports_bf16(str(info)) and not cpu_has_amx(str(info))
+    assert cpu_has_amx(str(tmp_path / "missing"))
+
+
 @pytest.mark.parametrize("bf16_cpu", [False], indirect=True)
 def test_float32_runs_are_untouched_on_a_cpu_without_bf16(bf16_cpu):
     assert _parse("sft", ["--bf16", "false"])[1].bf16 is False

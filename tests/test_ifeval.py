@@ -194,6 +194,42 @@ def test_rejection_sampling_keeps_finished_samples_that_follow_every_instruction
                       "acceptance_rate": 0.5}
 
 
+def test_other_policies_samples_join_the_training_rankings_never_a_held_out_prompt(tmp_path):
+    from rlhf_kit import compare
+    from rlhf_kit.rows import read_jsonl, write_jsonl
+
+    types = ["punctuation:no_comma", "change_case:english_capital"]
+    rows = [_row(types, [{}, {}], f"Write about tea number {i}.") for i in range(10)]
+    labeler = ifeval.IFEvalLabeler(noise=0.0, seed=0)
+    own = compare.rank_rows(rows, [["TEA IS GOOD.", "Tea, good."]] * 10, labeler)
+    samples_file = tmp_path / "samples.jsonl"  # what the demos stage writes: every sample, unranked
+    write_jsonl(samples_file, compare.sample_rows(rows, [["TEA, GOOD.", "Tea, fine.", "TEA IS FINE"]] * 10))
+    others = compare.rank_samples(compare.read_samples([str(samples_file)]), labeler)
+    assert others[0]["ranks"] == [1, 2, 0] and others[0]["meta"] == rows[0]["meta"]
+    counts = compare.write_comparisons(str(tmp_path), own, 0.3, seed=0, other_rankings=others)
+    heldout, train = read_jsonl(tmp_path / "rankings_heldout.jsonl"), read_jsonl(tmp_path / "rankings.jsonl")
+    assert len(heldout) == 3 and all(r["responses"] == ["TEA IS GOOD.", "Tea, good."] for r in heldout)
+    held = {r["prompt"][0]["content"] for r in heldout}
+    extra = [r for r in train if len(r["responses"]) == 3]
+    assert len(train) == 7 + 7 and len(extra) == 7 and not held & {r["prompt"][0]["content"] for r in extra}
+    assert counts["prompts_train_other_samples"] == 7 and counts["other_samples_dropped_heldout_prompt"] == 3
+    assert counts["pairs_train"] == 7 * 1 + 7 * 3 and counts["pairs_heldout"] == 3
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, r"other_samples file .* does not exist; run the stage that writes it first"),
+    ('{"prompt": [{"role": "user", "content": "hi"}], "responses": ["only one"]}\n', r"row 1 is not a sample row"),
+])
+def test_bad_other_samples_are_one_line(tmp_path, content, message):
+    from rlhf_kit import compare
+
+    path = tmp_path / "samples.jsonl"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        compare.read_samples([str(path)])
+
+
 def test_report_gives_ifevals_prompt_and_instruction_level_accuracies():
     rows = [_row(["punctuation:no_comma", "change_case:english_capital"], [{}, {}]),
             _row(["punctuation:no_comma"], [{}]),

@@ -262,6 +262,9 @@ def test_the_real_model_track_runs_in_rounds_too():
     assert steps[(2, "compare")].overrides["model_name_or_path"] == "runs/real-rounds/round-1/ppo"
     assert steps[(2, "compare")].overrides["dataset_path"] == "runs/real-rounds/world/prompts.jsonl"
     assert steps[(3, "eval")].overrides["policies"] == ["import", "sft", "round-1/ppo", "round-2/ppo", "round-3/ppo"]
+    # the base model's samples (a list of paths, moved into the run too) are ranked in round 1 only
+    assert steps[(1, "compare")].overrides["other_samples"] == ["runs/real-rounds/demos/samples.jsonl"]
+    assert steps[(2, "compare")].overrides["other_samples"] == []
 
 
 def test_a_checkpoint_cut_short_by_a_kill_is_skipped_for_the_one_before(tmp_path, capsys):
