@@ -255,7 +255,9 @@ def test_the_real_model_track_runs_in_rounds_too():
     stages = ["world", "import", "demos", "sft", "compare", "reward", "ppo", "eval"]
     config = yaml.safe_load((track / "rounds.yaml").read_text())
     args = RoundsArguments(**{**config, "stage_configs": str(track)})
-    steps = {(s.round, s.stage): s for s in plan(args, read_stage_configs(str(track), stages))}
+    configs = read_stage_configs(str(track), stages)
+    configs["compare"]["other_samples"] = ["runs/real/demos/samples.jsonl"]  # the option README names
+    steps = {(s.round, s.stage): s for s in plan(args, configs)}
     assert [s for (r, s) in steps if r == 0] == ["world", "import", "demos", "sft"]
     assert steps[(0, "demos")].overrides["model_name_or_path"] == "runs/real-rounds/import"
     assert steps[(0, "sft")].overrides["dataset_path"] == "runs/real-rounds/demos/sft.jsonl"
