@@ -85,7 +85,8 @@ def reroot(config: dict, source: str, run_dir: str) -> dict:
             return run_dir + value[len(source):]
         return [move(v) for v in value] if isinstance(value, list) else value
 
-    return {key: move(value) for key, value in config.items() if move(value) != value}
+    moved = {key: move(value) for key, value in config.items()}
+    return {key: value for key, value in moved.items() if value != config[key]}
 
 
 def plan(args, configs: dict[str, dict]) -> list[Step]:
@@ -108,8 +109,8 @@ def plan(args, configs: dict[str, dict]) -> list[Step]:
         compare = moved["compare"] | {"model_name_or_path": policy, "output_dir": f"{here}/compare"}
         if args.comparison_prompts == "fresh":
             compare |= {"prompt_chunk": r - 1, "num_prompt_chunks": args.rounds}
-        if r > 1:  # other policies' samples (e.g. the base model's) join round 1 only: later rounds' reward data
-            compare["other_samples"] = []  # already holds round 1's rankings
+        if r > 1 and configs["compare"].get("other_samples"):  # other policies' samples join round 1 only: later
+            compare["other_samples"] = []  # rounds' reward data already holds round 1's rankings
         ranked = f"{here}/{rankings_folder(configs)}"  # where this round's rankings are
         reward = moved["reward"] | {"model_name_or_path": sft, "dataset_path": f"{here}/data/rankings.jsonl",
                                     "eval_dataset_path": f"{ranked}/rankings_heldout.jsonl",
