@@ -9,6 +9,8 @@ comparisons against the judge's order. Comparing judge and reward-model scores e
 
 from __future__ import annotations
 
+import json
+
 from rlhf_kit.data import chat_ids, pad_right, reply_ids
 from rlhf_kit.errors import UserError
 
@@ -74,10 +76,19 @@ def rm_accuracy(reward_model, tokenizer, pairs: list[tuple[list[dict], str, str]
     """(accuracy, pairs): how often the reward model scores the judge-preferred response of a pair higher."""
     from rlhf_kit.metrics import load_metric
 
-    prompts = [p for p, _, _ in pairs]
-    rm_w = score_with_reward_model(reward_model, tokenizer, prompts, [w for _, w, _ in pairs])
-    rm_l = score_with_reward_model(reward_model, tokenizer, prompts, [lo for _, _, lo in pairs])
-    accuracy = load_metric("pairwise_accuracy").compute(predictions=rm_w, references=rm_l)
+    # A response sits in up to K-1 pairs of its ranking: score each distinct (prompt, response) once.
+    index: dict[tuple[str, str], int] = {}
+    unique: list[tuple[list[dict], str]] = []
+    for prompt, *responses in pairs:
+        for response in responses:
+            key = (json.dumps(prompt, sort_keys=True), response)
+            if key not in index:
+                index[key] = len(unique)
+                unique.append((prompt, response))
+    scores = score_with_reward_model(reward_model, tokenizer, [p for p, _ in unique], [r for _, r in unique])
+    score = lambda prompt, response: scores[index[(json.dumps(prompt, sort_keys=True), response)]]  # noqa: E731
+    accuracy = load_metric("pairwise_accuracy").compute(predictions=[score(p, w) for p, w, _ in pairs],
+                                                        references=[score(p, lo) for p, _, lo in pairs])
     return accuracy["accuracy"], accuracy["n"]
 
 

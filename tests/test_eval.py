@@ -138,3 +138,20 @@ def test_eval_refuses_prompts_seen_in_training(pipeline, tmp_path):
     (tmp_path / "sft_prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sft_prompts))
     with pytest.raises(UserError, match="also appear in the sft data"):
         run_inprocess("eval", _eval_args(run_dir, pipeline / "data", tmp_path / "sft_prompts.jsonl"))
+
+
+def test_rm_accuracy_scores_each_distinct_response_once_and_pairs_the_scores(monkeypatch):
+    scored = []
+
+    def fake_scores(model, tokenizer, prompts, responses, batch_size=128):
+        scored.extend(zip([p[0]["content"] for p in prompts], responses))
+        return [float(len(r)) for r in responses]  # the longer response scores higher
+
+    monkeypatch.setattr(ev, "score_with_reward_model", fake_scores)
+    a, b = [{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]
+    # Ranking a: "xxx" > "xx" > "x"; the RM (length) agrees on all three pairs. Ranking b: the judge prefers the
+    # shorter response, the RM does not. The same text under another prompt is another response.
+    pairs = [(a, "xxx", "xx"), (a, "xxx", "x"), (a, "xx", "x"), (b, "x", "xx")]
+    accuracy, n = ev.rm_accuracy(None, None, pairs)
+    assert (accuracy, n) == (0.75, 4)
+    assert sorted(scored) == [("a", "x"), ("a", "xx"), ("a", "xxx"), ("b", "x"), ("b", "xx")]
