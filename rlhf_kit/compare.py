@@ -8,13 +8,12 @@ of prompts goes to ``*_heldout.jsonl`` for measuring reward-model accuracy. Whic
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 from rlhf_kit.errors import UserError
 from rlhf_kit.labelers import Labeler
-from rlhf_kit.rows import expand_pairs, write_jsonl
+from rlhf_kit.rows import expand_pairs, prompt_key, write_jsonl
 
 # Prompt-row columns a ranking keeps besides prompt/responses/ranks: what a judge or a later round reads.
 CARRIED = ("meta",)
@@ -74,8 +73,8 @@ def write_comparisons(output_dir: str, rankings: list[dict], heldout_fraction: f
     rankings = list(rankings)
     random.Random(seed).shuffle(rankings)
     n_heldout = int(round(len(rankings) * heldout_fraction))
-    heldout_prompts = {json.dumps(r["prompt"], sort_keys=True) for r in rankings[:n_heldout]}
-    others = [r for r in other_rankings if json.dumps(r["prompt"], sort_keys=True) not in heldout_prompts]
+    heldout_prompts = {prompt_key(r["prompt"]) for r in rankings[:n_heldout]}
+    others = [r for r in other_rankings if prompt_key(r["prompt"]) not in heldout_prompts]
     parts = {"heldout": rankings[:n_heldout], "train": rankings[n_heldout:] + others}
     out = Path(output_dir)
     counts = {}

@@ -9,10 +9,9 @@ comparisons against the judge's order. Comparing judge and reward-model scores e
 
 from __future__ import annotations
 
-import json
-
 from rlhf_kit.data import chat_ids, pad_right, reply_ids
 from rlhf_kit.errors import UserError
+from rlhf_kit.rows import prompt_key
 
 # The data each kind of stage trained on, by the card stage it was read as: evaluation prompts must avoid them all.
 TRAINING_DATA = {"sft": "sft", "reward": "comparisons", "ppo": "prompts"}
@@ -77,18 +76,15 @@ def rm_accuracy(reward_model, tokenizer, pairs: list[tuple[list[dict], str, str]
     from rlhf_kit.metrics import load_metric
 
     # A response sits in up to K-1 pairs of its ranking: score each distinct (prompt, response) once.
-    index: dict[tuple[str, str], int] = {}
-    unique: list[tuple[list[dict], str]] = []
-    for prompt, *responses in pairs:
-        for response in responses:
-            key = (json.dumps(prompt, sort_keys=True), response)
-            if key not in index:
-                index[key] = len(unique)
-                unique.append((prompt, response))
-    scores = score_with_reward_model(reward_model, tokenizer, [p for p, _ in unique], [r for _, r in unique])
-    score = lambda prompt, response: scores[index[(json.dumps(prompt, sort_keys=True), response)]]  # noqa: E731
-    accuracy = load_metric("pairwise_accuracy").compute(predictions=[score(p, w) for p, w, _ in pairs],
-                                                        references=[score(p, lo) for p, _, lo in pairs])
+    keyed = [((prompt_key(p), w), (prompt_key(p), lo)) for p, w, lo in pairs]
+    unique: dict[tuple[str, str], tuple[list[dict], str]] = {}
+    for (prompt, w, lo), (key_w, key_l) in zip(pairs, keyed):
+        unique.setdefault(key_w, (prompt, w))
+        unique.setdefault(key_l, (prompt, lo))
+    scores = dict(zip(unique, score_with_reward_model(reward_model, tokenizer, [p for p, _ in unique.values()],
+                                                      [r for _, r in unique.values()])))
+    accuracy = load_metric("pairwise_accuracy").compute(predictions=[scores[k] for k, _ in keyed],
+                                                        references=[scores[k] for _, k in keyed])
     return accuracy["accuracy"], accuracy["n"]
 
 

@@ -43,6 +43,11 @@ def valid_messages(messages) -> bool:
     )
 
 
+def prompt_key(prompt: list[dict]) -> str:
+    """A hashable identity of a prompt's messages (the same messages give the same key, key order aside)."""
+    return json.dumps(prompt, sort_keys=True)
+
+
 def is_ranking(row: dict) -> bool:
     """Whether a comparisons row is a K-wise ranking (else a pair)."""
     return "responses" in row and "ranks" in row
