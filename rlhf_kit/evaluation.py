@@ -55,6 +55,7 @@ def compare_policies(rows: list[dict], responses: dict[str, list[str]], models: 
         if heldout_rankings is not None:
             pairs = heldout_judged_pairs(heldout_rankings, judge)
             summary["rm_accuracy"], summary["rm_accuracy_pairs"] = rm_accuracy(reward_model, tokenizer, pairs)
+        summary["rm_accuracy_between_policies"] = rm_accuracy_between_policies(scores, rm_scores)
     return summary, scores, rm_scores
 
 
@@ -86,6 +87,29 @@ def rm_accuracy(reward_model, tokenizer, pairs: list[tuple[list[dict], str, str]
     accuracy = load_metric("pairwise_accuracy").compute(predictions=[scores[k] for k, _ in keyed],
                                                         references=[scores[k] for _, k in keyed])
     return accuracy["accuracy"], accuracy["n"]
+
+
+def rm_accuracy_between_policies(judge_scores: dict[str, list[float]], rm_scores: dict[str, list[float]]) -> dict:
+    """RM accuracy against the judge's order on pairs of two policies' responses to the same held-out prompt, per
+    pair of policies (``"sft vs ppo"``: accuracy, pairs; a prompt the judge scores alike makes no pair).
+
+    It costs no model call (both scores exist already) and its pairs come from every evaluation prompt, many more
+    than the held-out comparisons. Between policies the RM was not optimised against (base, SFT) it is a second
+    held-out accuracy; a pair with the PPO policy, which was optimised against the RM, shows over-optimisation
+    (Gao et al. 2023): a lower accuracy there means the RM prefers PPO's responses where the judge does not.
+    """
+    from itertools import combinations
+
+    from rlhf_kit.metrics import load_metric
+
+    metric, out = load_metric("pairwise_accuracy"), {}
+    for a, b in combinations(judge_scores, 2):
+        pairs = [(ra, rb) if ga > gb else (rb, ra)  # (RM score of the judge's choice, RM score of the other)
+                 for ga, gb, ra, rb in zip(judge_scores[a], judge_scores[b], rm_scores[a], rm_scores[b]) if ga != gb]
+        if pairs:
+            accuracy = metric.compute(predictions=[w for w, _ in pairs], references=[lo for _, lo in pairs])
+            out[f"{a} vs {b}"] = {"accuracy": accuracy["accuracy"], "pairs": accuracy["n"]}
+    return out
 
 
 def stage_rows(stage_dir: str, card_stage: str) -> list[dict]:

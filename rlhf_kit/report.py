@@ -161,6 +161,11 @@ def write_report(run_dir: Path, summary: dict, samples: list[dict], eval_dir: st
     if "rm_accuracy" in summary:
         lines += [f"- Reward-model pairwise accuracy against the judge's order on held-out comparisons: "
                   f"{summary['rm_accuracy']:.3f} ({summary['rm_accuracy_pairs']} pairs)"]
+    between = summary.get("rm_accuracy_between_policies")
+    if between:
+        lines += ["- The same, on two policies' responses to the same held-out prompt (pairs the judge separates): "
+                  + "; ".join(f"{k} {v['accuracy']:.3f} ({v['pairs']} pairs)" for k, v in between.items())
+                  + ". A pair with a policy trained against the reward model tests over-optimisation."]
     lines += [
         f"- Win rates count ties as half; KL is per token, of each policy to {baseline}, on the policy's samples.",
         "",

@@ -87,6 +87,12 @@ def test_eval_stage_summary_matches_its_samples(pipeline, tmp_path):
     assert summary["kl_ppo_sft"] == summary["kl_to_baseline"]["ppo"]
     heldout = [json.loads(line) for line in (run_dir / "compare" / "rankings_heldout.jsonl").read_text().splitlines()]
     assert summary["rm_accuracy_pairs"] == len(ev.heldout_judged_pairs(heldout, judge)) > 0
+    # every prompt the judge separates is a pair (the tiny PPO samples as SFT does: no "sft vs ppo" pairs)
+    separated = {f"{a} vs {b}": n for a, b in (("base", "sft"), ("base", "ppo"), ("sft", "ppo"))
+                 if (n := sum(x != y for x, y in zip(scores[a], scores[b]))) > 0}
+    between = summary["rm_accuracy_between_policies"]
+    assert {k: v["pairs"] for k, v in between.items()} == separated and "base vs sft" in separated
+    assert all(0 <= v["accuracy"] <= 1 for v in between.values())
     assert set(summary["wall_seconds"]) == {"base", "sft", "compare", "reward", "ppo", "eval"}
     report = (run_dir / "report.md").read_text()
     assert "PPO beats SFT" in report and "| SFT | PPO |" in report
@@ -155,3 +161,13 @@ def test_rm_accuracy_scores_each_distinct_response_once_and_pairs_the_scores(mon
     accuracy, n = ev.rm_accuracy(None, None, pairs)
     assert (accuracy, n) == (0.75, 4)
     assert sorted(scored) == [("a", "x"), ("a", "xx"), ("a", "xxx"), ("b", "x"), ("b", "xx")]
+
+
+def test_rm_accuracy_between_policies_pairs_two_policies_responses_to_one_prompt():
+    judge = {"a": [1.0, 0.0, 0.5, 1.0], "b": [0.0, 1.0, 0.5, 0.0], "c": [1.0, 0.0, 0.5, 1.0]}
+    rm = {"a": [2.0, 3.0, 0.0, 1.0], "b": [1.0, 1.0, 5.0, 1.0], "c": [0.0, 0.0, 0.0, 0.0]}
+    # a vs b: prompt 0 right, prompt 1 wrong, prompt 2 a judge tie (no pair), prompt 3 an RM tie (half).
+    # b vs c: the judge prefers c on prompts 0 and 3, where the RM prefers b; b on prompt 1, where the RM agrees.
+    # a vs c: the judge never separates them, so no entry.
+    assert ev.rm_accuracy_between_policies(judge, rm) == {
+        "a vs b": {"accuracy": 0.5, "pairs": 3}, "b vs c": {"accuracy": pytest.approx(1 / 3), "pairs": 3}}
