@@ -111,6 +111,13 @@ def completion_labels(tokenizer, messages: list[dict]) -> dict:
     return {"input_ids": ids, "labels": [-100] * start + ids[start:]}
 
 
+def length_batches(seqs: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Indices of ``seqs`` in batches of similar length, shortest first: padded to its longest member, a batch in
+    file order costs about 1.5x its tokens on IFEval's prompts, a batch of neighbours in length little more."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def pad_right(seqs: list[list[int]], pad_id: int):
     """(input_ids, attention_mask) long tensors of right-padded sequences."""
     import torch

@@ -9,7 +9,7 @@ comparisons against the judge's order. Comparing judge and reward-model scores e
 
 from __future__ import annotations
 
-from rlhf_kit.data import chat_ids, pad_right, reply_ids
+from rlhf_kit.data import chat_ids, length_batches, pad_right, reply_ids
 from rlhf_kit.errors import UserError
 from rlhf_kit.rows import prompt_key
 
@@ -155,15 +155,15 @@ def score_with_reward_model(model, tokenizer, prompts: list[list[dict]], respons
     """r(x, y) for each (prompt, response), read at the last non-pad token as in training."""
     import torch
 
-    scores: list[float] = []
+    seqs = [reply_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
+    scores = [0.0] * len(seqs)
     model.eval()
-    for start in range(0, len(prompts), batch_size):
-        seqs = [reply_ids(tokenizer, p, r)
-                for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])]
-        input_ids, mask = pad_right(seqs, tokenizer.pad_token_id)
+    for batch in length_batches(seqs, batch_size):
+        input_ids, mask = pad_right([seqs[i] for i in batch], tokenizer.pad_token_id)
         with torch.no_grad():
             logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits
-        scores.extend(logits[:, 0].float().tolist())
+        for i, score in zip(batch, logits[:, 0].float().tolist()):
+            scores[i] = score
     return scores
 
 
@@ -172,20 +172,19 @@ def response_logprobs(model, tokenizer, prompts: list[list[dict]], responses: li
     """Per-token log-probabilities of each response (its tokens and end-of-turn) given its prompt."""
     import torch
 
-    out: list[list[float]] = []
+    seqs = [reply_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
+    starts = [len(chat_ids(tokenizer, p, add_generation_prompt=True)) for p in prompts]
+    out: list[list[float]] = [[] for _ in seqs]
     model.eval()
-    for start in range(0, len(prompts), batch_size):
-        pairs = list(zip(prompts[start : start + batch_size], responses[start : start + batch_size]))
-        seqs = [reply_ids(tokenizer, p, r) for p, r in pairs]
-        starts = [len(chat_ids(tokenizer, p, add_generation_prompt=True)) for p, _ in pairs]
-        input_ids, mask = pad_right(seqs, tokenizer.pad_token_id)
+    for batch in length_batches(seqs, batch_size):
+        input_ids, mask = pad_right([seqs[i] for i in batch], tokenizer.pad_token_id)
         with torch.no_grad():
             logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits
             targets = input_ids[:, 1:, None].to(model.device)
             # Row by row: a batch's float log-softmax over a 49k vocabulary is GBs (SmolLM2: 6 GB at 128 x 250).
-            for i, s in enumerate(seqs):
-                logp = torch.log_softmax(logits[i, :-1].float(), -1).gather(-1, targets[i])[..., 0]
-                out.append(logp[starts[i] - 1 : len(s) - 1].tolist())
+            for row, i in enumerate(batch):
+                logp = torch.log_softmax(logits[row, :-1].float(), -1).gather(-1, targets[row])[..., 0]
+                out[i] = logp[starts[i] - 1 : len(seqs[i]) - 1].tolist()
     return out
 
 

@@ -1,0 +1,115 @@
+"""rlhf_kit.generation's decode loop on a tiny random Llama: batched, sorted, pruned sampling must give what each
+prompt gives alone (transformers' own greedy ``generate``), and sampling must follow softmax(logits / temperature)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+WORDS = "red green blue cat dog sun moon tree fish bird rock sea".split()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from rlhf_kit.demo.tiny import build_tiny_model, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(WORDS)
+    model = build_tiny_model(tokenizer, 32, 64, 2, 2, 64, seed=0)
+    with torch.no_grad():  # larger weights: peaked, prompt-dependent next-token distributions
+        for weight in model.parameters():
+            if weight.dim() == 2:
+                weight.mul_(8)
+    return model.eval(), tokenizer
+
+
+def _chat(text):
+    return [{"role": "user", "content": text}]
+
+
+def test_batched_sampling_gives_each_prompt_what_it_gives_alone(tiny):
+    from rlhf_kit.data import chat_ids
+    from rlhf_kit.generation import sample_responses
+
+    model, tokenizer = tiny
+    prompts = [_chat(" ".join(WORDS[i : i + n])) for i, n in [(0, 1), (2, 5), (4, 3), (1, 8), (6, 2), (3, 4)]]
+    ids = [chat_ids(tokenizer, p, add_generation_prompt=True) for p in prompts]
+    assert sorted(map(len, ids)) != list(map(len, ids))  # the loop reorders them by length
+    with torch.no_grad():
+        alone = [model.generate(torch.tensor([x]), do_sample=False, max_new_tokens=8, eos_token_id=None,
+                                pad_token_id=tokenizer.pad_token_id)[0, len(x):].tolist() for x in ids]
+    # The end token: one that some greedy continuations reach (at different steps) and others never do, so that
+    # responses leave their batch at different steps while the rest decode on.
+    end = max({t for a in alone for t in a}, key=lambda t: (sum(t in a for a in alone) < len(alone),
+                                                            sum(t in a for a in alone), -t))
+    ended = [a[: a.index(end) + 1] if end in a else a for a in alone]
+    assert 0 < sum(end in a for a in alone) < len(alone) and len({len(e) for e in ended}) > 2
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(end)
+    try:
+        finished = []
+        sampled = sample_responses(model, tokenizer, prompts, k=2, temperature=1e-4, max_new_tokens=8, batch_size=4,
+                                   finished=finished)
+    finally:
+        tokenizer.eos_token = "<eos>"
+    expected = [tokenizer.decode(e, skip_special_tokens=True).strip() for e in ended]
+    assert sampled == [[e, e] for e in expected]  # in prompt order; both of a prompt's samples share its prefill
+    assert finished == [[end in a] * 2 for a in alone]
+
+
+def test_samples_follow_the_tempered_softmax(tiny):
+    from rlhf_kit.data import chat_ids
+    from rlhf_kit.generation import sample_responses
+
+    model, tokenizer = tiny
+    prompt = _chat("cat dog sun")
+    with torch.no_grad():
+        logits = model(torch.tensor([chat_ids(tokenizer, prompt, add_generation_prompt=True)])).logits[0, -1]
+
+    def expected(temperature):  # probability of each decoded one-token response ("" for special tokens)
+        mass = Counter()
+        for token, p in enumerate(torch.softmax(logits / temperature, -1).tolist()):
+            mass[tokenizer.decode([token], skip_special_tokens=True).strip()] += p
+        return mass
+
+    def distance(a, b):
+        return sum(abs(a[x] - b[x]) for x in set(a) | set(b)) / 2
+
+    n = 4000
+    drawn = Counter(sample_responses(model, tokenizer, [prompt], k=n, temperature=0.5, max_new_tokens=1, seed=3)[0])
+    observed = Counter({x: c / n for x, c in drawn.items()})
+    assert distance(expected(0.5), expected(1.0)) > 0.1  # the test tells the two temperatures apart
+    assert distance(observed, expected(0.5)) < 0.03
+    again = sample_responses(model, tokenizer, [prompt], k=50, temperature=0.5, max_new_tokens=4, seed=3)
+    assert again == sample_responses(model, tokenizer, [prompt], k=50, temperature=0.5, max_new_tokens=4, seed=3)
+
+
+def test_temperature_zero_is_refused(tiny):
+    from rlhf_kit.generation import sample_responses
+
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        sample_responses(model, tokenizer, [_chat("cat")], temperature=0)
+
+
+def test_scoring_passes_give_each_response_what_it_gets_alone(tiny):
+    """The eval's KL and reward passes batch responses by length; each still gets its own values, in order."""
+    from transformers import LlamaForSequenceClassification
+
+    from rlhf_kit.evaluation import response_logprobs, score_with_reward_model
+
+    model, tokenizer = tiny
+    torch.manual_seed(1)
+    reward_model = LlamaForSequenceClassification(model.config.__class__(**{**model.config.to_dict(),
+                                                                           "num_labels": 1})).eval()
+    prompts = [_chat(t) for t in ["cat dog sun moon tree", "red", "blue fish", "sea rock bird green"]]
+    responses = ["dog", "green blue red cat dog sun moon", "", "fish fish"]
+    logprobs = response_logprobs(model, tokenizer, prompts, responses, batch_size=3)
+    scores = score_with_reward_model(reward_model, tokenizer, prompts, responses, batch_size=3)
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+        alone = response_logprobs(model, tokenizer, [prompt], [response])[0]
+        assert len(logprobs[i]) == len(response.split()) + 1  # the response's tokens and its end token
+        assert logprobs[i] == pytest.approx(alone, abs=1e-5)
+        assert scores[i] == pytest.approx(score_with_reward_model(reward_model, tokenizer, [prompt], [response])[0],
+                                          abs=1e-5)
+    assert len(set(scores)) == len(scores)  # distinct values: a mix-up of rows would show
