@@ -32,26 +32,24 @@ def sample_responses(model, tokenizer, prompts: list[list[dict]], k: int = 1, te
     ids = [chat_ids(tokenizer, p, add_generation_prompt=True) for p in prompts]
     tokens: list[list[list[int]]] = [[] for _ in ids]
     for batch in length_batches(ids, batch_size):  # similar lengths together: little padding
-        for i, sampled in zip(batch, _sample_batch(model, [ids[i] for i in batch], k, temperature, max_new_tokens,
-                                                   tokenizer.pad_token_id, tokenizer.eos_token_id)):
+        for i, sampled in zip(batch, _sample_batch(model, tokenizer, [ids[i] for i in batch], k, temperature,
+                                                   max_new_tokens)):
             tokens[i] = sampled
     if finished is not None:
         finished.extend([tokenizer.eos_token_id in s for s in per_prompt] for per_prompt in tokens)
     return [[tokenizer.decode(s, skip_special_tokens=True).strip() for s in per_prompt] for per_prompt in tokens]
 
 
-def _sample_batch(model, ids: list[list[int]], k: int, temperature: float, max_new_tokens: int, pad: int,
-                  eos: int) -> list[list[list[int]]]:
-    """Per prompt, ``k`` sampled token lists (each ending with ``eos`` when it ended on its own)."""
+def _sample_batch(model, tokenizer, ids: list[list[int]], k: int, temperature: float,
+                  max_new_tokens: int) -> list[list[list[int]]]:
+    """Per prompt, ``k`` sampled token lists (each ending with the end token when it ended on its own)."""
     import torch
     from transformers import DynamicCache
 
-    device = model.device
-    width = max(map(len, ids))
+    eos = tokenizer.eos_token_id
     # Left padding: every prompt's last token is in the last column, where decoding continues.
-    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
-    mask = (torch.arange(width, device=device)[None, :]
-            >= torch.tensor([width - len(x) for x in ids], device=device)[:, None]).long()
+    padded = tokenizer.pad({"input_ids": ids}, padding_side="left", return_tensors="pt").to(model.device)
+    input_ids, mask = padded["input_ids"], padded["attention_mask"]
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     cache = DynamicCache()
     with torch.no_grad():
