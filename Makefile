@@ -11,12 +11,14 @@ ACCELERATE_CONFIG ?= recipes/accelerate/cpu.yaml
 RUN_CONFIGS ?= recipes/configs/demo
 RUN ?= demo
 LABEL_DB ?= runs/labels/labels.db
+# A throw-away virtualenv with TRL 1.12, the last release with a PPOTrainer: the oracle PPO is held to.
+TRL112_VENV ?= runs/venvs/trl112
 LAUNCH = $(PYTHON) -m rlhf_kit.launch --config_file $(ACCELERATE_CONFIG)  # accelerate launch, minus its traceback on failure
 STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install chromium test lint demo rounds bench-rounds real import world demos base sft compare reward ppo eval bench-reward bench-ppo bench-alignment-tax push data-validate data-preview clean \
+.PHONY: install chromium test lint demo rounds bench-rounds real import world demos base sft compare reward ppo eval bench-reward bench-ppo bench-alignment-tax ppo-golden push data-validate data-preview clean \
 	label label-export label-screenshots
 
 install: $(STAMP)
@@ -92,9 +94,20 @@ bench-rounds: install
 bench-reward: install
 	$(PYTHON) benchmarks/reward_kwise.py --config benchmarks/reward_kwise.yaml
 
-# rlhf_kit's PPO loop vs TRL's own train() on the same config: episodes/s, ratio, rollout share (needs `make sft reward`).
-bench-ppo: install
-	$(PYTHON) benchmarks/ppo_loop.py --config benchmarks/ppo_loop.yaml
+# rlhf_kit's PPO trainer vs TRL 1.12's train() on the same config: episodes/s, ratio, rollout share (needs
+# `make sft reward`; TRL's side runs in $(TRL112_VENV)).
+bench-ppo: install $(TRL112_VENV)/.stamp
+	$(PYTHON) benchmarks/ppo_loop.py --config benchmarks/ppo_loop.yaml --trl_python $(TRL112_VENV)/bin/python
+
+# Re-record tests/golden/ppo_trl112.json: TRL 1.12's PPOTrainer.train() on the oracle's inputs (tests/ppo_golden.py).
+ppo-golden: install $(TRL112_VENV)/.stamp
+	$(TRL112_VENV)/bin/python benchmarks/ppo_golden_trl112.py
+
+# The venv sees this environment's packages (torch, transformers, ...) and adds only trl 1.12.0 in front of them.
+$(TRL112_VENV)/.stamp: $(STAMP)
+	$(PYTHON) -m venv --system-site-packages $(TRL112_VENV)
+	$(TRL112_VENV)/bin/python -m pip install --quiet "trl==1.12.0"
+	touch $@
 
 # PPO-ptx's alignment tax and the adaptive KL controller in the demo world (needs `make demo`).
 bench-alignment-tax: install

@@ -1,61 +1,90 @@
-"""rlhf_kit's PPO loop vs TRL 1.12's own ``PPOTrainer.train()``, side by side in one run on the same config.
+"""rlhf_kit's PPO trainer vs TRL 1.12's ``PPOTrainer.train()`` on the same work: episodes per second and their ratio.
 
-Each loop gets the same models, prompts and seed (both built through rlhf_kit's PPO seam); the script prints
-episodes per second of each, their ratio (rlhf_kit / TRL), whether both ended with the same weights (they should:
-tests/test_ppo_loop.py), and the share of rlhf_kit's wall time spent sampling rollouts and in the whole rollout
-phase (sampling plus the reference, value and reward forwards). Needs ``make sft reward`` (the demo's stages).
+TRL removed its PPO trainer in 1.13, so its side runs in the throw-away virtualenv with ``trl==1.12.0`` that
+``make ppo-golden`` uses (``make bench-ppo`` builds it on first use); rlhf_kit's side runs here. Both get the same
+models, prompts, seed and config (benchmarks/ppo_loop.yaml, built through rlhf_kit's PPO seam), run one after the
+other on an otherwise idle CPU. Prints each side's episodes/s, the ratio rlhf_kit / TRL, rlhf_kit's share of wall
+time spent sampling and in the whole rollout phase, and both sides' last RM score. Needs ``make sft reward``.
 
-    python benchmarks/ppo_loop.py --config benchmarks/ppo_loop.yaml      # or: make bench-ppo
+    make bench-ppo        # or: python benchmarks/ppo_loop.py --config benchmarks/ppo_loop.yaml --trl_python <venv>/bin/python
 """
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
-from rlhf_kit.configs import PPOArguments, parse_stage_args
-from rlhf_kit.errors import exit_on_user_error
-from rlhf_kit.trl_compat import ModelConfig, PPOConfig
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 
-def run_loop(loop: str, argv: list[str] | None):
-    """Train once with ``loop``; (wall seconds, episodes, trainable weights, trainer)."""
-    from rlhf_kit.ppo import build_ppo_trainer, load_ppo_inputs, train_ppo
+def run_side(side: str, argv: list[str]) -> dict:
+    """Train once (``side``: rlhf_kit, or trl where trl==1.12.0 is installed); wall time and episodes."""
+    from rlhf_kit.configs import PPOArguments, parse_stage_args
+    from rlhf_kit.ppo import build_ppo_trainer, load_ppo_inputs
+    from rlhf_kit.ppo.config import PPOConfig
     from rlhf_kit.training import setup_run
+    from rlhf_kit.trl_compat import ModelConfig
 
     script_args, training_args, model_args = parse_stage_args((PPOArguments, PPOConfig, ModelConfig), argv)
-    setup_run(training_args)  # the same seed for both loops, before LoRA is initialised
-    trainer = build_ppo_trainer(training_args, **load_ppo_inputs(script_args, training_args, model_args), loop=loop)
+    setup_run(training_args)  # the same seed for both sides, before LoRA is initialised
+    inputs = load_ppo_inputs(script_args, training_args, model_args)
+    if side == "trl":
+        from trl.experimental.ppo import PPOConfig as TRLConfig
+        from trl.experimental.ppo import PPOTrainer as TRLTrainer
+
+        values = training_args.to_dict()
+        trl_args = TRLConfig(**{k: values[k] for k in TRLConfig.__dataclass_fields__
+                                if k in values and TRLConfig.__dataclass_fields__[k].init})
+        trainer = TRLTrainer(args=trl_args, processing_class=inputs["tokenizer"], model=inputs["policy"],
+                             ref_model=inputs["ref_policy"], reward_model=inputs["reward_model"],
+                             value_model=inputs["value_model"], train_dataset=inputs["train_dataset"],
+                             peft_config=inputs["peft_config"])
+        key, timings = "objective/scores", {}
+    else:
+        trainer = build_ppo_trainer(training_args, **inputs)
+        key = "ppo/scores"
     start = time.perf_counter()
-    train_ppo(trainer)
+    trainer.train()
     wall = time.perf_counter() - start
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    weights = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
-    return wall, trainer.state.episode, weights, trainer
+    if side == "rlhf_kit":
+        timings = {f"{k}_share": v / wall for k, v in trainer.timings.items()}
+    return {"wall_s": wall, "episodes": trainer.state.episode, "episodes_per_s": trainer.state.episode / wall,
+            "last_score": trainer.state.log_history[-1][key], **timings}
 
 
-def main(argv: list[str] | None = None):
-    from pathlib import Path
-
-    results, weights = {}, {}
-    for loop in ("trl", "rlhf_kit"):
-        wall, episodes, weights[loop], trainer = run_loop(loop, argv)
-        results[loop] = {"wall_s": wall, "episodes": episodes, "episodes_per_s": episodes / wall}
-        if loop == "rlhf_kit":
-            results[loop].update({f"{k}_share": v / wall for k, v in trainer.timings.items()})
-        out = Path(trainer.args.output_dir)
-    diff = max((weights["trl"][k] - weights["rlhf_kit"][k]).abs().max().item() for k in weights["trl"])
+def main(argv: list[str]) -> None:
+    if "--side" in argv:  # one side, in this interpreter; the result on stdout's last line
+        i = argv.index("--side")
+        result = run_side(argv[i + 1], argv[:i] + argv[i + 2:])
+        print(json.dumps(result))
+        return
+    i = argv.index("--trl_python") if "--trl_python" in argv else None
+    if i is None:
+        sys.exit("error: pass --trl_python <python of a venv with trl==1.12.0> (make bench-ppo builds one)")
+    trl_python, argv = argv[i + 1], argv[:i] + argv[i + 2:]
+    results = {}
+    for side, python in (("trl", trl_python), ("rlhf_kit", sys.executable)):
+        proc = subprocess.run([python, __file__, *argv, "--side", side], cwd=REPO, capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"error: the {side} side failed:\n{proc.stderr[-2000:]}")
+        results[side] = json.loads(proc.stdout.strip().splitlines()[-1])
     results["ratio_rlhf_kit_over_trl"] = results["rlhf_kit"]["episodes_per_s"] / results["trl"]["episodes_per_s"]
-    results["max_abs_weight_diff"] = diff
-    print(f"\n{'loop':>9} {'episodes':>8} {'wall s':>8} {'episodes/s':>10}")
-    for loop in ("trl", "rlhf_kit"):
-        r = results[loop]
-        print(f"{loop:>9} {r['episodes']:>8} {r['wall_s']:>8.1f} {r['episodes_per_s']:>10.2f}")
+    print(f"\n{'side':>9} {'episodes':>8} {'wall s':>8} {'episodes/s':>10} {'last RM score':>13}")
+    for side in ("trl", "rlhf_kit"):
+        r = results[side]
+        print(f"{side:>9} {r['episodes']:>8} {r['wall_s']:>8.1f} {r['episodes_per_s']:>10.2f} {r['last_score']:>13.3f}")
     r = results["rlhf_kit"]
-    print(f"ratio rlhf_kit / TRL: {results['ratio_rlhf_kit_over_trl']:.3f}; rlhf_kit wall time sampling rollouts "
-          f"{r['generate_share']:.0%}, whole rollout phase {r['rollout_share']:.0%}; max |weight diff| {diff:.2e}")
+    print(f"ratio rlhf_kit / TRL 1.12: {results['ratio_rlhf_kit_over_trl']:.2f}; rlhf_kit's wall time sampling "
+          f"{r['generate_share']:.0%}, whole rollout phase {r['rollout_share']:.0%}")
+    out = REPO / "runs" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     (out / "ppo_loop.json").write_text(json.dumps(results, indent=2))
     print(f"-> {out / 'ppo_loop.json'}")
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)
+    from rlhf_kit.errors import exit_on_user_error
+
+    exit_on_user_error(lambda: main(sys.argv[1:]))

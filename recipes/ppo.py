@@ -1,19 +1,20 @@
 """Stage 3 -- PPO against the reward model (InstructGPT Sec. 3.5): policy and reference from the SFT model (with
 LoRA the reference is the adapter-disabled model), value model initialised from the reward model, per-token KL
-penalty R = r(x, y) - beta log pi_RL(y|x) / pi_SFT(y|x). rlhf_kit's PPO loop (rlhf_kit/ppo.py, ppo_loop.py) on top of
-TRL 1.12's ``PPOTrainer``: resumable after a kill, PPO-ptx, adaptive KL.
+penalty R = r(x, y) - beta log pi_RL(y|x) / pi_SFT(y|x). rlhf_kit's own PPO trainer (rlhf_kit/ppo/, on Accelerate;
+TRL 1.12's config keys): resumable after a kill, PPO-ptx, adaptive KL.
 
     accelerate launch recipes/ppo.py --config recipes/configs/demo/ppo.yaml
 """
 
 from rlhf_kit.configs import PPOArguments, make_stage_parser, run_recipe
-from rlhf_kit.trl_compat import ModelConfig, PPOConfig
+from rlhf_kit.ppo.config import PPOConfig
+from rlhf_kit.trl_compat import ModelConfig
 
 
 def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelConfig):
     from rlhf_kit import modeling, runs
     from rlhf_kit.ppo import SUMMARY_METRICS, build_loop_extras, build_ppo_trainer, load_ppo_inputs, train_ppo
-    from rlhf_kit.ppo_checkpoint import PPOCheckpointer
+    from rlhf_kit.ppo.checkpoint import PPOCheckpointer
     from rlhf_kit.stage import StageRun
     from rlhf_kit.training import apply_global_batch, last_logged, report_rank, save_log_history, setup_run
 
@@ -24,7 +25,7 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
     inputs = load_ppo_inputs(script_args, training_args, model_args)
     apply_global_batch(script_args.global_batch_size, training_args)
     configs = (script_args, training_args, model_args)
-    # TRL's PPOTrainer cannot resume (trl #2657): rlhf_kit's loop checkpoints and resumes itself.
+    # Checkpoints every save_steps updates; the same command resumes from the last complete one.
     checkpointer = PPOCheckpointer(out, runs.resolve_config("ppo", configs), training_args.save_strategy,
                                    training_args.save_total_limit, resume=not script_args.force)
     if script_args.force:

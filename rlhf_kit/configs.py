@@ -333,9 +333,11 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
         if not isinstance(config, dict):
             raise UserError(f"config file {path} must hold a YAML mapping of key: value lines")
         known = {f for dc in dataclass_types for f in dc.__dataclass_fields__} | {"env"}
+        refuse_removed_keys(dataclass_types, config, path)
         unknown = sorted(set(config) - known)
         if unknown:
             raise UserError(f"unknown key(s) {', '.join(unknown)} in {path}; check the spelling (see --help)")
+    refuse_removed_keys(dataclass_types, {a[2:].split("=")[0]: None for a in argv if a.startswith("--")}, "the command line")
     parser = make_stage_parser(dataclass_types)
     if not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         from rlhf_kit.trl_compat import enable_deepspeed_on_cpu
@@ -357,6 +359,16 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
     check_bf16(parsed)
     check_stage_hardware(parsed)
     return parsed
+
+
+def refuse_removed_keys(dataclass_types: tuple, keys, where: str) -> None:
+    """One line for a key a stage's config class no longer takes (``REMOVED_KEYS`` of the class, e.g. TRL 1.12
+    PPOConfig keys rlhf_kit's PPO trainer does not read): what it was, and what to do instead."""
+    for dc in dataclass_types:
+        for key in keys:
+            if key in getattr(dc, "REMOVED_KEYS", {}):
+                raise UserError(f"{key} ({where}) is a TRL 1.12 PPOConfig key that rlhf_kit's PPO does not take: "
+                                f"{dc.REMOVED_KEYS[key]}; remove it")
 
 
 # Fields that must be positive (or at least one) wherever a config has them; checked once the config is parsed,

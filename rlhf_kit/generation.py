@@ -23,30 +23,44 @@ def sample_responses(model, tokenizer, prompts: list[list[dict]], k: int = 1, te
     off at ``max_new_tokens``)."""
     import torch
 
-    from rlhf_kit.data import chat_ids, length_batches
+    from rlhf_kit.data import chat_ids
 
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0 to sample, got {temperature}")
     torch.manual_seed(seed)
-    model.eval()
     ids = [chat_ids(tokenizer, p, add_generation_prompt=True) for p in prompts]
-    tokens: list[list[list[int]]] = [[] for _ in ids]
-    for batch in length_batches(ids, batch_size):  # similar lengths together: little padding
-        for i, sampled in zip(batch, _sample_batch(model, tokenizer, [ids[i] for i in batch], k, temperature,
-                                                   max_new_tokens)):
-            tokens[i] = sampled
+    tokens = sample_ids(model, tokenizer, ids, k, temperature, max_new_tokens, batch_size)
     if finished is not None:
         finished.extend([tokenizer.eos_token_id in s for s in per_prompt] for per_prompt in tokens)
     return [[tokenizer.decode(s, skip_special_tokens=True).strip() for s in per_prompt] for per_prompt in tokens]
 
 
+_EOS = object()  # sample_ids' default end token: the tokenizer's
+
+
+def sample_ids(model, tokenizer, ids: list[list[int]], k: int, temperature: float, max_new_tokens: int,
+               batch_size: int = 64, end_token_id=_EOS) -> list[list[list[int]]]:
+    """Per prompt (token ids), ``k`` sampled token lists, each ending with ``end_token_id`` when it ended on its own
+    (default: the tokenizer's end token; None: every response runs to ``max_new_tokens``). Draws from the global
+    torch RNG; ``batch_size`` prompts of similar length are sampled together."""
+    from rlhf_kit.data import length_batches
+
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 to sample, got {temperature}")
+    model.eval()
+    end = tokenizer.eos_token_id if end_token_id is _EOS else end_token_id
+    tokens: list[list[list[int]]] = [[] for _ in ids]
+    for batch in length_batches(ids, batch_size):  # similar lengths together: little padding
+        for i, sampled in zip(batch, _sample_batch(model, tokenizer, [ids[i] for i in batch], k, temperature,
+                                                   max_new_tokens, end)):
+            tokens[i] = sampled
+    return tokens
+
+
 def _sample_batch(model, tokenizer, ids: list[list[int]], k: int, temperature: float,
-                  max_new_tokens: int) -> list[list[list[int]]]:
-    """Per prompt, ``k`` sampled token lists (each ending with the end token when it ended on its own)."""
+                  max_new_tokens: int, eos: int | None) -> list[list[list[int]]]:
+    """Per prompt, ``k`` sampled token lists (each ending with ``eos`` when it ended on its own)."""
     import torch
     from transformers import DynamicCache
 
-    eos = tokenizer.eos_token_id
     # Left padding: every prompt's last token is in the last column, where decoding continues.
     padded = tokenizer.pad({"input_ids": ids}, padding_side="left", return_tensors="pt").to(model.device)
     input_ids, mask = padded["input_ids"], padded["attention_mask"]
@@ -66,7 +80,7 @@ def _sample_batch(model, tokenizer, ids: list[list[int]], k: int, temperature: f
             next_tokens = torch.multinomial(probs, 1).squeeze(1)
             for row, token in zip(rows, next_tokens.tolist()):
                 sampled[row].append(token)
-            going = next_tokens != eos
+            going = next_tokens != eos if eos is not None else torch.ones_like(next_tokens, dtype=torch.bool)
             if step == max_new_tokens - 1 or not bool(going.any()):
                 break
             if not bool(going.all()):  # ended responses leave the batch (and the cache) instead of decoding on

@@ -19,7 +19,7 @@ def _args(root, out, *extra) -> list[str]:
 
 
 def test_adaptive_kl_controller_follows_ziegler():
-    from rlhf_kit.ppo_loop import AdaptiveKLController
+    from rlhf_kit.ppo.trainer import AdaptiveKLController
 
     ctl = AdaptiveKLController(0.2, target=6.0, horizon=10000)
     ctl.update(current_kl=9.0, n_episodes=512)  # error clipped to +0.2: beta grows by 1 + 0.2 * 512 / 10000
@@ -30,7 +30,7 @@ def test_adaptive_kl_controller_follows_ziegler():
 
 
 def test_ptx_batches_resume_their_draws():
-    from rlhf_kit.ppo_ptx import PtxBatches
+    from rlhf_kit.ppo.ptx import PtxBatches
 
     batches = PtxBatches([[1, 2, 3], [4, 5], [6, 7, 8, 9]], batch_size=2, pad_token_id=0, seed=3)
     batches.next_batch("cpu")
@@ -46,10 +46,10 @@ def test_ptx_batches_resume_their_draws():
 def test_ptx_and_adaptive_kl_change_the_run(pipeline, tmp_path):
     """gamma > 0 adds the LM loss on pretraining text (logged as losses/ptx) and changes the policy; with a KL
     target the logged beta moves towards it (KL below target: beta shrinks)."""
-    w_plain, logs_plain = run_ppo(pipeline, tmp_path / "plain", "rlhf_kit")
+    w_plain, logs_plain = run_ppo(pipeline, tmp_path / "plain")
     pretrain = pipeline / "data" / "pretrain.jsonl"
     extras = ["--ptx_coef", "1.0", "--ptx_dataset", str(pretrain), "--kl_target", "5.0", "--kl_horizon", "100"]
-    w_ptx, logs_ptx = run_ppo(pipeline, tmp_path / "ptx", "rlhf_kit", extras)
+    w_ptx, logs_ptx = run_ppo(pipeline, tmp_path / "ptx", extras)
     assert "losses/ptx" not in logs_plain[-1] and logs_ptx[-1]["losses/ptx"] > 0
     assert max_abs_diff(w_plain, w_ptx) > 1e-4
     betas = [r["ppo/kl_coef"] for r in logs_ptx]

@@ -107,7 +107,7 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(pipeline, tmp_path, launch
 
 @pytest.mark.parametrize("save_total_limit", [1])
 def test_rotation_keeps_newest(tmp_path, save_total_limit):
-    from rlhf_kit.ppo_checkpoint import COMPLETE, PPOCheckpointer, last_complete_checkpoint
+    from rlhf_kit.ppo.checkpoint import COMPLETE, PPOCheckpointer, last_complete_checkpoint
 
     for n in (2, 4, 6):
         (tmp_path / f"checkpoint-{n}").mkdir()

@@ -1,89 +1,90 @@
-"""The TRL 1.12 signatures and attributes rlhf_kit relies on. A TRL upgrade that moves any of them fails here, by
-name, instead of deep inside a run. Everything pinned is reached through rlhf_kit/trl_compat.py."""
+"""What rlhf_kit relies on in TRL's maintained trainers, pinned by behaviour: a TRL release that stops calling a
+hook rlhf_kit overrides, or changes what a helper answers, fails here by name instead of deep inside a run.
+Everything pinned is reached through rlhf_kit/trl_compat.py. (PPO is rlhf_kit's own: tests/test_ppo_golden.py.)"""
 
 from __future__ import annotations
-
-import inspect
 
 import pytest
 
 
-def _params(fn) -> list[str]:
-    return [p for p in inspect.signature(fn).parameters if p != "self"]
+@pytest.fixture(scope="module")
+def tiny_reward(tmp_path_factory):
+    """A tiny Llama reward model and the demo world's tokenizer, built locally."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_kit.demo import tiny, world
+
+    tokenizer = tiny.build_tiny_tokenizer(world.vocabulary())
+    policy = tiny.build_tiny_model(tokenizer, 16, 32, 1, 2, 64)
+    path = tmp_path_factory.mktemp("rm")
+    policy.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return tokenizer, AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
 
 
-def test_ppo_trainer_constructor():
-    from rlhf_kit.trl_compat import PPOTrainer
+def test_reward_trainer_runs_rlhf_kits_hooks(tiny_reward, tmp_path):
+    """RankingRewardTrainer overrides RewardTrainer's private ``_prepare_dataset`` (called by its __init__),
+    ``_set_signature_columns_if_needed`` (which columns reach the collator) and ``compute_loss`` (which appends to
+    ``self._metrics``, merged into the logs): one training step must go through all three."""
+    from datasets import Dataset
 
-    assert _params(PPOTrainer.__init__)[:7] == ["args", "processing_class", "model", "ref_model", "reward_model",
-                                                "train_dataset", "value_model"]
-    assert {"eval_dataset", "peft_config"} <= set(_params(PPOTrainer.__init__))
-    # rlhf_kit's loop calls or overrides these.
-    for name in ("train", "null_ref_context", "generate_completions", "log", "remove_callback"):
-        assert callable(getattr(PPOTrainer, name)), name
+    from rlhf_kit.ranking import build_reward_trainer
+    from rlhf_kit.trl_compat import RewardConfig
 
-
-def test_policy_and_value_wrapper_attributes():
-    import torch
-
-    from rlhf_kit.trl_compat import PolicyAndValueWrapper, policy_of, value_model_of
-
-    class Value(torch.nn.Module):
-        base_model_prefix = "model"
-
-        def __init__(self):
-            super().__init__()
-            self.model, self.score = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
-
-    policy = torch.nn.Linear(2, 2)
-    policy.is_gradient_checkpointing = False
-    value = Value()
-    wrapper = PolicyAndValueWrapper(policy, value)
-    assert policy_of(wrapper) is policy and value_model_of(wrapper) is value
+    tokenizer, model = tiny_reward
+    prompt = [{"role": "user", "content": "name a fruit"}]
+    rows = Dataset.from_list([{"prompt": prompt, "responses": ["apple", "dog", "cat dog"], "ranks": [0, 1, 2]}] * 4)
+    args = RewardConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, logging_steps=1,
+                        report_to="none", bf16=False, save_strategy="no", disable_tqdm=True)
+    trainer = build_reward_trainer("kwise", model=model, args=args, processing_class=tokenizer, train_dataset=rows)
+    assert "completion_ids" in trainer.train_dataset.column_names  # _prepare_dataset ran
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert {"group", "ranks", "weights"} <= set(batch)  # our signature columns reached our collator
+    assert batch["input_ids"].shape[0] == 6  # 2 rankings x 3 completions, one forward each
+    trainer.train()
+    logged = [r for r in trainer.state.log_history if "accuracy" in r]
+    assert logged and 0.0 <= logged[0]["accuracy"] <= 1.0  # compute_loss's _metrics reached the log
 
 
-def test_ppo_config_fields():
-    from rlhf_kit.trl_compat import PPOConfig
+def test_chat_template_helpers_answer_as_relied_on():
+    """data.supports_assistant_masks: markers found in the tiny template, none in plain ChatML, and an unknown
+    template refused with ValueError (not another exception)."""
+    from transformers import PreTrainedTokenizerFast
 
-    fields = PPOConfig.__dataclass_fields__
-    read = ["reward_model_path", "kl_coef", "kl_estimator", "total_episodes", "num_ppo_epochs", "num_mini_batches",
-            "response_length", "temperature", "stop_token", "stop_token_id", "missing_eos_penalty", "whiten_rewards",
-            "cliprange", "cliprange_value", "vf_coef", "gamma", "lam", "local_rollout_forward_batch_size",
-            "num_sample_generations", "ds3_gather_for_generation", "save_steps", "save_total_limit", "seed"]
-    assert not [f for f in read if f not in fields]
-    # Filled in by PPOTrainer.__init__ and read by the loop.
-    for name in ("local_batch_size", "batch_size", "mini_batch_size", "local_mini_batch_size", "num_total_batches",
-                 "world_size"):
-        assert name in fields, name
+    from rlhf_kit.demo import tiny, world
+    from rlhf_kit.trl_compat import get_training_chat_template, has_generation_markers
 
-
-def test_ppo_helpers():
-    from rlhf_kit import trl_compat as t
-
-    assert _params(t.batch_generation) == ["model", "queries", "local_rollout_forward_batch_size", "pad_token_id",
-                                           "generation_config"]
-    assert _params(t.forward) == ["model", "query_responses", "pad_token_id"]
-    assert _params(t.get_reward) == ["model", "query_responses", "pad_token_id", "context_length"]
-    assert _params(t.truncate_response) == ["stop_token_id", "pad_token_id", "responses"]
-    assert _params(t.masked_whiten)[:2] == ["values", "mask"] and "shift_mean" in _params(t.masked_whiten)
-    assert _params(t.selective_log_softmax) == ["logits", "index"]
-    assert "generation_kwargs" in _params(t.unwrap_model_for_generation)
-    assert t.INVALID_LOGPROB == 1.0
+    chatml = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    assert has_generation_markers(tiny.CHAT_TEMPLATE) and not has_generation_markers(chatml)
+    tokenizer = tiny.build_tiny_tokenizer(world.vocabulary())
+    assert isinstance(tokenizer, PreTrainedTokenizerFast)
+    tokenizer.chat_template = chatml + "{# an unknown variant #}"
+    with pytest.raises(ValueError):
+        get_training_chat_template(tokenizer)
 
 
-def test_reward_trainer_hooks():
-    """rlhf_kit/ranking.py overrides these private RewardTrainer hooks and appends to ``_metrics``."""
-    from rlhf_kit.trl_compat import RewardTrainer
+def test_peft_and_quantization_configs_from_model_config():
+    """modeling.build_peft_config / quantization_kwargs read TRL's ModelConfig through these helpers."""
+    from rlhf_kit.trl_compat import ModelConfig, get_peft_config, get_quantization_config
 
-    assert _params(RewardTrainer._prepare_dataset) == ["dataset", "processing_class", "args", "dataset_name"]
-    assert callable(RewardTrainer._set_signature_columns_if_needed)
-    assert _params(RewardTrainer.compute_loss)[:4] == ["model", "inputs", "return_outputs", "num_items_in_batch"]
-    assert "self._metrics" in inspect.getsource(RewardTrainer.__init__)
+    args = ModelConfig(use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules=["q_proj", "v_proj"],
+                       lora_task_type="SEQ_CLS")
+    config = get_peft_config(args)
+    assert (config.r, config.lora_alpha, sorted(config.target_modules), config.task_type) == (
+        4, 8, ["q_proj", "v_proj"], "SEQ_CLS")
+    assert get_peft_config(ModelConfig(use_peft=False)) is None
+    assert get_quantization_config(ModelConfig()) is None
+    assert get_quantization_config(ModelConfig(load_in_4bit=True)).bnb_4bit_quant_type == "nf4"
 
 
-@pytest.mark.parametrize("name", ["get_training_chat_template", "has_generation_markers", "get_peft_config",
-                                  "get_quantization_config", "TrlParser"])
-def test_reexports(name):
-    from rlhf_kit import trl_compat
+def test_parser_refuses_unknown_flags_and_reads_yaml(tmp_path):
+    from rlhf_kit.trl_compat import ModelConfig, TrlParser
 
-    assert callable(getattr(trl_compat, name))
+    config = tmp_path / "c.yaml"
+    config.write_text("model_name_or_path: some/model\nlora_r: 7\n")
+    parser = TrlParser((ModelConfig,), allow_abbrev=False)
+    (args,) = parser.parse_args_and_config(["--config", str(config), "--lora_r", "9"])
+    assert (args.model_name_or_path, args.lora_r) == ("some/model", 9)  # the flag overrides the YAML
+    with pytest.raises(ValueError, match="lora_rr"):  # parse_stage_args turns this into one UserError line
+        parser.parse_args_and_config(["--config", str(config), "--lora_rr", "9"])

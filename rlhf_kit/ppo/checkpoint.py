@@ -7,8 +7,7 @@ order and its PPO-ptx sampler, and the configuration that shapes the optimisatio
 ``checkpoint-N.partial`` and renamed when complete (``checkpoint_complete.json`` inside, written last), so a kill
 mid-save leaves the previous checkpoint as the newest complete one. Rerunning the same command resumes from it and,
 on CPU with a fixed seed, ends with the same weights and metrics as a run that was never interrupted
-(tests/test_ppo_resume.py). TRL's PPOTrainer takes no checkpoint to resume from (trl #2657); this is why rlhf_kit
-owns the loop.
+(tests/test_ppo_resume.py). TRL's PPOTrainer took no checkpoint to resume from (trl #2657).
 """
 
 from __future__ import annotations
@@ -107,9 +106,7 @@ class PPOCheckpointer:
             torch.save(trainable, tmp / "trainable.pt")
             torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(trainer.lr_scheduler.state_dict(), tmp / "scheduler.pt")
-            from rlhf_kit.trl_compat import policy_of
-
-            policy = policy_of(model)
+            policy = trainer.policy
             if hasattr(policy, "peft_config"):  # the LoRA adapter, loadable on its own
                 policy.save_pretrained(tmp / "adapter")
             record = {"global_step": state.global_step, "episode": state.episode, "log_history": state.log_history,

@@ -1,15 +1,16 @@
-"""rlhf_kit's PPO loop: a subclass of TRL 1.12's PPOTrainer whose ``train()`` is written here.
+"""rlhf_kit's PPO trainer, on Accelerate, transformers and peft (TRL removed its PPOTrainer in 1.13, PR #7020).
 
-TRL still builds everything (LoRA wrapping, the policy+value wrapper, the accelerator, optimizer and scheduler,
-the prompt dataloader) and lends its generation helpers; rlhf_kit owns the loop, so it can checkpoint and resume,
-mix in pretraining gradients (PPO-ptx) and steer beta (adaptive KL). With those extras off the loop reproduces
-TRL's own ``train()`` to the last bit on CPU (tests/test_ppo_loop.py, the oracle test), so every choice below is
-TRL's unless it says otherwise.
+Everything is built here: LoRA wrapping (the reference policy is the same model with its adapter disabled, under DDP
+too), the policy+value module that Accelerate prepares as one, AdamW and the learning-rate schedule from the
+``TrainingArguments`` keys, the prompt dataloader, dropout switched off. The arithmetic of every step is TRL 1.12's
+(its ``PPOTrainer.train()``), which ``tests/test_ppo_golden.py`` holds this trainer to with a golden file recorded
+from TRL 1.12 itself; what differs says so below.
 
 One update, top to bottom (names as in the papers):
 
-1. **rollout** -- sample a response y to each prompt x from pi_RL; score it with the reward model r(x, y);
-   keep log pi_RL(y_t|...), log pi_SFT(y_t|...) and the value V(s_t) of every response token.
+1. **rollout** -- sample a response y to each prompt x from pi_RL (``rlhf_kit/generation.py``, the sampler every
+   stage uses); score it with the reward model r(x, y); keep log pi_RL(y_t|...), log pi_SFT(y_t|...) and the value
+   V(s_t) of every response token.
 2. **rewards** -- per-token KL penalty R_t = -beta * KL_t, plus r(x, y) on the last token (Ziegler et al. 2019
    Eq. 2; InstructGPT Eq. 2, Ouyang et al. 2022). KL_t is the k1 or k3 estimator (Schulman 2020,
    http://joschu.net/blog/kl-approx.html).
@@ -19,32 +20,33 @@ One update, top to bottom (names as in the papers):
    value loss (Schulman et al. 2017 Eq. 7 and 9), plus gamma_ptx times the language-model loss on pretraining text
    (PPO-ptx, InstructGPT Eq. 2).
 5. **KL controller** -- fixed beta, or the adaptive controller of Ziegler et al. (2019, Sec. 2.2).
+
+Deliberate differences from TRL 1.12: the rollouts' log pi_RL comes from a forward pass over the sampled tokens, not
+from ``generate``'s scores (the one sampler keeps no logits); the per-minibatch statistics average over the
+micro-batches a minibatch really has (TRL's array is sized by ``gradient_accumulation_steps`` and leaves zeros in it
+when ``num_mini_batches`` > 1); episodes per second are a float (TRL's ``int()`` logs 0 on a CPU).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from rlhf_kit.trl_compat import (
+from rlhf_kit.ppo.core import (
     INVALID_LOGPROB,
-    PPOTrainer,
-    batch_generation,
     first_true_indices,
     forward,
     get_reward,
     masked_mean,
     masked_whiten,
-    policy_of,
-    progress_callback_classes,
-    reference_context,
     selective_log_softmax,
     truncate_response,
-    unwrap_model_for_generation,
-    value_model_of,
 )
 
 
@@ -118,54 +120,244 @@ class PromptBatches:
         self.position = state["position"]
 
 
-class RLHFKitPPOTrainer(PPOTrainer):
-    """TRL's PPOTrainer with rlhf_kit's ``train()``. Extra keyword arguments:
+@dataclass
+class PPOState:
+    """Counters and the log of a PPO run (what a checkpoint restores)."""
+
+    global_step: int = 0  # PPO updates done
+    episode: int = 0  # responses sampled
+    epoch: float = 0.0  # passes over the prompts
+    max_steps: int = 0
+    logging_steps: int | None = None
+    save_steps: int | None = None
+    log_history: list = field(default_factory=list)
+
+
+class PolicyAndValue(torch.nn.Module):
+    """Policy and value model as one module, so one ``accelerator.prepare`` (and one DDP wrapper) holds both
+    (MOSS-RLHF's wrapper, as TRL's). ``forward`` returns (policy output, per-position values)."""
+
+    def __init__(self, policy, value_model):
+        super().__init__()
+        self.policy, self.value_model = policy, value_model
+        self.critic_backbone = getattr(value_model, value_model.base_model_prefix)
+
+    def forward(self, **kwargs):
+        output = self.critic_backbone(**kwargs)
+        return self.policy(**kwargs), self.value_model.score(output.hidden_states[-1])
+
+
+def disable_dropout(model) -> None:
+    """Dropout off: PPO's ratio compares two forwards of one policy, which dropout would make differ (Huang et al.
+    2024, detail 11)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0
+
+
+def cast_4bit_for_bf16(model) -> None:
+    """QLoRA in bf16: norms in float32, embeddings and LM head in bf16 (TRL's ``peft_module_casting_to_bf16``)."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.LayerNorm) or "norm" in name:
+            module.to(torch.float32)
+        elif any(x in name for x in ("lm_head", "embed_tokens", "wte", "wpe")):
+            if hasattr(module, "weight") and module.weight.dtype == torch.float32:
+                module.to(torch.bfloat16)
+
+
+def _exact_div(a: int, b: int, what: str) -> int:
+    from rlhf_kit.errors import UserError
+
+    if a % b:
+        raise UserError(f"{what}: {a} is not divisible by {b}; change the batch sizes or num_mini_batches")
+    return a // b
+
+
+class PPOTrainer:
+    """PPO of a causal LM against a frozen reward model. Keyword arguments beyond the models and data:
 
     - ``kl_controller``: :class:`FixedKLController` (default, beta = ``args.kl_coef``) or
       :class:`AdaptiveKLController`;
-    - ``ptx_batches`` / ``ptx_coef``: PPO-ptx, a :class:`rlhf_kit.ppo_ptx.PtxBatches` and gamma;
-    - ``checkpointer``: a :class:`rlhf_kit.ppo_checkpoint.PPOCheckpointer` (save every ``save_steps`` updates,
-      resume from the last complete checkpoint).
+    - ``ptx_batches`` / ``ptx_coef``: PPO-ptx, a :class:`rlhf_kit.ppo.ptx.PtxBatches` and gamma;
+    - ``checkpointer``: a :class:`rlhf_kit.ppo.checkpoint.PPOCheckpointer` (save every ``save_steps`` updates,
+      resume from the last complete checkpoint);
+    - ``sampler``: ``rlhf_kit`` (``rlhf_kit/generation.py``) or ``trl`` (TRL 1.12's ``batch_generation`` over
+      ``model.generate``, kept only so the oracle test can replay TRL's draws).
     """
 
-    def __init__(self, *args, kl_controller=None, ptx_batches=None, ptx_coef: float = 0.0, checkpointer=None,
-                 **kwargs):
-        super().__init__(*args, **kwargs)
-        self.kl_controller = kl_controller or FixedKLController(self.args.kl_coef)
+    def __init__(self, args, processing_class, model, ref_model, reward_model, value_model, train_dataset,
+                 eval_dataset=None, peft_config=None, kl_controller=None, ptx_batches=None, ptx_coef: float = 0.0,
+                 checkpointer=None, sampler: str = "rlhf_kit"):
+        from accelerate import Accelerator
+        from peft import PeftModel, get_peft_model
+        from torch.utils.data import DataLoader
+        from transformers import DataCollatorWithPadding
+
+        if ref_model is not None and ref_model is model:
+            raise ValueError("model and ref_model must be different objects (pass None with LoRA)")
+        if sampler not in ("rlhf_kit", "trl"):
+            raise ValueError(f"unknown sampler {sampler!r}; use rlhf_kit or trl")
+        self.args, self.processing_class, self.sampler = args, processing_class, sampler
+        tok = processing_class
+        if args.stop_token == "eos":
+            self.stop_token_id = tok.eos_token_id
+        elif args.stop_token:
+            raise ValueError(f"unknown stop_token {args.stop_token!r}; use eos, or stop_token_id")
+        else:
+            self.stop_token_id = args.stop_token_id  # None: responses run to response_length
+        model.generation_config.eos_token_id = self.stop_token_id
+        if peft_config is not None:
+            if isinstance(model, PeftModel):
+                raise ValueError("the policy already has a LoRA adapter; merge it, or pass no peft_config")
+            model = get_peft_model(model, peft_config)
+            if args.bf16 and getattr(model, "is_loaded_in_4bit", False):
+                cast_4bit_for_bf16(model)
+        self.is_peft_model = isinstance(model, PeftModel)
+        if ref_model is None and not self.is_peft_model:
+            import copy
+
+            ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # a frozen copy of the starting policy
+        self.ref_model, self.reward_model = ref_model, reward_model
+        self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
+        self.train_dataset_len = len(train_dataset)
+
+        # Batch sizes, as TRL 1.12 derives them: a batch is every process's local batch of rollouts; each PPO epoch
+        # splits it into num_mini_batches minibatches of micro-batches (gradient accumulation inside a minibatch).
+        if args.total_episodes is None:
+            args.total_episodes = int(args.num_train_epochs * self.train_dataset_len)
+        log_with = [r for r in (args.report_to or []) if r not in ("none", "all")]
+        self.accelerator = acc = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
+                                             log_with=log_with or None, project_dir=args.output_dir)
+        if log_with:  # report_to: tensorboard & co., under <output_dir>/ppo
+            acc.init_trackers("ppo")
+        args.local_batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        args.micro_batch_size = args.per_device_train_batch_size * acc.num_processes
+        args.batch_size = args.local_batch_size * acc.num_processes
+        args.mini_batch_size = _exact_div(args.batch_size, args.num_mini_batches, "batch size / num_mini_batches")
+        args.local_mini_batch_size = _exact_div(args.local_batch_size, args.num_mini_batches,
+                                                "per-process batch / num_mini_batches")
+        _exact_div(args.local_mini_batch_size, args.per_device_train_batch_size,
+                   "per-process minibatch / per_device_train_batch_size")
+        if args.whiten_rewards and args.local_mini_batch_size < 8:
+            raise ValueError(f"whiten_rewards needs per-process minibatches of 8 or more, got "
+                             f"{args.local_mini_batch_size}")
+        args.num_total_batches = math.ceil(args.total_episodes / args.batch_size)  # may exceed total_episodes
+        self.local_seed = args.seed + acc.process_index * 100003  # one stream per process (a prime apart)
+        if args.num_sample_generations > 0:
+            self.sample_generations_freq = max(1, args.num_total_batches // args.num_sample_generations)
+
+        for module in (model, ref_model, value_model, reward_model):
+            if module is not None:
+                disable_dropout(module)
+        self.model = PolicyAndValue(model, value_model)
+        self.optimizer, self.lr_scheduler = self._build_optimizer(self.model)
+        self.state = PPOState()
+        if acc.is_main_process:
+            os.makedirs(args.output_dir, exist_ok=True)
+        dataloader = DataLoader(train_dataset, batch_size=args.local_batch_size, shuffle=True,
+                                collate_fn=DataCollatorWithPadding(tok), drop_last=True)  # equal-shape batches
+        # One shuffle on every process (the same seed before prepare), then each process's own stream.
+        torch.manual_seed(args.seed)
+        self.model, self.optimizer, self.dataloader = acc.prepare(self.model, self.optimizer, dataloader)
+        torch.manual_seed(self.local_seed)
+        for frozen in (self.ref_model, self.reward_model):
+            if frozen is not None:
+                frozen.to(acc.device)
+        self.kl_controller = kl_controller or FixedKLController(args.kl_coef)
         self.ptx_batches, self.ptx_coef, self.checkpointer = ptx_batches, ptx_coef, checkpointer
         self.timings = {"generate": 0.0, "rollout": 0.0}  # seconds spent sampling, and in the whole rollout phase
-        from rlhf_kit.trl_compat import dataloader_generator
+        # accelerate keeps a synchronised generator for the shuffle with several processes (None with one, where
+        # the global torch RNG shuffles).
+        self.prompt_batches = PromptBatches(self.dataloader, getattr(self.dataloader, "synchronized_generator", None))
 
-        self.prompt_batches = PromptBatches(self.dataloader, dataloader_generator(self.dataloader))
-        for callback in progress_callback_classes():
-            self.remove_callback(callback)  # our own bar counts episodes, not updates
+    def _build_optimizer(self, model):
+        """AdamW (``optim``) over the trainable weights, weight decay off for biases and norms, and the
+        ``lr_scheduler_type`` schedule over the updates: transformers' Trainer's choices, from the same keys."""
+        from transformers import Trainer, get_scheduler
+        from transformers.trainer_pt_utils import get_parameter_names
+
+        args = self.args
+        forbidden = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
+        decay = set(get_parameter_names(model, [torch.nn.LayerNorm], forbidden))
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = [{"params": [p for n, p in named if n in decay], "weight_decay": args.weight_decay},
+                  {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+        optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        steps = args.num_total_batches  # the scheduler steps once per PPO update
+        scheduler = get_scheduler(args.lr_scheduler_type, optimizer=optimizer,
+                                  num_warmup_steps=args.get_warmup_steps(steps), num_training_steps=steps,
+                                  scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+        return optimizer, scheduler
+
+    @property
+    def policy(self):
+        """The policy (a PeftModel with LoRA), outside any distributed wrapper."""
+        return self.accelerator.unwrap_model(self.model).policy
+
+    @property
+    def value_model(self):
+        return self.accelerator.unwrap_model(self.model).value_model
+
+    @contextmanager
+    def reference(self):
+        """The reference policy pi_SFT: a separate frozen model, or the policy with its LoRA adapter disabled."""
+        if self.ref_model is not None:
+            yield self.ref_model
+        else:
+            with self.policy.disable_adapter():
+                yield self.policy
+
+    def log(self, metrics: dict) -> None:
+        """Append one update's metrics to the log history (with epoch and step) and send them to the trackers."""
+        self.state.log_history.append({**metrics, "epoch": self.state.epoch, "step": self.state.global_step})
+        if self.accelerator.trackers:
+            self.accelerator.log(metrics, step=self.state.global_step)
 
     # --- one update, step by step -------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def rollout(self, queries: torch.Tensor, generation_kwargs: dict) -> dict:
-        """Sample responses from pi_RL and score them: log-probs under pi_RL and pi_SFT, values, RM scores."""
-        from transformers import GenerationConfig
+    def sample(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(query_responses, generate's logits or None): one response per left-padded query, right-padded with the
+        pad token after its stop token (or up to ``response_length``)."""
+        from rlhf_kit.ppo.rollout import generate_like_trl, sample_rollouts
 
-        args, tok, model, acc = self.args, self.processing_class, self.model, self.accelerator
+        args, tok = self.args, self.processing_class
+        with self.unwrapped_for_sampling() as model:
+            policy = model.policy
+            if self.sampler == "trl":
+                return generate_like_trl(policy, queries, args.local_rollout_forward_batch_size, tok.pad_token_id,
+                                         args.response_length, args.temperature)
+            responses = sample_rollouts(policy, tok, queries, args.response_length, args.temperature,
+                                        args.local_rollout_forward_batch_size, self.stop_token_id)
+            policy.train(self.model.training)  # the sampler switches to eval mode; dropout is off either way
+        return torch.cat((queries, responses), 1), None
+
+    @contextmanager
+    def unwrapped_for_sampling(self):
+        """The policy+value module outside its distributed wrapper, for sampling token by token."""
+        yield self.accelerator.unwrap_model(self.model)
+
+    @torch.no_grad()
+    def rollout(self, queries: torch.Tensor) -> dict:
+        """Sample responses from pi_RL and score them: log-probs under pi_RL and pi_SFT, values, RM scores."""
+        args, tok, acc = self.args, self.processing_class, self.accelerator
         context_length, step = queries.shape[1], args.local_rollout_forward_batch_size
         started = time.perf_counter()
-        with unwrap_model_for_generation(model, acc, gather_deepspeed3_params=args.ds3_gather_for_generation,
-                                         generation_kwargs=generation_kwargs) as unwrapped:
-            query_responses, logitss = batch_generation(policy_of(unwrapped), queries, step, tok.pad_token_id,
-                                                        GenerationConfig(**generation_kwargs))
+        query_responses, logitss = self.sample(queries)
         self.timings["generate"] += time.perf_counter() - started
         out = {k: [] for k in ("responses", "postprocessed", "logprobs", "ref_logprobs", "sequence_lengths",
                                "scores", "values")}
         for i in range(0, queries.shape[0], step):
             query, query_response = queries[i: i + step], query_responses[i: i + step]
             response = query_response[:, context_length:]
-            logprob = selective_log_softmax(logitss[i: i + step], response)
-            if self.ref_model is None:  # LoRA: the reference is the policy with its adapter disabled
-                with reference_context(self):
-                    ref_output = forward(policy_of(model), query_response, tok.pad_token_id)
+            if logitss is None:  # log pi_RL of the sampled tokens, from one forward over them
+                logits = forward(self.policy, query_response, tok.pad_token_id).logits[:, context_length - 1: -1]
+                logprob = selective_log_softmax(logits / (args.temperature + 1e-7), response)
             else:
-                ref_output = forward(self.ref_model, query_response, tok.pad_token_id)
+                logprob = selective_log_softmax(logitss[i: i + step], response)
+            with self.reference() as reference:  # LoRA: the policy with its adapter disabled
+                ref_output = forward(reference, query_response, tok.pad_token_id)
             ref_logits = ref_output.logits[:, context_length - 1: -1]
             ref_logits /= args.temperature + 1e-7
             ref_logprob = selective_log_softmax(ref_logits, response)
@@ -174,8 +366,7 @@ class RLHFKitPPOTrainer(PPOTrainer):
             if self.stop_token_id is not None:
                 postprocessed = truncate_response(self.stop_token_id, tok.pad_token_id, response)
             sequence_length = first_true_indices(postprocessed == tok.pad_token_id) - 1
-            full_value, _, _ = get_reward(value_model_of(model, acc), query_response, tok.pad_token_id,
-                                          context_length)
+            full_value, _, _ = get_reward(self.value_model, query_response, tok.pad_token_id, context_length)
             _, score, _ = get_reward(self.reward_model, torch.cat((query, postprocessed), 1), tok.pad_token_id,
                                      context_length)
             for key, value in zip(out, (response, postprocessed, logprob, ref_logprob, sequence_length, score,
@@ -265,12 +456,15 @@ class RLHFKitPPOTrainer(PPOTrainer):
     def ptx_loss(self) -> torch.Tensor:
         """Mean next-token NLL of the policy on one pretraining batch (PPO-ptx, InstructGPT Eq. 2)."""
         batch = self.ptx_batches.next_batch(self.accelerator.device)
-        return policy_of(self.model, self.accelerator)(**batch).loss
+        return self.policy(**batch).loss
 
     def ppo_epochs(self, b: dict) -> dict[str, torch.Tensor]:
         """``num_ppo_epochs`` passes over the batch, each in freshly shuffled minibatches of micro-batches."""
         args, acc = self.args, self.accelerator
-        shape = (args.num_ppo_epochs, args.num_mini_batches, args.gradient_accumulation_steps)
+        # One slot per micro-batch a minibatch has (TRL sized the last axis by gradient_accumulation_steps, which
+        # leaves zeros in it when num_mini_batches > 1 and drags every averaged statistic towards 0).
+        micro_batches = args.local_mini_batch_size // args.per_device_train_batch_size
+        shape = (args.num_ppo_epochs, args.num_mini_batches, micro_batches)
         names = ["approx_kl", "clipfrac", "policy", "value", "value_clipfrac", "entropy", "ratio"]
         stats = {k: torch.zeros(shape, device=acc.device) for k in names + (["ptx"] if self.ptx_coef else [])}
         for epoch in range(args.num_ppo_epochs):
@@ -325,11 +519,11 @@ class RLHFKitPPOTrainer(PPOTrainer):
     # --- the loop ----------------------------------------------------------------------------------------------
 
     def _init_state(self) -> None:
-        """TRL's trainer-state initialisation (step counters, logging/saving periods in updates)."""
+        """Step counters, and the logging / saving periods in updates (a float below 1: a share of all updates)."""
         args, state = self.args, self.state
         state.global_step, state.episode = 0, 0
-        state.max_steps, state.num_train_epochs = args.num_total_batches, args.total_episodes / self.train_dataset_len
-        for name in ("logging_steps", "eval_steps", "save_steps"):
+        state.max_steps = args.num_total_batches
+        for name in ("logging_steps", "save_steps"):
             value = getattr(args, name)
             if value is not None:
                 setattr(state, name, math.ceil(state.max_steps * value) if value < 1 else value)
@@ -337,22 +531,15 @@ class RLHFKitPPOTrainer(PPOTrainer):
     def train(self):
         """Run the remaining PPO updates (all of them, or those after the checkpoint resumed from)."""
         args, acc = self.args, self.accelerator
-        # Pure sampling from pi_RL: no top-k / top-p truncation (Huang et al. 2024, detail 13).
-        generation_kwargs = {"max_new_tokens": args.response_length, "temperature": args.temperature + 1e-7,
-                             "top_k": 0.0, "top_p": 1.0, "do_sample": True}
-        acc.print("===training policy===")
         self.model.train()
         self._init_state()
-        self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
-        if self.is_deepspeed_enabled:
-            self.deepspeed = self.model_wrapped = self.model
         first_update = 1 + (self.checkpointer.resume(self) if self.checkpointer else 0)
         start_time, start_episode = time.time(), self.state.episode
         bar = self._progress_bar()
         for update in range(first_update, args.num_total_batches + 1):
             self.state.episode += args.batch_size
             queries = next(self.prompt_batches)["input_ids"].to(acc.device)
-            batch = self.rollout(queries, generation_kwargs)
+            batch = self.rollout(queries)
             self.compute_rewards(batch)
             self.compute_advantages(batch)
             stats = self.ppo_epochs(batch)
@@ -364,7 +551,6 @@ class RLHFKitPPOTrainer(PPOTrainer):
             self.state.global_step += 1
             self.log(metrics)
             self.lr_scheduler.step()
-            self.control = self.callback_handler.on_step_end(args, self.state, self.control)
             if bar is not None:
                 bar.set_postfix({k.split("/")[1]: f"{metrics[k]:.3g}" for k in ("ppo/scores", "ppo/kl")}, refresh=False)
                 bar.update(args.batch_size)
@@ -372,10 +558,25 @@ class RLHFKitPPOTrainer(PPOTrainer):
                 self.checkpointer.save(self)
             del batch, stats
             if args.num_sample_generations > 0 and (update - 1) % self.sample_generations_freq == 0:
-                self.generate_completions(sampling=True)
+                self.print_samples()
         if bar is not None:
             bar.close()
-        self.control = self.callback_handler.on_train_end(args, self.state, self.control)
+        acc.end_training()
+
+    @torch.no_grad()
+    def print_samples(self, n: int = 4) -> None:
+        """A few near-greedy responses (temperature 0.01, as TRL's sample generations) to the first held-out
+        prompts, printed by the main process: a look at what the policy writes during training."""
+        from rlhf_kit.generation import sample_ids
+
+        if not self.eval_dataset or not self.accelerator.is_main_process:
+            return
+        tok, ids = self.processing_class, self.eval_dataset["input_ids"][:n]
+        sampled = sample_ids(self.policy, tok, ids, 1, 0.01, self.args.response_length, end_token_id=self.stop_token_id)
+        self.policy.train(self.model.training)
+        for prompt, (response,) in zip(ids, sampled):
+            print(f"[ppo] update {self.state.global_step}: {tok.decode(prompt, skip_special_tokens=True)!r} -> "
+                  f"{tok.decode(response, skip_special_tokens=True)!r}")
 
     def _progress_bar(self):
         """Episodes done / total, with episodes per second and the time left (main process only)."""

@@ -1,10 +1,11 @@
-"""The PPO seam: build the PPO trainer, run it, hand back the trained policy; rlhf_kit's metric names.
+"""PPO, rlhf_kit's own: build the trainer, run it, hand back the trained policy; rlhf_kit's metric names.
 
-Recipes, the report, eval and the Hub export see PPO only through this module. The trainer is rlhf_kit's own loop
-(rlhf_kit/ppo_loop.py) on top of TRL 1.12's PPOTrainer; ``loop="trl"`` runs TRL's ``train()`` instead (benchmarks,
-the oracle test) and renames its log keys to ours, so both write the same ``log_history``.
+Recipes, the report, eval and the Hub export see PPO only through this package's seam (this module):
+``config`` (TRL 1.12's PPOConfig keys), ``trainer`` (setup and the loop), ``rollout`` (sampling), ``core`` (tensor
+helpers), ``checkpoint`` (kill-safe resume) and ``ptx`` (PPO-ptx). Nothing here imports TRL: its PPOTrainer was
+removed in TRL 1.13, and TRL 1.12's behaviour survives as a golden file (tests/test_ppo_golden.py).
 
-Metric names (CleanRL-style namespaces; TRL 1.12's key in brackets):
+Metric names (CleanRL-style namespaces; TRL 1.12's key in brackets, which the golden file uses):
 
 - ``ppo/*`` -- the RLHF objective per update, averaged over the batch of responses:
   ``ppo/scores`` r(x, y) of the reward model, after the missing-EOS penalty [objective/scores];
@@ -49,51 +50,38 @@ SUMMARY_METRICS = ("ppo/scores", "ppo/kl", "ppo/rlhf_reward", "ppo/kl_coef", "pp
 
 
 def rename_metrics(record: dict) -> dict:
-    """A log record with TRL's PPO keys renamed to rlhf_kit's (other keys, e.g. ``step``, kept)."""
+    """A log record with TRL 1.12's PPO keys renamed to rlhf_kit's (other keys, e.g. ``step``, kept)."""
     return {METRIC_NAMES.get(k, k): v for k, v in record.items()}
 
 
 def build_ppo_trainer(args, tokenizer, policy, ref_policy, reward_model, value_model, train_dataset,
-                      eval_dataset=None, peft_config=None, loop: str = "rlhf_kit", **extras):
-    """The PPO trainer over TRL 1.12's constructor. ``loop``: ``rlhf_kit`` (our loop; ``extras`` are
-    ``kl_controller``, ``ptx_batches``, ``ptx_coef``, ``checkpointer``) or ``trl`` (TRL's own ``train()``)."""
-    from rlhf_kit.trl_compat import PPOTrainer
+                      eval_dataset=None, peft_config=None, **extras):
+    """rlhf_kit's PPO trainer (``extras``: ``kl_controller``, ``ptx_batches``, ``ptx_coef``, ``checkpointer``,
+    ``sampler``; see :class:`rlhf_kit.ppo.trainer.PPOTrainer`)."""
+    from rlhf_kit.ppo.trainer import PPOTrainer
 
-    if loop == "rlhf_kit":
-        from rlhf_kit.ppo_loop import RLHFKitPPOTrainer as trainer_class
-    elif loop == "trl":
-        if extras:
-            raise ValueError(f"TRL's PPO loop has no {', '.join(extras)}")
-        trainer_class = PPOTrainer
-    else:
-        raise ValueError(f"unknown PPO loop {loop!r}; use rlhf_kit or trl")
-    return trainer_class(args=args, processing_class=tokenizer, model=policy, ref_model=ref_policy,
-                         reward_model=reward_model, value_model=value_model, train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, peft_config=peft_config, **extras)
+    return PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref_policy,
+                      reward_model=reward_model, value_model=value_model, train_dataset=train_dataset,
+                      eval_dataset=eval_dataset, peft_config=peft_config, **extras)
 
 
 def train_ppo(trainer):
-    """Run PPO and return the trained policy, unwrapped (a PeftModel with LoRA); log history under our names."""
-    from rlhf_kit.trl_compat import policy_of
-
+    """Run PPO and return the trained policy, unwrapped (a PeftModel with LoRA)."""
     trainer.train()
-    trainer.state.log_history = [rename_metrics(r) for r in trainer.state.log_history]
-    return policy_of(trainer.model, trainer.accelerator)
+    return trainer.policy
 
 
 def load_ppo_inputs(script_args, training_args, model_args) -> dict:
     """Tokenizer, prompts, LoRA config and the four models PPO needs, checked (keyword arguments of
     :func:`build_ppo_trainer`). InstructGPT Sec. 3.5: policy and reference from the SFT model (with LoRA the
-    reference is the adapter-disabled policy), value function initialised from the reward model. A later RLHF round
+    reference is the adapter-disabled policy, under DDP too), value function initialised from the reward model. A
+    later RLHF round
     starts the policy elsewhere (``ref_model_path`` keeps SFT as the reference)."""
     import copy
-
-    from accelerate import PartialState
 
     from rlhf_kit import modeling, runs
     from rlhf_kit.cards import load_stage_rows
     from rlhf_kit.data import build_prompt_dataset
-    from rlhf_kit.trl_compat import ppo_needs_explicit_reference
 
     sft, rm = model_args.model_name_or_path, training_args.reward_model_path
     runs.require_stage_output(sft, "SFT policy")
@@ -108,7 +96,7 @@ def load_ppo_inputs(script_args, training_args, model_args) -> dict:
                                    max_rows=script_args.max_rows)
     peft_config = modeling.build_peft_config(model_args, "CAUSAL_LM")
     policy = modeling.load_causal_lm(sft, model_args, "SFT policy")
-    explicit_ref = ref != sft or ppo_needs_explicit_reference(peft_config is not None, PartialState().num_processes)
+    explicit_ref = ref != sft or peft_config is None  # with LoRA the reference is the adapter-disabled policy
     if ref != sft:
         modeling.require_same_tokenizer(tokenizer, modeling.load_tokenizer(ref), "policy", "reference policy")
     # The frozen models (reward, reference) take the policy's dtype, e.g. bfloat16 on a CPU with AMX; the value model
@@ -126,17 +114,17 @@ def build_loop_extras(script_args, training_args, tokenizer) -> dict:
     """rlhf_kit's loop extras from the PPO arguments: the KL controller, and PPO-ptx batches when gamma > 0."""
     from accelerate import PartialState
 
-    from rlhf_kit.ppo_loop import AdaptiveKLController, FixedKLController
+    from rlhf_kit.ppo.trainer import AdaptiveKLController, FixedKLController
 
     extras = {"kl_controller": FixedKLController(training_args.kl_coef)}
     if script_args.kl_target is not None:
         extras["kl_controller"] = AdaptiveKLController(training_args.kl_coef, script_args.kl_target,
                                                        script_args.kl_horizon)
     if script_args.ptx_coef > 0:
-        from rlhf_kit.ppo_ptx import PtxBatches, load_ptx_examples
+        from rlhf_kit.ppo.ptx import PtxBatches, load_ptx_examples
 
         examples = load_ptx_examples(script_args.ptx_dataset, tokenizer, script_args.ptx_max_length)
-        seed = training_args.seed + PartialState().process_index * 100003  # one stream per process, as TRL's
+        seed = training_args.seed + PartialState().process_index * 100003  # one stream per process
         extras["ptx_batches"] = PtxBatches(examples, training_args.per_device_train_batch_size,
                                            tokenizer.pad_token_id, seed)
         extras["ptx_coef"] = script_args.ptx_coef

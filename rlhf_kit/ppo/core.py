@@ -1,0 +1,86 @@
+"""PPO's tensor helpers: masked statistics, forwards that score query+response rows, response truncation.
+
+Written here on torch alone; each keeps the arithmetic of the TRL 1.12 helper of the same name (``trl/experimental/
+ppo/ppo_trainer.py``, ``trl/experimental/utils.py``, ``trl/trainer/utils.py``, Apache-2.0), which the oracle test
+(tests/test_ppo_golden.py) holds rlhf_kit's trainer to.
+
+Rows are left-padded prompts followed by right-padded responses; the pad token marks every padded position.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Log-probability written at padded response positions, where no token was sampled (TRL's value, so that
+# exp(new - old) = 1 there and padding adds nothing to the ratio statistics).
+INVALID_LOGPROB = 1.0
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` is true."""
+    return (values * mask).sum() / mask.sum()
+
+
+def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unbiased variance of ``values`` where ``mask`` is true."""
+    mean = masked_mean(values, mask)
+    variance = masked_mean((values - mean) ** 2, mask)
+    count = mask.sum()
+    if count < 2:
+        raise ValueError("whitening needs at least two unmasked values; raise the minibatch size")
+    return variance * count / (count - 1)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(values - mean) / std over the unmasked positions; ``shift_mean=False`` keeps the mean."""
+    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    whitened = (values - mean) * torch.rsqrt(var + 1e-8)
+    return whitened if shift_mean else whitened + mean
+
+
+def first_true_indices(bools: torch.Tensor) -> torch.Tensor:
+    """Per row, the index of the first true value (the row's length when there is none)."""
+    row_len = bools.size(-1)
+    zero_or_index = row_len * (~bools).long() + torch.arange(row_len, device=bools.device)
+    return torch.min(zero_or_index, dim=-1).values
+
+
+def truncate_response(stop_token_id: int, pad_token_id: int, responses: torch.Tensor) -> torch.Tensor:
+    """Responses with every token after the first stop token replaced by padding."""
+    trunc_idxs = first_true_indices(responses == stop_token_id).unsqueeze(-1)
+    idxs = torch.arange(responses.shape[1], device=responses.device).view(1, -1)
+    return torch.masked_fill(responses, idxs > trunc_idxs, pad_token_id)
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[index] per position, row by row (the full log-softmax of a batch can be many GB)."""
+    if logits.dtype in (torch.float32, torch.float64):
+        picked = torch.gather(logits, dim=-1, index=index.unsqueeze(-1)).squeeze(-1)
+        logsumexp = torch.stack([torch.logsumexp(row, dim=-1) for row in logits])
+        return picked - logsumexp
+    return torch.stack([torch.log_softmax(row, dim=-1).gather(-1, i.unsqueeze(-1)).squeeze(-1)
+                        for row, i in zip(logits, index)])  # low precision: logsumexp would round away
+
+
+def _inputs(query_responses: torch.Tensor, pad_token_id: int) -> dict:
+    """input_ids / attention_mask / position_ids of padded rows (positions count real tokens only)."""
+    attention_mask = query_responses != pad_token_id
+    return {"input_ids": torch.masked_fill(query_responses, ~attention_mask, 0), "attention_mask": attention_mask,
+            "position_ids": attention_mask.cumsum(1) - attention_mask.long()}
+
+
+def forward(model, query_responses: torch.Tensor, pad_token_id: int):
+    """The model's output (with hidden states) on padded query+response rows."""
+    return model(**_inputs(query_responses, pad_token_id), return_dict=True, output_hidden_states=True)
+
+
+def get_reward(model, query_responses: torch.Tensor, pad_token_id: int, context_length: int):
+    """(per-position scores, the score at each row's last real token, that token's index) of a model with a
+    scalar ``score`` head over its backbone (reward and value models)."""
+    inputs = _inputs(query_responses, pad_token_id)
+    backbone = getattr(model, model.base_model_prefix)
+    output = backbone(**inputs, return_dict=True, output_hidden_states=True, use_cache=False)
+    reward_logits = model.score(output.hidden_states[-1])
+    sequence_lengths = first_true_indices(query_responses[:, context_length:] == pad_token_id) - 1 + context_length
+    rows = torch.arange(reward_logits.size(0), device=reward_logits.device)
+    return reward_logits, reward_logits[rows, sequence_lengths].squeeze(-1), sequence_lengths
