@@ -21,7 +21,6 @@ def main() -> None:
     import peft
     import transformers
     import trl
-
     from ppo_golden import CONFIG, GOLDEN, LORA, build_inputs, weight_stats
 
     if trl.__version__ != "1.12.0":

@@ -6,7 +6,8 @@ models, prompts, seed and config (benchmarks/ppo_loop.yaml, built through rlhf_k
 other on an otherwise idle CPU. Prints each side's episodes/s, the ratio rlhf_kit / TRL, rlhf_kit's share of wall
 time spent sampling and in the whole rollout phase, and both sides' last RM score. Needs ``make sft reward``.
 
-    make bench-ppo        # or: python benchmarks/ppo_loop.py --config benchmarks/ppo_loop.yaml --trl_python <venv>/bin/python
+    make bench-ppo
+    python benchmarks/ppo_loop.py --config benchmarks/ppo_loop.yaml --trl_python <venv with trl 1.12>/bin/python
 """
 
 import json

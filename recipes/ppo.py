@@ -35,9 +35,11 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
     trainer = build_ppo_trainer(training_args, **inputs, checkpointer=checkpointer, **extras)
     policy = train_ppo(trainer)
     report_rank(trainer, "ppo")
+    state_dict = trainer.full_policy_state_dict()  # every rank takes part (sharded models)
     if run.is_main:
         save_log_history(trainer, out)
-        modeling.save_stage_model(policy, inputs["tokenizer"], out, model_args.model_name_or_path, model_args)
+        modeling.save_stage_model(policy, inputs["tokenizer"], out, model_args.model_name_or_path, model_args,
+                                  state_dict=state_dict)
     summary = last_logged(trainer, list(SUMMARY_METRICS))
     run.finish({k.split("/")[-1]: v for k, v in summary.items()})
 

@@ -52,7 +52,8 @@ def main(script_args: RewardArguments, training_args: RewardConfig, model_args: 
     if eval_set is not None:
         summary["heldout_accuracy"] = trainer.evaluate()["eval_accuracy"]
     summary.update(last_logged(trainer, ["accuracy"]))
-    state_dict = gather_full_state_dict(trainer)  # every rank takes part (sharded models)
+    # Every rank takes part (sharded models).
+    state_dict = gather_full_state_dict(trainer.accelerator, trainer.model, trainer.model_wrapped)
     if run.is_main:
         save_log_history(trainer, out)
         modeling.save_stage_model(trainer.model, tokenizer, out, sft, model_args, state_dict)

@@ -33,7 +33,8 @@ def main(script_args: DataArguments, training_args: SFTConfig, model_args: Model
                          peft_config=modeling.build_peft_config(model_args, "CAUSAL_LM"))
     metrics = run.train(trainer)
     report_rank(trainer, "sft")
-    state_dict = gather_full_state_dict(trainer)  # every rank takes part (sharded models)
+    # Every rank takes part (sharded models).
+    state_dict = gather_full_state_dict(trainer.accelerator, trainer.model, trainer.model_wrapped)
     if run.is_main:
         save_log_history(trainer, out)
         modeling.save_stage_model(trainer.model, tokenizer, out, base, model_args, state_dict)

@@ -337,7 +337,8 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
         unknown = sorted(set(config) - known)
         if unknown:
             raise UserError(f"unknown key(s) {', '.join(unknown)} in {path}; check the spelling (see --help)")
-    refuse_removed_keys(dataclass_types, {a[2:].split("=")[0]: None for a in argv if a.startswith("--")}, "the command line")
+    flags = [a[2:].split("=")[0] for a in argv if a.startswith("--")]
+    refuse_removed_keys(dataclass_types, flags, "the command line")
     parser = make_stage_parser(dataclass_types)
     if not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         from rlhf_kit.trl_compat import enable_deepspeed_on_cpu

@@ -37,10 +37,12 @@ _EOS = object()  # sample_ids' default end token: the tokenizer's
 
 
 def sample_ids(model, tokenizer, ids: list[list[int]], k: int, temperature: float, max_new_tokens: int,
-               batch_size: int = 64, end_token_id=_EOS) -> list[list[list[int]]]:
+               batch_size: int = 64, end_token_id=_EOS, seeds: list[int] | None = None) -> list[list[list[int]]]:
     """Per prompt (token ids), ``k`` sampled token lists, each ending with ``end_token_id`` when it ended on its own
-    (default: the tokenizer's end token; None: every response runs to ``max_new_tokens``). Draws from the global
-    torch RNG; ``batch_size`` prompts of similar length are sampled together."""
+    (default: the tokenizer's end token; None: every response runs to ``max_new_tokens``). ``batch_size`` prompts of
+    similar length are sampled together. Draws come from the global torch RNG, or with ``seeds`` (one per prompt)
+    from a generator per sampled sequence: then a prompt's samples do not depend on which prompts share its batch
+    or process (PPO's rollouts come out the same on any number of processes)."""
     from rlhf_kit.data import length_batches
 
     if temperature <= 0:
@@ -49,15 +51,17 @@ def sample_ids(model, tokenizer, ids: list[list[int]], k: int, temperature: floa
     end = tokenizer.eos_token_id if end_token_id is _EOS else end_token_id
     tokens: list[list[list[int]]] = [[] for _ in ids]
     for batch in length_batches(ids, batch_size):  # similar lengths together: little padding
+        batch_seeds = None if seeds is None else [seeds[i] for i in batch]
         for i, sampled in zip(batch, _sample_batch(model, tokenizer, [ids[i] for i in batch], k, temperature,
-                                                   max_new_tokens, end)):
+                                                   max_new_tokens, end, batch_seeds)):
             tokens[i] = sampled
     return tokens
 
 
 def _sample_batch(model, tokenizer, ids: list[list[int]], k: int, temperature: float,
-                  max_new_tokens: int, eos: int | None) -> list[list[list[int]]]:
-    """Per prompt, ``k`` sampled token lists (each ending with ``eos`` when it ended on its own)."""
+                  max_new_tokens: int, eos: int | None, seeds: list[int] | None = None) -> list[list[list[int]]]:
+    """Per prompt, ``k`` sampled token lists (each ending with ``eos`` when it ended on its own); ``seeds``: one
+    per prompt, sample j of prompt i drawn from a generator seeded with (seeds[i], j)."""
     import torch
     from transformers import DynamicCache
 
@@ -73,11 +77,17 @@ def _sample_batch(model, tokenizer, ids: list[list[int]], k: int, temperature: f
             logits, mask, positions = (t.repeat_interleave(k, 0) for t in (logits, mask, positions))
             cache.batch_repeat_interleave(k)
         rows = list(range(len(ids) * k))  # the sequence each remaining batch row belongs to
+        generators = None if seeds is None else [
+            torch.Generator(device=logits.device).manual_seed(seeds[j // k] * 1009 + j % k) for j in rows]
         sampled: list[list[int]] = [[] for _ in rows]
         position = positions[:, -1]
         for step in range(max_new_tokens):
             probs = torch.softmax(logits.float() / temperature, dim=-1)
-            next_tokens = torch.multinomial(probs, 1).squeeze(1)
+            if generators is None:
+                next_tokens = torch.multinomial(probs, 1).squeeze(1)
+            else:
+                next_tokens = torch.cat([torch.multinomial(p, 1, generator=generators[row])
+                                         for p, row in zip(probs, rows)])
             for row, token in zip(rows, next_tokens.tolist()):
                 sampled[row].append(token)
             going = next_tokens != eos if eos is not None else torch.ones_like(next_tokens, dtype=torch.bool)

@@ -118,7 +118,6 @@ def launched_sharding(env=None) -> str | None:
 
 def check_stage_hardware(parsed: tuple, env=None) -> None:
     """Refuse a stage the launched sharding cannot run (called on the parsed arguments, before any model loads)."""
-    from rlhf_kit.ppo.config import PPOConfig
     from rlhf_kit.trl_compat import ModelConfig
 
     env = os.environ if env is None else env
@@ -131,10 +130,3 @@ def check_stage_hardware(parsed: tuple, env=None) -> None:
         raise UserError(f"load_in_4bit (QLoRA) cannot run under {sharding} ({config}): bitsandbytes packs 4-bit "
                         "weights into uint8 blocks that this sharding cannot split; use a data-parallel config "
                         "(recipes/accelerate/multi_gpu.yaml or cpu_2proc.yaml) or drop load_in_4bit")
-    if sharding in ("FSDP", "ZeRO-3") and any(isinstance(a, PPOConfig) for a in parsed):
-        # The rollouts sample token by token from the unwrapped policy, whose weights FSDP2 and ZeRO-3 keep split
-        # across processes (FSDP2: "aten.embedding.default got mixed torch.Tensor and DTensor"; ZeRO-3: a parameter
-        # "NOT_AVAILABLE" in fetch_sub_module); gathering them for sampling is not built yet.
-        raise UserError(f"PPO cannot run under {sharding} ({config}) yet: its rollouts sample from the policy outside "
-                        "the sharded wrapper, where the weights stay split across processes; run PPO with "
-                        "recipes/accelerate/zero2.yaml, multi_gpu.yaml or cpu_2proc.yaml")

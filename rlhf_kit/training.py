@@ -50,24 +50,26 @@ def report_rank(trainer, stage: str) -> None:
     print(f"[{stage}] rank {acc.process_index}/{acc.num_processes} trained {trainer.state.global_step} steps ({how})")
 
 
-def gather_full_state_dict(trainer) -> dict | None:
-    """The full weights of a sharded (FSDP, ZeRO-3) model, on the main process; None when parameters are not sharded.
+def gather_full_state_dict(accelerator, model, engine=None) -> dict | None:
+    """The full weights of a sharded (FSDP, ZeRO-3) ``model`` as ``accelerator`` prepared it (``engine``: the
+    DeepSpeed engine around it, where that is another object, as a Trainer's ``model_wrapped``), on the main
+    process; None when parameters are not sharded.
 
     A collective: every rank must call it, before the main process saves.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    acc = trainer.accelerator
+    acc = accelerator
     ds = getattr(acc.state, "deepspeed_plugin", None)
     if ds is not None and ds.zero_stage == 3:
         # DeepSpeed gathers the partitioned parameters itself (zero3_save_16bit_model: true in the config)
-        return acc.get_state_dict(trainer.model_wrapped)
+        return acc.get_state_dict(engine if engine is not None else model)
     if getattr(acc.state, "fsdp_plugin", None) is None:
         return None
     # torch's own gather (accelerate 1.15's get_state_dict hands back the DTensor shards here): full tensors, on the
     # CPU, on rank 0 only.
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(trainer.model, options=options)
+    return get_model_state_dict(model, options=options)
 
 
 def last_checkpoint(output_dir: str) -> str | None:

@@ -247,4 +247,5 @@ def test_compare_labeler_human_needs_a_label_db():
     (args,) = parse_stage_args((CompareArguments,), ["--labeler", "human", "--label_db", "x.db"])
     assert args.labeler == "human" and args.label_db == "x.db"
     with pytest.raises(UserError, match="with labeler human leave other_samples empty"):
-        parse_stage_args((CompareArguments,), ["--labeler", "human", "--label_db", "x.db", "--other_samples", "s.jsonl"])
+        parse_stage_args((CompareArguments,),
+                         ["--labeler", "human", "--label_db", "x.db", "--other_samples", "s.jsonl"])

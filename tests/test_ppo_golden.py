@@ -14,7 +14,6 @@ import json
 import math
 
 import pytest
-
 from ppo_golden import CONFIG, GOLDEN, LORA, build_inputs, weight_stats
 
 # The per-minibatch statistics TRL averaged over an array sized (epochs, minibatches, gradient_accumulation_steps);
@@ -72,7 +71,8 @@ def test_trainer_reproduces_trl_112(tmp_path):
     trainer, policy, value = run(tmp_path, "trl")
     args = trainer.args
     slots = args.num_ppo_epochs * args.num_mini_batches * args.gradient_accumulation_steps
-    filled = args.num_ppo_epochs * args.num_mini_batches * (args.local_mini_batch_size // args.per_device_train_batch_size)
+    micro_batches = args.local_mini_batch_size // args.per_device_train_batch_size
+    filled = args.num_ppo_epochs * args.num_mini_batches * micro_batches
     assert filled < slots  # the configuration exercises the difference
     logs = trainer.state.log_history
     assert len(logs) == len(golden["log_history"]) == 4

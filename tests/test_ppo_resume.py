@@ -1,5 +1,7 @@
 """Kill PPO with SIGKILL mid-run, rerun the same command: it resumes from the last complete checkpoint and ends
-with exactly the adapter and metrics of a run that was never interrupted (CPU, fixed seed)."""
+with exactly the adapter and metrics of a run that was never interrupted (CPU, fixed seed) -- on 1 process, and on
+2 under DDP, ZeRO-2 and FSDP2 (Accelerate's save_state keeps each process's optimizer shard). The checkpoint to
+kill after is drawn from a seed that the test prints (RLHF_KIT_KILL_SEED replays it)."""
 
 from __future__ import annotations
 
@@ -42,10 +44,14 @@ def _outcome(out) -> tuple[bytes, list[dict]]:
 
 
 def _command(args: list[str], launcher: str) -> list[str]:
-    """The PPO recipe as a user runs it: python, or `make ppo`'s launcher with two processes."""
+    """The PPO recipe as a user runs it: python, or `make ppo`'s launcher with two processes (cpu_2proc.yaml, or a
+    sharded config's name as two float32 CPU processes)."""
     script = [str(REPO / "recipes" / "ppo.py")]
     if launcher == "accelerate-2proc":
         script = ["-m", "rlhf_kit.launch", "--config_file", str(REPO / "recipes/accelerate/cpu_2proc.yaml"), *script]
+    elif launcher.endswith(".yaml"):
+        script = ["-m", "rlhf_kit.launch", "--config_file", str(REPO / "recipes/accelerate" / launcher),
+                  "--num_processes", "2", "--mixed_precision", "no", *script]
     return [sys.executable, *script, *args]
 
 
@@ -73,19 +79,22 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-@pytest.mark.parametrize("launcher", ["python", pytest.param("accelerate-2proc", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("launcher", ["python", "accelerate-2proc", "zero2.yaml", "fsdp.yaml"])
 def test_sigkill_then_rerun_matches_uninterrupted_run(pipeline, tmp_path, launcher):
     full = _run(_args(pipeline, tmp_path / "full"), launcher)
     assert full.returncode == 0, full.stderr[-3000:]
     assert _complete(tmp_path / "full") == [8, 10]  # rotated to save_total_limit
 
     out = tmp_path / "killed"
-    kill_after = random.choice([2, 4, 6])  # kill right after this checkpoint appears, at a random moment
+    seed = int(os.environ.get("RLHF_KIT_KILL_SEED", random.SystemRandom().randrange(10**6)))
+    rng = random.Random(seed)
+    kill_after = rng.choice([2, 4, 6])  # kill right after this checkpoint appears, at a random moment
+    print(f"{launcher}: RLHF_KIT_KILL_SEED={seed} -> kill after checkpoint-{kill_after}")
     proc = _start(_args(pipeline, out), launcher)
     deadline = time.time() + 300
     while kill_after not in _complete(out) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    time.sleep(random.uniform(0, 0.2))
+    time.sleep(rng.uniform(0, 0.2))
     assert proc.poll() is None, f"the run ended before it could be killed after checkpoint-{kill_after}"
     _kill_tree(proc)
     assert not (out / "stage_complete.json").exists()
@@ -94,6 +103,10 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(pipeline, tmp_path, launch
 
     changed = _run(_args(pipeline, out) + ["--learning_rate", "5e-4"], launcher)
     assert changed.returncode == 2 and "learning_rate" in changed.stderr and "Traceback" not in changed.stderr
+    if launcher != "python":  # another launch (1 process) is refused in one line that says what to do
+        other = _run(_args(pipeline, out), "python")
+        errors = [line for line in other.stderr.splitlines() if line.startswith("error:")]
+        assert other.returncode == 2 and len(errors) == 1 and "relaunch with the checkpoint's" in errors[0], errors
 
     resumed = _run(_args(pipeline, out) + ["--logging_steps", "2"], launcher)  # logging may change
     assert resumed.returncode == 0, resumed.stderr[-3000:]

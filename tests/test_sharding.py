@@ -195,10 +195,12 @@ ZERO_ENV = {"ACCELERATE_USE_DEEPSPEED": "true", "RLHF_KIT_ACCELERATE_CONFIG": "r
     (FSDP_ENV, "sft", ["--load_in_4bit", "true"], r"load_in_4bit \(QLoRA\) cannot run under FSDP \(recipes/acc"),
     ({**ZERO_ENV, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "reward", ["--load_in_4bit", "true"],
      r"load_in_4bit \(QLoRA\) cannot run under ZeRO-3 \(recipes/accelerate/zero3.yaml\)"),
-    ({**ZERO_ENV, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "ppo", [], r"PPO cannot run under ZeRO-3 \(recipes/acc"),
+    ({**ZERO_ENV, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "ppo", ["--load_in_4bit", "true"],
+     r"load_in_4bit \(QLoRA\) cannot run under ZeRO-3"),
+    ({**ZERO_ENV, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "ppo", [], None),
     ({**ZERO_ENV, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, "reward", ["--load_in_4bit", "true"], None),
     ({**ZERO_ENV, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, "ppo", [], None),
-    ({"ACCELERATE_USE_FSDP": "true"}, "ppo", [], r"PPO cannot run under FSDP \(the accelerate config \(FSDP\)\)"),
+    ({"ACCELERATE_USE_FSDP": "true"}, "ppo", [], None),
 ])
 def test_stage_refused_under_a_sharding_it_cannot_run(env, stage, extra, match):
     """The check on a recipe's parsed arguments against the environment accelerate gives its processes (the
@@ -208,23 +210,23 @@ def test_stage_refused_under_a_sharding_it_cannot_run(env, stage, extra, match):
     from rlhf_kit.scaling import check_stage_hardware
 
     parsed = parse_stage_args(recipe_dataclasses(load_recipe(stage)), config_args(stage) + extra)
-    if match is None:  # ZeRO-2 does not shard the weights: QLoRA and PPO run (PPO: see the test above)
+    if match is None:  # ZeRO-2 does not shard the weights (QLoRA runs); PPO runs under all (tests/test_ppo_sharding.py)
         check_stage_hardware(parsed, env)
         return
     with pytest.raises(UserError, match=match):
         check_stage_hardware(parsed, env)
 
 
-def test_ppo_under_fsdp_refused_at_launch_in_one_line(pipeline, tmp_path):
+def test_ppo_qlora_under_fsdp_refused_at_launch_in_one_line(pipeline, tmp_path):
     """The same check inside the launched processes: exit 2, one line naming the config, nothing written."""
     out = tmp_path / "ppo"
-    proc = run_cli("ppo", config_args("ppo") + stage_paths(pipeline, "ppo") + ["--output_dir", str(out)],
+    proc = run_cli("ppo", config_args("ppo") + stage_paths(pipeline, "ppo") + ["--output_dir", str(out),
+                                                                               "--load_in_4bit", "true"],
                    launcher="fsdp.yaml", launch_args=CPU2)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert lines == [f"error: PPO cannot run under FSDP ({ACCELERATE / 'fsdp.yaml'}): TRL 1.12's PPOTrainer runs the "
-                     "policy and value model outside the sharded wrapper during rollouts, so their weights stay split "
-                     "across processes; run PPO with recipes/accelerate/zero2.yaml, multi_gpu.yaml or cpu_2proc.yaml"]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: load_in_4bit (QLoRA) cannot run under FSDP ({ACCELERATE / 'fsdp.yaml'})"), lines
     assert not out.exists()
 
 

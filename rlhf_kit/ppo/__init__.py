@@ -101,8 +101,10 @@ def load_ppo_inputs(script_args, training_args, model_args) -> dict:
         modeling.require_same_tokenizer(tokenizer, modeling.load_tokenizer(ref), "policy", "reference policy")
     # The frozen models (reward, reference) take the policy's dtype, e.g. bfloat16 on a CPU with AMX; the value model
     # is trained in full, so it keeps float32 weights (bf16 weights would round most Adam updates away).
-    reward_model = modeling.load_reward_model(rm, require_head=True, dtype=model_args.dtype)
-    ref_policy = modeling.load_causal_lm(ref, what="reference policy", dtype=model_args.dtype) if explicit_ref else None
+    with modeling.loaded_whole():  # frozen, outside the DeepSpeed engine: never partitioned by ZeRO-3's zero.Init
+        reward_model = modeling.load_reward_model(rm, require_head=True, dtype=model_args.dtype)
+        ref_policy = (modeling.load_causal_lm(ref, what="reference policy", dtype=model_args.dtype)
+                      if explicit_ref else None)
     return {
         "tokenizer": tokenizer, "policy": policy, "peft_config": peft_config, "ref_policy": ref_policy,
         "reward_model": reward_model, "value_model": copy.deepcopy(reward_model).float(),

@@ -1,9 +1,11 @@
 """PPO checkpoints that survive a ``kill -9``: everything needed to continue exactly where a run stopped.
 
-Every ``save_steps`` updates, ``<output_dir>/checkpoint-N/`` gets the trainable weights (policy adapter and value
-model), optimizer and scheduler state, the trainer state (update and episode counters, log history, KL
-controller, accelerate's gradient-accumulation counter), each process's RNG states, its position in the prompt
-order and its PPO-ptx sampler, and the configuration that shapes the optimisation. It is written as
+Every ``save_steps`` updates, ``<output_dir>/checkpoint-N/`` gets what Accelerate's ``save_state`` writes -- the
+policy+value module and the optimizer as the launch holds them (whole, or each process's shard under ZeRO and
+FSDP2), every process's RNG states, and the objects registered with ``register_for_checkpointing``: the LR
+scheduler, the KL controller and the prompt order -- plus each process's PPO-ptx sampler, the trainer state
+(update and episode counters, log history, accelerate's gradient-accumulation counter), the LoRA adapter on its own
+and the configuration that shapes the optimisation. It is written as
 ``checkpoint-N.partial`` and renamed when complete (``checkpoint_complete.json`` inside, written last), so a kill
 mid-save leaves the previous checkpoint as the newest complete one. Rerunning the same command resumes from it and,
 on CPU with a fixed seed, ends with the same weights and metrics as a run that was never interrupted
@@ -86,7 +88,8 @@ class PPOCheckpointer:
         return self.enabled and bool(state.save_steps) and state.global_step % state.save_steps == 0
 
     def _config(self, trainer) -> dict:
-        return {**self.config, "world_size": trainer.accelerator.num_processes}
+        acc = trainer.accelerator
+        return {**self.config, "world_size": acc.num_processes, "distributed_type": acc.distributed_type.value}
 
     def save(self, trainer) -> Path:
         """Write ``checkpoint-<update>`` atomically (all processes call this)."""
@@ -97,20 +100,17 @@ class PPOCheckpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
+        acc.save_state(str(tmp / "accelerate"))  # model, optimizer, RNG, registered objects (sharded where sharded)
         per_process = {"rng": _rng_states(), "prompts": trainer.prompt_batches.state_dict(),
                        "ptx": trainer.ptx_batches.state_dict() if trainer.ptx_batches else None}
         torch.save(per_process, tmp / f"process_{acc.process_index}.pt")
+        full = trainer.full_policy_state_dict()  # a collective under FSDP2 / ZeRO-3
         if acc.is_main_process:
-            model = acc.unwrap_model(trainer.model)
-            trainable = {k: v.detach().cpu().clone() for k, v in model.named_parameters() if v.requires_grad}
-            torch.save(trainable, tmp / "trainable.pt")
-            torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(trainer.lr_scheduler.state_dict(), tmp / "scheduler.pt")
             policy = trainer.policy
             if hasattr(policy, "peft_config"):  # the LoRA adapter, loadable on its own
-                policy.save_pretrained(tmp / "adapter")
+                policy.save_pretrained(tmp / "adapter", state_dict=full)
             record = {"global_step": state.global_step, "episode": state.episode, "log_history": state.log_history,
-                      "kl_controller": trainer.kl_controller.state_dict(), "accelerator_step": acc.step}
+                      "accelerator_step": acc.step}
             (tmp / "trainer_state.json").write_text(json.dumps(record, indent=1))
             (tmp / "config.json").write_text(json.dumps(self._config(trainer), indent=1, sort_keys=True,
                                                         default=str))
@@ -151,23 +151,21 @@ class PPOCheckpointer:
         saved = json.loads((path / "config.json").read_text())
         current = json.loads(json.dumps(self._config(trainer), default=str))
         changed = changed_keys(saved, current)
+        launch = [k for k in ("world_size", "distributed_type") if k in changed]
+        if launch:
+            raise UserError(f"cannot resume PPO from {path}: it was saved by {saved.get('world_size')} process(es) "
+                            f"under {saved.get('distributed_type')}, this launch has {current.get('world_size')} under "
+                            f"{current.get('distributed_type')}; relaunch with the checkpoint's accelerate config and "
+                            "number of processes, or pass --force true to start over")
         if changed:
             detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:6])
             raise UserError(f"cannot resume PPO from {path}: the configuration changed ({detail}); rerun with the "
                             "checkpoint's settings, or pass --force true to start over")
-        model = acc.unwrap_model(trainer.model)
-        trainable = torch.load(path / "trainable.pt", weights_only=True)
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in trainable.items():
-                params[name].copy_(value)
-        trainer.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-        trainer.lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        acc.load_state(str(path / "accelerate"))
         record = json.loads((path / "trainer_state.json").read_text())
         trainer.state.global_step, trainer.state.episode = record["global_step"], record["episode"]
         trainer.state.log_history = record["log_history"]
         trainer.state.epoch = trainer.state.episode / trainer.train_dataset_len
-        trainer.kl_controller.load_state_dict(record["kl_controller"])
         acc.step = record["accelerator_step"]
         per_process = torch.load(path / f"process_{acc.process_index}.pt", weights_only=False)
         trainer.prompt_batches.load_state_dict(per_process["prompts"])

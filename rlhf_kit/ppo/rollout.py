@@ -12,15 +12,16 @@ import torch
 
 
 def sample_rollouts(policy, tokenizer, queries: torch.Tensor, response_length: int, temperature: float,
-                    batch_size: int, stop_token_id: int | None) -> torch.Tensor:
-    """One response per left-padded query: a (queries, width) tensor of response tokens, right-padded with the pad
-    token after each response's stop token; width is the longest response (at most ``response_length``)."""
+                    batch_size: int, stop_token_id: int | None, seeds: list[int]) -> torch.Tensor:
+    """One response per left-padded query, drawn with the query's own seed: a (queries, width) tensor of response
+    tokens, right-padded with the pad token after each response's stop token; width is the longest response (at
+    most ``response_length``)."""
     from rlhf_kit.generation import sample_ids
 
     pad = tokenizer.pad_token_id
     ids = [row[row != pad].tolist() for row in queries]
     sampled = [s for (s,) in sample_ids(policy, tokenizer, ids, 1, temperature, response_length, batch_size,
-                                        end_token_id=stop_token_id)]
+                                        end_token_id=stop_token_id, seeds=seeds)]
     responses = torch.full((len(sampled), max(map(len, sampled))), pad, dtype=torch.long, device=queries.device)
     for row, tokens in zip(responses, sampled):
         row[: len(tokens)] = torch.tensor(tokens, device=queries.device)

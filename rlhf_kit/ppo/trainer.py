@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,10 +79,56 @@ class AdaptiveKLController(FixedKLController):
         self.value *= 1 + proportional_error * n_episodes / self.horizon
 
 
-class PromptBatches:
-    """Endless prompt batches, exactly TRL's ``repeat_generator`` (``while True: yield from dataloader``), but with
-    a position that can be saved and restored: the RNG state when the current pass began (the shuffle is drawn
-    from it) and how many batches of that pass were taken."""
+class PromptOrder:
+    """Endless batches of prompts, each a shuffled pass over the dataset cut into global batches (the last partial
+    one dropped), each process taking its slice of every global batch. The shuffle of pass p is drawn from
+    ``seed + p`` alone, and every batch is left-padded to its *global* batch's longest prompt, so the rollouts of a
+    global batch are the same on any number of processes; the position (pass, batch) is the whole state."""
+
+    def __init__(self, dataset, tokenizer, seed: int, global_batch: int, process_index: int, num_processes: int):
+        self.ids, self.tokenizer, self.seed = dataset["input_ids"], tokenizer, seed
+        self.global_batch, self.local = global_batch, global_batch // num_processes
+        self.rank = process_index
+        self.batches_per_pass = len(self.ids) // global_batch
+        if self.batches_per_pass == 0:
+            from rlhf_kit.errors import UserError
+
+            raise UserError(f"{len(self.ids)} prompts cannot fill one PPO batch of {global_batch}; lower the batch "
+                            "size (per_device_train_batch_size x gradient_accumulation_steps x processes)")
+        self.pass_index, self.position, self._order = 0, 0, None
+
+    def _pass_order(self) -> list[int]:
+        if self._order is None:
+            generator = torch.Generator().manual_seed(self.seed + self.pass_index)
+            self._order = torch.randperm(len(self.ids), generator=generator).tolist()
+        return self._order
+
+    def __next__(self) -> dict:
+        """This process's batch: ``input_ids`` (left-padded to the global batch's longest prompt) and ``index``,
+        each row's position among all rollouts of the run so far (the seed of its sampling)."""
+        if self.position == self.batches_per_pass:
+            self.pass_index, self.position, self._order = self.pass_index + 1, 0, None
+        start = self.position * self.global_batch
+        rows = self._pass_order()[start: start + self.global_batch]
+        width = max(len(self.ids[i]) for i in rows)
+        mine = rows[self.rank * self.local: (self.rank + 1) * self.local]
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(self.ids[i])) + list(self.ids[i]) for i in mine])
+        first = (self.pass_index * self.batches_per_pass + self.position) * self.global_batch + self.rank * self.local
+        self.position += 1
+        return {"input_ids": input_ids, "index": list(range(first, first + len(mine)))}
+
+    def state_dict(self) -> dict:
+        return {"pass": self.pass_index, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pass_index, self.position, self._order = state["pass"], state["position"], None
+
+
+class TRLPromptBatches:
+    """TRL 1.12's prompt order, for the oracle replay only: ``while True: yield from dataloader`` over a shuffled
+    ``DataLoader`` (prepared by Accelerate), with a position that can be saved and restored: the RNG state when the
+    current pass began (the shuffle is drawn from it) and how many batches of that pass were taken."""
 
     def __init__(self, dataloader, sampler_generator=None):
         self.dataloader, self.generator = dataloader, sampler_generator
@@ -142,7 +188,9 @@ class PolicyAndValue(torch.nn.Module):
         self.policy, self.value_model = policy, value_model
         self.critic_backbone = getattr(value_model, value_model.base_model_prefix)
 
-    def forward(self, **kwargs):
+    def forward(self, value: bool = True, **kwargs):
+        if not value:  # the policy alone (the reference pass, PPO-ptx), still through the distributed wrapper
+            return self.policy(**kwargs), None
         output = self.critic_backbone(**kwargs)
         return self.policy(**kwargs), self.value_model.score(output.hidden_states[-1])
 
@@ -254,21 +302,29 @@ class PPOTrainer:
         self.state = PPOState()
         if acc.is_main_process:
             os.makedirs(args.output_dir, exist_ok=True)
-        dataloader = DataLoader(train_dataset, batch_size=args.local_batch_size, shuffle=True,
-                                collate_fn=DataCollatorWithPadding(tok), drop_last=True)  # equal-shape batches
-        # One shuffle on every process (the same seed before prepare), then each process's own stream.
-        torch.manual_seed(args.seed)
-        self.model, self.optimizer, self.dataloader = acc.prepare(self.model, self.optimizer, dataloader)
+        if self.sampler == "trl":  # TRL's prompt order too: a shuffled DataLoader that Accelerate prepares
+            dataloader = DataLoader(train_dataset, batch_size=args.local_batch_size, shuffle=True,
+                                    collate_fn=DataCollatorWithPadding(tok), drop_last=True)
+            torch.manual_seed(args.seed)  # one shuffle on every process (the same seed before prepare)
+            self.model, self.optimizer, dataloader = acc.prepare(self.model, self.optimizer, dataloader)
+            self.prompt_batches = TRLPromptBatches(dataloader, getattr(dataloader, "synchronized_generator", None))
+        else:
+            plugin = getattr(acc.state, "deepspeed_plugin", None)
+            if plugin is not None:  # DeepSpeed reads the micro-batch off a prepared dataloader; PPO prepares none
+                plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = args.per_device_train_batch_size
+            self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+            self.prompt_batches = PromptOrder(train_dataset, tok, args.seed, args.batch_size, acc.process_index,
+                                              acc.num_processes)
         torch.manual_seed(self.local_seed)
         for frozen in (self.ref_model, self.reward_model):
             if frozen is not None:
                 frozen.to(acc.device)
         self.kl_controller = kl_controller or FixedKLController(args.kl_coef)
+        # Saved and restored by accelerator.save_state / load_state (rlhf_kit/ppo/checkpoint.py); the prompt order
+        # is the same on every process except in the TRL replay, whose per-process position checkpoint.py keeps.
+        acc.register_for_checkpointing(self.lr_scheduler, self.kl_controller)
         self.ptx_batches, self.ptx_coef, self.checkpointer = ptx_batches, ptx_coef, checkpointer
         self.timings = {"generate": 0.0, "rollout": 0.0}  # seconds spent sampling, and in the whole rollout phase
-        # accelerate keeps a synchronised generator for the shuffle with several processes (None with one, where
-        # the global torch RNG shuffles).
-        self.prompt_batches = PromptBatches(self.dataloader, getattr(self.dataloader, "synchronized_generator", None))
 
     def _build_optimizer(self, model):
         """AdamW (``optim``) over the trainable weights, weight decay off for biases and norms, and the
@@ -295,18 +351,29 @@ class PPOTrainer:
         """The policy (a PeftModel with LoRA), outside any distributed wrapper."""
         return self.accelerator.unwrap_model(self.model).policy
 
+    def full_policy_state_dict(self) -> dict | None:
+        """The policy's whole weights gathered from a sharded run (FSDP2, ZeRO-3), on the main process, under the
+        policy's own key names; None when the weights are not sharded. A collective: every process calls it."""
+        from rlhf_kit.training import gather_full_state_dict
+
+        full = gather_full_state_dict(self.accelerator, self.model)
+        if full is None or not self.accelerator.is_main_process:
+            return None
+        return {k[len("policy."):]: v for k, v in full.items() if k.startswith("policy.")}
+
     @property
     def value_model(self):
         return self.accelerator.unwrap_model(self.model).value_model
 
     @contextmanager
     def reference(self):
-        """The reference policy pi_SFT: a separate frozen model, or the policy with its LoRA adapter disabled."""
+        """The reference policy pi_SFT: a separate frozen model, or the policy with its LoRA adapter disabled
+        (called through the distributed wrapper, whose sharded weights its forward gathers)."""
         if self.ref_model is not None:
             yield self.ref_model
         else:
             with self.policy.disable_adapter():
-                yield self.policy
+                yield lambda **kwargs: self.model(value=False, **kwargs)[0]
 
     def log(self, metrics: dict) -> None:
         """Append one update's metrics to the log history (with epoch and step) and send them to the trackers."""
@@ -317,7 +384,7 @@ class PPOTrainer:
     # --- one update, step by step -------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def sample(self, queries: torch.Tensor, index: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(query_responses, generate's logits or None): one response per left-padded query, right-padded with the
         pad token after its stop token (or up to ``response_length``)."""
         from rlhf_kit.ppo.rollout import generate_like_trl, sample_rollouts
@@ -328,34 +395,44 @@ class PPOTrainer:
             if self.sampler == "trl":
                 return generate_like_trl(policy, queries, args.local_rollout_forward_batch_size, tok.pad_token_id,
                                          args.response_length, args.temperature)
+            seeds = [args.seed * 1_000_003 + i for i in index]  # the i-th rollout of the run draws alike anywhere
             responses = sample_rollouts(policy, tok, queries, args.response_length, args.temperature,
-                                        args.local_rollout_forward_batch_size, self.stop_token_id)
+                                        args.local_rollout_forward_batch_size, self.stop_token_id, seeds)
             policy.train(self.model.training)  # the sampler switches to eval mode; dropout is off either way
         return torch.cat((queries, responses), 1), None
 
     @contextmanager
     def unwrapped_for_sampling(self):
-        """The policy+value module outside its distributed wrapper, for sampling token by token."""
-        yield self.accelerator.unwrap_model(self.model)
+        """The policy+value module outside its distributed wrapper, with whole weights, for sampling token by
+        token: under ZeRO-3 the parameters gathered and DeepSpeed's fetch hooks lifted meanwhile (as TRL's
+        ``unwrap_model_for_generation``), under FSDP2 every sharded module unsharded and kept so until the end."""
+        from rlhf_kit.ppo.sharding import whole_weights
+
+        with whole_weights(self.model, self.accelerator):
+            yield self.accelerator.unwrap_model(self.model)
 
     @torch.no_grad()
-    def rollout(self, queries: torch.Tensor) -> dict:
-        """Sample responses from pi_RL and score them: log-probs under pi_RL and pi_SFT, values, RM scores."""
-        args, tok, acc = self.args, self.processing_class, self.accelerator
+    def rollout(self, queries: torch.Tensor, index: list[int]) -> dict:
+        """Sample responses from pi_RL and score them: log-probs under pi_RL and pi_SFT, values, RM scores; every
+        process's rollouts gathered, so each holds the whole batch (``index``: the rollouts' seeds)."""
+        args, tok = self.args, self.processing_class
         context_length, step = queries.shape[1], args.local_rollout_forward_batch_size
         started = time.perf_counter()
-        query_responses, logitss = self.sample(queries)
+        query_responses, logitss = self.sample(queries, index)
         self.timings["generate"] += time.perf_counter() - started
         out = {k: [] for k in ("responses", "postprocessed", "logprobs", "ref_logprobs", "sequence_lengths",
                                "scores", "values")}
         for i in range(0, queries.shape[0], step):
             query, query_response = queries[i: i + step], query_responses[i: i + step]
             response = query_response[:, context_length:]
-            if logitss is None:  # log pi_RL of the sampled tokens, from one forward over them
-                logits = forward(self.policy, query_response, tok.pad_token_id).logits[:, context_length - 1: -1]
+            # One pass through the (distributed) policy+value module: log pi_RL of the sampled tokens and V(s_t).
+            output, full_value = forward(self.model, query_response, tok.pad_token_id)
+            if logitss is None:
+                logits = output.logits[:, context_length - 1: -1]
                 logprob = selective_log_softmax(logits / (args.temperature + 1e-7), response)
-            else:
+            else:  # TRL replay: log pi_RL from generate's scores, as TRL computed it
                 logprob = selective_log_softmax(logitss[i: i + step], response)
+            del output
             with self.reference() as reference:  # LoRA: the policy with its adapter disabled
                 ref_output = forward(reference, query_response, tok.pad_token_id)
             ref_logits = ref_output.logits[:, context_length - 1: -1]
@@ -366,20 +443,22 @@ class PPOTrainer:
             if self.stop_token_id is not None:
                 postprocessed = truncate_response(self.stop_token_id, tok.pad_token_id, response)
             sequence_length = first_true_indices(postprocessed == tok.pad_token_id) - 1
-            full_value, _, _ = get_reward(self.value_model, query_response, tok.pad_token_id, context_length)
             _, score, _ = get_reward(self.reward_model, torch.cat((query, postprocessed), 1), tok.pad_token_id,
                                      context_length)
             for key, value in zip(out, (response, postprocessed, logprob, ref_logprob, sequence_length, score,
                                         full_value[:, context_length - 1: -1].squeeze(-1))):
                 out[key].append(value)
         batch = {k: torch.cat(v, 0) for k, v in out.items()}
-        batch["query_responses"], batch["context_length"] = query_responses, context_length
+        batch["query_responses"] = query_responses
+        batch = self._gather(batch)
+        batch["context_length"] = context_length  # the same on every process (PromptOrder pads globally)
         # A response that never stops scores lower (Huang et al. 2024, detail 14: missing-EOS penalty).
         contains_eos = torch.any(batch["postprocessed"] == tok.eos_token_id, dim=-1)
         if args.missing_eos_penalty is not None:
             batch["scores"][~contains_eos] -= args.missing_eos_penalty
         # Positions after the response's end are padding: fixed log-probs there, and no value after end + 1.
-        idxs = torch.arange(batch["responses"].shape[1], device=queries.device).repeat(queries.shape[0], 1)
+        rows, width = batch["responses"].shape
+        idxs = torch.arange(width, device=queries.device).repeat(rows, 1)
         batch["padding_mask"] = idxs > batch["sequence_lengths"].unsqueeze(1)
         batch["padding_mask_p1"] = idxs > (batch["sequence_lengths"] + 1).unsqueeze(1)
         for key in ("logprobs", "ref_logprobs"):
@@ -387,6 +466,18 @@ class PPOTrainer:
         batch["values"] = torch.masked_fill(batch["values"], batch["padding_mask_p1"], 0)
         self.timings["rollout"] += time.perf_counter() - started
         return batch
+
+    def _gather(self, local: dict) -> dict:
+        """Every process's rollouts, in process order (= the global batch's order), padded to one response width:
+        advantages are whitened and minibatches drawn over the whole batch, as on one process."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return local
+        pad = self.processing_class.pad_token_id
+        fill = {"responses": pad, "postprocessed": pad, "query_responses": pad, "logprobs": INVALID_LOGPROB,
+                "ref_logprobs": INVALID_LOGPROB, "values": 0}
+        return {k: acc.gather(acc.pad_across_processes(v, dim=1, pad_index=fill[k]) if k in fill else v)
+                for k, v in local.items()}
 
     @torch.no_grad()
     def compute_rewards(self, b: dict) -> None:
@@ -456,7 +547,9 @@ class PPOTrainer:
     def ptx_loss(self) -> torch.Tensor:
         """Mean next-token NLL of the policy on one pretraining batch (PPO-ptx, InstructGPT Eq. 2)."""
         batch = self.ptx_batches.next_batch(self.accelerator.device)
-        return self.policy(**batch).loss
+        if self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):  # sharded weights: through the wrapper
+            return self.model(value=False, **batch)[0].loss
+        return self.policy(**batch).loss  # DDP allows one wrapped forward per backward: the PPO loss took it
 
     def ppo_epochs(self, b: dict) -> dict[str, torch.Tensor]:
         """``num_ppo_epochs`` passes over the batch, each in freshly shuffled minibatches of micro-batches."""
@@ -467,10 +560,17 @@ class PPOTrainer:
         shape = (args.num_ppo_epochs, args.num_mini_batches, micro_batches)
         names = ["approx_kl", "clipfrac", "policy", "value", "value_clipfrac", "entropy", "ratio"]
         stats = {k: torch.zeros(shape, device=acc.device) for k in names + (["ptx"] if self.ptx_coef else [])}
+        # Minibatches are drawn over the whole (gathered) batch with one permutation on every process; process r
+        # takes the r-th share of each minibatch's micro-batches, so the summed gradient is the one-process one.
+        share = args.local_mini_batch_size * acc.process_index
         for epoch in range(args.num_ppo_epochs):
-            b_inds = np.random.permutation(args.local_batch_size)
-            for minibatch, mb_start in enumerate(range(0, args.local_batch_size, args.local_mini_batch_size)):
-                mb_inds = b_inds[mb_start: mb_start + args.local_mini_batch_size]
+            b_inds = np.random.permutation(args.batch_size)
+            if acc.num_processes > 1:
+                from accelerate.utils import broadcast
+
+                b_inds = broadcast(torch.as_tensor(b_inds, device=acc.device)).cpu().numpy()
+            for minibatch, mb_start in enumerate(range(0, args.batch_size, args.mini_batch_size)):
+                mb_inds = b_inds[mb_start + share: mb_start + share + args.local_mini_batch_size]
                 for micro, start in enumerate(range(0, args.local_mini_batch_size, args.per_device_train_batch_size)):
                     with acc.accumulate(self.model):
                         loss, step_stats = self.ppo_losses(b, mb_inds[start: start + args.per_device_train_batch_size])
@@ -486,7 +586,8 @@ class PPOTrainer:
 
     @torch.no_grad()
     def batch_metrics(self, b: dict, stats: dict, episodes_per_second: float) -> dict[str, float]:
-        """The update's metrics under rlhf_kit's names (see rlhf_kit/ppo.py), averaged over processes."""
+        """The update's metrics under rlhf_kit's names (see rlhf_kit/ppo/__init__.py): rollout figures over the
+        whole batch (every process holds it), training figures over every process's micro-batches."""
         gather = self.accelerator.gather_for_metrics
         mean_kl = b["kl"].sum(1).mean()
         mean_entropy = ((-b["logprobs"]) * (~b["padding_mask"]).float()).sum(1).mean()
@@ -494,11 +595,11 @@ class PPOTrainer:
         rlhf_reward = mean_non_score_reward + b["scores"].mean()
         metrics = {
             "charts/episodes_per_second": episodes_per_second,
-            "ppo/kl": gather(mean_kl).mean().item(),
-            "ppo/entropy": gather(mean_entropy).mean().item(),
-            "ppo/kl_penalty": gather(mean_non_score_reward).mean().item(),
-            "ppo/rlhf_reward": gather(rlhf_reward).mean().item(),
-            "ppo/scores": gather(b["scores"].mean()).mean().item(),
+            "ppo/kl": mean_kl.item(),
+            "ppo/entropy": mean_entropy.item(),
+            "ppo/kl_penalty": mean_non_score_reward.item(),
+            "ppo/rlhf_reward": rlhf_reward.item(),
+            "ppo/scores": b["scores"].mean().item(),
             "charts/approx_kl": gather(stats["approx_kl"]).mean().item(),
             "charts/clipfrac": gather(stats["clipfrac"]).mean().item(),
             "losses/policy": gather(stats["policy"]).mean().item(),
@@ -538,8 +639,8 @@ class PPOTrainer:
         bar = self._progress_bar()
         for update in range(first_update, args.num_total_batches + 1):
             self.state.episode += args.batch_size
-            queries = next(self.prompt_batches)["input_ids"].to(acc.device)
-            batch = self.rollout(queries)
+            prompts = next(self.prompt_batches)
+            batch = self.rollout(prompts["input_ids"].to(acc.device), prompts.get("index"))
             self.compute_rewards(batch)
             self.compute_advantages(batch)
             stats = self.ppo_epochs(batch)
@@ -561,7 +662,8 @@ class PPOTrainer:
                 self.print_samples()
         if bar is not None:
             bar.close()
-        acc.end_training()
+        for tracker in acc.trackers:  # not acc.end_training(): it ends the process group, still needed to save
+            tracker.finish()
 
     @torch.no_grad()
     def print_samples(self, n: int = 4) -> None:
@@ -569,12 +671,14 @@ class PPOTrainer:
         prompts, printed by the main process: a look at what the policy writes during training."""
         from rlhf_kit.generation import sample_ids
 
-        if not self.eval_dataset or not self.accelerator.is_main_process:
+        if not self.eval_dataset:
             return
         tok, ids = self.processing_class, self.eval_dataset["input_ids"][:n]
-        sampled = sample_ids(self.policy, tok, ids, 1, 0.01, self.args.response_length, end_token_id=self.stop_token_id)
-        self.policy.train(self.model.training)
-        for prompt, (response,) in zip(ids, sampled):
+        with self.unwrapped_for_sampling() as model:
+            sampled = sample_ids(model.policy, tok, ids, 1, 0.01, self.args.response_length,
+                                 end_token_id=self.stop_token_id)
+            model.policy.train(self.model.training)
+        for prompt, (response,) in zip(ids, sampled) if self.accelerator.is_main_process else ():
             print(f"[ppo] update {self.state.global_step}: {tok.decode(prompt, skip_special_tokens=True)!r} -> "
                   f"{tok.decode(response, skip_special_tokens=True)!r}")
 
