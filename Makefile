@@ -18,7 +18,7 @@ STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install chromium test lint demo rounds bench-rounds real import world demos base sft compare reward ppo eval bench-reward bench-ppo bench-alignment-tax ppo-golden push data-validate data-preview clean \
+.PHONY: install chromium test test-gpu lint demo rounds bench-rounds real import world demos base sft compare reward ppo eval bench-reward bench-ppo bench-alignment-tax ppo-golden push data-validate data-preview clean \
 	label label-export label-screenshots
 
 install: $(STAMP)
@@ -37,7 +37,11 @@ chromium:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
 test: install chromium
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PYTHON) -m pytest -q tests
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PYTHON) -m pytest -q -m "not gpu" tests
+
+# The stages on a CUDA GPU in bf16 (tests/test_gpu.py); CI has no GPU and never runs them.
+test-gpu: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PYTHON) -m pytest -q -m gpu tests
 
 lint: install
 	$(PYTHON) -m ruff check rlhf_kit recipes tests benchmarks

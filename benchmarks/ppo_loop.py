@@ -35,9 +35,10 @@ def run_side(side: str, argv: list[str]) -> dict:
         from trl.experimental.ppo import PPOConfig as TRLConfig
         from trl.experimental.ppo import PPOTrainer as TRLTrainer
 
-        values = training_args.to_dict()
-        trl_args = TRLConfig(**{k: values[k] for k in TRLConfig.__dataclass_fields__
-                                if k in values and TRLConfig.__dataclass_fields__[k].init})
+        # Every init field both configs share (not to_dict(): it masks keys ending in _token, stop_token too).
+        fields = TRLConfig.__dataclass_fields__
+        trl_args = TRLConfig(**{k: getattr(training_args, k) for k, f in fields.items()
+                                if f.init and k in PPOConfig.__dataclass_fields__})
         trainer = TRLTrainer(args=trl_args, processing_class=inputs["tokenizer"], model=inputs["policy"],
                              ref_model=inputs["ref_policy"], reward_model=inputs["reward_model"],
                              value_model=inputs["value_model"], train_dataset=inputs["train_dataset"],

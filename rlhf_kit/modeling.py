@@ -1,9 +1,9 @@
 """Load and build tokenizers, policies, reward and value models; LoRA / QLoRA; adapter merging.
 
 Every load goes through ``from_pretrained`` with a local path or a Hub id, so the embedded tiny default and real
-checkpoints take the same road. Each training stage saves a *merged* model (plus its LoRA adapter in ``adapter/``)
-because TRL's PPOTrainer takes plain models: it refuses a ``PeftModel`` together with a new ``peft_config`` and
-reads ``.score`` off the reward model directly.
+checkpoints take the same road. Each training stage saves a *merged* model (plus its LoRA adapter in ``adapter/``),
+so every later stage starts from a plain checkpoint: PPO adds a fresh adapter to the SFT model and reads ``.score``
+off the reward model directly.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def _inputs(query_responses: torch.Tensor, pad_token_id: int) -> dict:
 
 def forward(model, query_responses: torch.Tensor, pad_token_id: int):
     """The model's output (with hidden states) on padded query+response rows."""
-    return model(**_inputs(query_responses, pad_token_id), return_dict=True, output_hidden_states=True)
+    return model(**_inputs(query_responses, pad_token_id), return_dict=True, output_hidden_states=True, use_cache=False)
 
 
 def get_reward(model, query_responses: torch.Tensor, pad_token_id: int, context_length: int):

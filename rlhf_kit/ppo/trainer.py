@@ -86,7 +86,8 @@ class PromptOrder:
     global batch are the same on any number of processes; the position (pass, batch) is the whole state."""
 
     def __init__(self, dataset, tokenizer, seed: int, global_batch: int, process_index: int, num_processes: int):
-        self.ids, self.tokenizer, self.seed = dataset["input_ids"], tokenizer, seed
+        self.ids = [list(ids) for ids in dataset["input_ids"]]  # plain lists: a datasets column indexes slowly
+        self.tokenizer, self.seed = tokenizer, seed
         self.global_batch, self.local = global_batch, global_batch // num_processes
         self.rank = process_index
         self.batches_per_pass = len(self.ids) // global_batch
@@ -113,7 +114,7 @@ class PromptOrder:
         width = max(len(self.ids[i]) for i in rows)
         mine = rows[self.rank * self.local: (self.rank + 1) * self.local]
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(self.ids[i])) + list(self.ids[i]) for i in mine])
+        input_ids = torch.tensor([[pad] * (width - len(self.ids[i])) + self.ids[i] for i in mine])
         first = (self.pass_index * self.batches_per_pass + self.position) * self.global_batch + self.rank * self.local
         self.position += 1
         return {"input_ids": input_ids, "index": list(range(first, first + len(mine)))}
@@ -316,6 +317,7 @@ class PPOTrainer:
             self.prompt_batches = PromptOrder(train_dataset, tok, args.seed, args.batch_size, acc.process_index,
                                               acc.num_processes)
         torch.manual_seed(self.local_seed)
+        self.unwrapped = acc.unwrap_model(self.model)  # the policy+value module inside any distributed wrapper
         for frozen in (self.ref_model, self.reward_model):
             if frozen is not None:
                 frozen.to(acc.device)
@@ -349,7 +351,7 @@ class PPOTrainer:
     @property
     def policy(self):
         """The policy (a PeftModel with LoRA), outside any distributed wrapper."""
-        return self.accelerator.unwrap_model(self.model).policy
+        return self.unwrapped.policy
 
     def full_policy_state_dict(self) -> dict | None:
         """The policy's whole weights gathered from a sharded run (FSDP2, ZeRO-3), on the main process, under the
@@ -363,7 +365,7 @@ class PPOTrainer:
 
     @property
     def value_model(self):
-        return self.accelerator.unwrap_model(self.model).value_model
+        return self.unwrapped.value_model
 
     @contextmanager
     def reference(self):
@@ -409,7 +411,7 @@ class PPOTrainer:
         from rlhf_kit.ppo.sharding import whole_weights
 
         with whole_weights(self.model, self.accelerator):
-            yield self.accelerator.unwrap_model(self.model)
+            yield self.unwrapped
 
     @torch.no_grad()
     def rollout(self, queries: torch.Tensor, index: list[int]) -> dict:
