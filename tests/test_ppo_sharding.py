@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_sharding import wide  # noqa: F401  (the fixture)
 
 from conftest import config_args, run_cli, run_inprocess, stage_paths
 
-# 3 updates of 16 rollouts, 2 PPO epochs of 2 minibatches, micro-batches of 4 on every process count.
-COMMON = ["--total_episodes", "48", "--per_device_train_batch_size", "4", "--num_ppo_epochs", "2",
+# 2 updates of 16 rollouts, 2 PPO epochs of 2 minibatches, micro-batches of 4 on every process count.
+COMMON = ["--total_episodes", "32", "--per_device_train_batch_size", "4", "--num_ppo_epochs", "2",
           "--num_mini_batches", "2", "--response_length", "12", "--lora_r", "4", "--lora_alpha", "8",
           "--save_strategy", "no", "--report_to", "none"]
 CPU2 = ["--num_processes", "2", "--mixed_precision", "no"]
@@ -34,33 +35,35 @@ def _args(pipeline, policy=None) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def wide_sft(pipeline, tmp_path_factory):
-    """An SFT policy wide enough for ZeRO-3 to partition (MLP matrices of 256 x 512 exceed DeepSpeed's
-    stage3_param_persistence_threshold of 1e5 elements; the tiny pipeline's tensors all stay whole)."""
-    root = tmp_path_factory.mktemp("wide")
-    run_inprocess("base", config_args("base") + ["--output_dir", str(root / "base"), "--data_dir", str(root / "data"),
-                                                 "--hidden_size", "256", "--intermediate_size", "512",
-                                                 "--num_hidden_layers", "1", "--max_steps", "3",
-                                                 "--per_device_train_batch_size", "8"])
-    run_inprocess("sft", config_args("sft") + stage_paths(pipeline, "sft")
-                  + ["--model_name_or_path", str(root / "base"), "--output_dir", str(root / "sft"),
-                     "--max_steps", "2", "--lora_r", "4", "--lora_alpha", "8"])
-    return root / "sft"
+def wide_sft(wide):  # noqa: F811  (the imported fixture)
+    """The wide SFT policy of tests/test_sharding.py: ZeRO-3 partitions its MLP matrices (256 x 512, over
+    DeepSpeed's stage3_param_persistence_threshold of 1e5 elements); the tiny pipeline's tensors all stay whole."""
+    return wide / "sft"
+
+
+@pytest.fixture(scope="module")
+def one_process(pipeline, wide_sft, tmp_path_factory):
+    """1-process PPO runs (4 micro-batches accumulated): on the tiny SFT policy, and on the wide one."""
+    root = tmp_path_factory.mktemp("one_process")
+    for name, policy in (("tiny", None), ("wide", wide_sft)):
+        run_inprocess("ppo", _args(pipeline, policy) + ["--gradient_accumulation_steps", "4",
+                                                        "--output_dir", str(root / name)])
+    return root
 
 
 @pytest.mark.parametrize("launcher,kind", [("accelerate-2proc", "MULTI_CPU"), ("fsdp.yaml", "FSDP"),
                                            ("zero3.yaml", "DEEPSPEED")])
-def test_two_process_ppo_matches_one(pipeline, wide_sft, tmp_path, launcher, kind):
+def test_two_process_ppo_matches_one(pipeline, wide_sft, one_process, tmp_path, launcher, kind):
     from transformers import AutoModelForCausalLM
 
+    # ZeRO-3 on the wide policy: the tiny one's tensors are all under DeepSpeed's persistence threshold.
     policy = wide_sft if launcher == "zero3.yaml" else None
-    one, two = tmp_path / "one", tmp_path / "two"
-    run_inprocess("ppo", _args(pipeline, policy) + ["--gradient_accumulation_steps", "4", "--output_dir", str(one)])
+    one, two = one_process / ("wide" if policy else "tiny"), tmp_path / "two"
     proc = run_cli("ppo", _args(pipeline, policy) + ["--gradient_accumulation_steps", "2", "--output_dir", str(two)],
                    launcher=launcher, launch_args=[] if launcher == "accelerate-2proc" else CPU2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):  # both ranks trained, under the sharding asked for (not a silent fallback)
-        assert f"[ppo] rank {rank}/2 trained 3 steps ({kind})" in proc.stdout, proc.stdout[-2000:]
+        assert f"[ppo] rank {rank}/2 trained 2 steps ({kind})" in proc.stdout, proc.stdout[-2000:]
     a, b = _adapter(one), _adapter(two)
     assert sorted(a) == sorted(b)
     delta = max((a[k] - b[k]).abs().max().item() for k in a)
