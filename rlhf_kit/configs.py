@@ -300,7 +300,20 @@ def run_recipe(main, make_parser, argv: list[str] | None = None) -> None:
     """A recipe's entry point: parse its config and flags, run ``main``; user mistakes end as one line, exit 2."""
     from rlhf_kit.errors import exit_on_user_error
 
-    exit_on_user_error(lambda: main(*parse_stage_args(tuple(make_parser().dataclass_types), argv)))
+    try:
+        exit_on_user_error(lambda: main(*parse_stage_args(tuple(make_parser().dataclass_types), argv)))
+    finally:
+        _end_process_group()
+
+
+def _end_process_group() -> None:
+    """Close the distributed process group before the interpreter exits: left open, its communication threads are
+    torn down with the process, and a rank of a finished run can abort ("terminate called without an active
+    exception", exit -6; seen once on a ZeRO-2 reward run's second rank after it had saved)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
