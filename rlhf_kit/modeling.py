@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import contextmanager
 from pathlib import Path
 
 from rlhf_kit.errors import UserError
@@ -227,23 +226,6 @@ def _reload(model, base_path: str):
         unset_hf_deepspeed_config()
     cls = type(model)
     return cls.from_pretrained(base_path, **({"num_labels": 1} if "Sequence" in cls.__name__ else {}))
-
-
-@contextmanager
-def loaded_whole():
-    """Load models whole on every process even under ZeRO-3, whose ``zero.Init`` would otherwise partition them as
-    they load: for frozen models (PPO's reward model and reference) that run outside any DeepSpeed engine."""
-    from transformers.integrations import deepspeed as ds
-
-    config = ds._hf_deepspeed_config_weak_ref() if ds._hf_deepspeed_config_weak_ref is not None else None
-    if config is None:
-        yield
-        return
-    ds.unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        ds.set_hf_deepspeed_config(config)
 
 
 def require_same_tokenizer(a, b, a_name: str, b_name: str) -> None:

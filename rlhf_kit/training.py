@@ -35,7 +35,7 @@ def apply_global_batch(global_batch_size: int | None, training_args) -> None:
 
     if not global_batch_size:
         return
-    # PartialState, not training_args.world_size: PPOConfig shadows that property with a field that TRL fills later.
+    # PartialState: the launch's process count, known before any trainer (or its accelerator) exists.
     world, accum = PartialState().num_processes, training_args.gradient_accumulation_steps
     if global_batch_size % (world * accum):
         raise UserError(f"global_batch_size={global_batch_size} is not divisible by world size {world} x "

@@ -6,6 +6,7 @@ change; tests/test_trl_pins.py pins what is used here by behaviour.
 """
 
 import os
+from contextlib import contextmanager
 
 from trl import (  # noqa: F401  (re-exported)
     ModelConfig,
@@ -59,6 +60,25 @@ def enable_deepspeed_on_cpu(parser) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ["ACCELERATE_USE_CPU"] = "false"  # accelerate keeps DeepSpeed only for a process not marked CPU
     parser.set_defaults(ddp_backend="gloo")
+
+
+@contextmanager
+def zero3_init_disabled():
+    """Load models whole on every process even under ZeRO-3, whose ``zero.Init`` (switched on by transformers while
+    a DeepSpeed ZeRO-3 config is registered, a private weak reference of its DeepSpeed integration) would partition
+    them as they load: for frozen models (PPO's reward model and reference) that run outside any DeepSpeed engine.
+    Pinned by tests/test_ppo_sharding.py's ZeRO-3 run."""
+    from transformers.integrations import deepspeed as ds
+
+    config = ds._hf_deepspeed_config_weak_ref() if ds._hf_deepspeed_config_weak_ref is not None else None
+    if config is None:
+        yield
+        return
+    ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        ds.set_hf_deepspeed_config(config)
 
 
 def gguf_supported_architectures() -> set[str]:

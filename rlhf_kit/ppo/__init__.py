@@ -82,6 +82,7 @@ def load_ppo_inputs(script_args, training_args, model_args) -> dict:
     from rlhf_kit import modeling, runs
     from rlhf_kit.cards import load_stage_rows
     from rlhf_kit.data import build_prompt_dataset
+    from rlhf_kit.trl_compat import zero3_init_disabled
 
     sft, rm = model_args.model_name_or_path, training_args.reward_model_path
     runs.require_stage_output(sft, "SFT policy")
@@ -101,7 +102,7 @@ def load_ppo_inputs(script_args, training_args, model_args) -> dict:
         modeling.require_same_tokenizer(tokenizer, modeling.load_tokenizer(ref), "policy", "reference policy")
     # The frozen models (reward, reference) take the policy's dtype, e.g. bfloat16 on a CPU with AMX; the value model
     # is trained in full, so it keeps float32 weights (bf16 weights would round most Adam updates away).
-    with modeling.loaded_whole():  # frozen, outside the DeepSpeed engine: never partitioned by ZeRO-3's zero.Init
+    with zero3_init_disabled():  # frozen, outside the DeepSpeed engine: never partitioned by ZeRO-3's zero.Init
         reward_model = modeling.load_reward_model(rm, require_head=True, dtype=model_args.dtype)
         ref_policy = (modeling.load_causal_lm(ref, what="reference policy", dtype=model_args.dtype)
                       if explicit_ref else None)

@@ -363,10 +363,6 @@ class PPOTrainer:
             return None
         return {k[len("policy."):]: v for k, v in full.items() if k.startswith("policy.")}
 
-    @property
-    def value_model(self):
-        return self.unwrapped.value_model
-
     @contextmanager
     def reference(self):
         """The reference policy pi_SFT: a separate frozen model, or the policy with its LoRA adapter disabled
@@ -680,7 +676,9 @@ class PPOTrainer:
             sampled = sample_ids(model.policy, tok, ids, 1, 0.01, self.args.response_length,
                                  end_token_id=self.stop_token_id)
             model.policy.train(self.model.training)
-        for prompt, (response,) in zip(ids, sampled) if self.accelerator.is_main_process else ():
+        if not self.accelerator.is_main_process:
+            return
+        for prompt, (response,) in zip(ids, sampled):
             print(f"[ppo] update {self.state.global_step}: {tok.decode(prompt, skip_special_tokens=True)!r} -> "
                   f"{tok.decode(response, skip_special_tokens=True)!r}")
 
