@@ -3,14 +3,17 @@
 TRL removed its PPO trainer in 1.13, so its side runs in the throw-away virtualenv with ``trl==1.12.0`` that
 ``make ppo-golden`` uses (``make bench-ppo`` builds it on first use); rlhf_kit's side runs here. Both get the same
 models, prompts, seed and config (benchmarks/ppo_loop.yaml, built through rlhf_kit's PPO seam), run one after the
-other on an otherwise idle CPU. Prints each side's episodes/s, the ratio rlhf_kit / TRL, rlhf_kit's share of wall
-time spent sampling and in the whole rollout phase, and both sides' last RM score. Needs ``make sft reward``.
+other on an otherwise idle CPU, in ``--repeats`` alternating pairs (3). Prints each run's episodes/s, each pair's ratio
+rlhf_kit / TRL and their median, rlhf_kit's share of wall time spent sampling and in the whole rollout phase, and
+each run's last RM score. Needs ``make sft reward``.
 
     make bench-ppo
-    python benchmarks/ppo_loop.py --config benchmarks/ppo_loop.yaml --trl_python <venv with trl 1.12>/bin/python
+    python benchmarks/ppo_loop.py --config benchmarks/ppo_loop.yaml --trl_python <venv with trl 1.12>/bin/python \
+        [--repeats 3]
 """
 
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -66,20 +69,32 @@ def main(argv: list[str]) -> None:
     if i is None:
         sys.exit("error: pass --trl_python <python of a venv with trl==1.12.0> (make bench-ppo builds one)")
     trl_python, argv = argv[i + 1], argv[:i] + argv[i + 2:]
-    results = {}
-    for side, python in (("trl", trl_python), ("rlhf_kit", sys.executable)):
-        proc = subprocess.run([python, __file__, *argv, "--side", side], cwd=REPO, capture_output=True, text=True)
-        if proc.returncode:
-            sys.exit(f"error: the {side} side failed:\n{proc.stderr[-2000:]}")
-        results[side] = json.loads(proc.stdout.strip().splitlines()[-1])
-    results["ratio_rlhf_kit_over_trl"] = results["rlhf_kit"]["episodes_per_s"] / results["trl"]["episodes_per_s"]
-    print(f"\n{'side':>9} {'episodes':>8} {'wall s':>8} {'episodes/s':>10} {'last RM score':>13}")
-    for side in ("trl", "rlhf_kit"):
-        r = results[side]
-        print(f"{side:>9} {r['episodes']:>8} {r['wall_s']:>8.1f} {r['episodes_per_s']:>10.2f} {r['last_score']:>13.3f}")
-    r = results["rlhf_kit"]
-    print(f"ratio rlhf_kit / TRL 1.12: {results['ratio_rlhf_kit_over_trl']:.2f}; rlhf_kit's wall time sampling "
-          f"{r['generate_share']:.0%}, whole rollout phase {r['rollout_share']:.0%}")
+    repeats = 3
+    if "--repeats" in argv:
+        j = argv.index("--repeats")
+        repeats, argv = int(argv[j + 1]), argv[:j] + argv[j + 2:]
+    # The sides alternate, and each pair gives one ratio: this CPU's speed drifts by a quarter within minutes, so
+    # one pair can say 1.4 or 1.7 for the same code; the median of the pairs is the figure.
+    runs = {"trl": [], "rlhf_kit": []}
+    for repeat in range(repeats):
+        for side, python in (("trl", trl_python), ("rlhf_kit", sys.executable)):
+            print(f"pair {repeat + 1}/{repeats}: {side} ...", flush=True)
+            proc = subprocess.run([python, __file__, *argv, "--side", side], cwd=REPO, capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f"error: the {side} side failed:\n{proc.stderr[-2000:]}")
+            runs[side].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    ratios = [k["episodes_per_s"] / t["episodes_per_s"] for t, k in zip(runs["trl"], runs["rlhf_kit"])]
+    results = {"runs": runs, "ratios": ratios, "ratio_rlhf_kit_over_trl": statistics.median(ratios)}
+    print(f"\n{'pair':>4} {'side':>9} {'episodes':>8} {'wall s':>8} {'episodes/s':>10} {'last RM score':>13} ratio")
+    for p, ratio in enumerate(ratios):
+        for side in ("trl", "rlhf_kit"):
+            r = runs[side][p]
+            print(f"{p + 1:>4} {side:>9} {r['episodes']:>8} {r['wall_s']:>8.1f} {r['episodes_per_s']:>10.2f} "
+                  f"{r['last_score']:>13.3f} {f'{ratio:.2f}' if side == 'rlhf_kit' else ''}")
+    share = {k: statistics.median(r[f"{k}_share"] for r in runs["rlhf_kit"]) for k in ("generate", "rollout")}
+    print(f"ratio rlhf_kit / TRL 1.12, median of {repeats} pairs: {results['ratio_rlhf_kit_over_trl']:.2f} "
+          f"(range {min(ratios):.2f}-{max(ratios):.2f}); rlhf_kit's wall time sampling {share['generate']:.0%}, "
+          f"whole rollout phase {share['rollout']:.0%}")
     out = REPO / "runs" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     (out / "ppo_loop.json").write_text(json.dumps(results, indent=2))

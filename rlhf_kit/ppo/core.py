@@ -69,9 +69,14 @@ def _inputs(query_responses: torch.Tensor, pad_token_id: int) -> dict:
             "position_ids": attention_mask.cumsum(1) - attention_mask.long()}
 
 
-def forward(model, query_responses: torch.Tensor, pad_token_id: int):
-    """The model's output (with hidden states) on padded query+response rows."""
-    return model(**_inputs(query_responses, pad_token_id), return_dict=True, output_hidden_states=True, use_cache=False)
+def forward(model, query_responses: torch.Tensor, pad_token_id: int, context_length: int):
+    """The model's output (with hidden states) on padded query+response rows; logits (and the policy+value
+    module's values) only at the positions that predict a response token, ``context_length - 1`` to the
+    second-to-last: the LM head over the prompt's positions is work nobody reads (a fifth of a 135M model's
+    forward at its 49k vocabulary). Slice ``[:, :-1]`` for one per response token."""
+    keep = query_responses.shape[1] - context_length + 1
+    return model(**_inputs(query_responses, pad_token_id), return_dict=True, output_hidden_states=True,
+                 use_cache=False, logits_to_keep=keep)
 
 
 def get_reward(model, query_responses: torch.Tensor, pad_token_id: int, context_length: int):

@@ -189,11 +189,12 @@ class PolicyAndValue(torch.nn.Module):
         self.policy, self.value_model = policy, value_model
         self.critic_backbone = getattr(value_model, value_model.base_model_prefix)
 
-    def forward(self, value: bool = True, **kwargs):
+    def forward(self, value: bool = True, logits_to_keep: int = 0, **kwargs):
         if not value:  # the policy alone (the reference pass, PPO-ptx), still through the distributed wrapper
-            return self.policy(**kwargs), None
-        output = self.critic_backbone(**kwargs)
-        return self.policy(**kwargs), self.value_model.score(output.hidden_states[-1])
+            return self.policy(logits_to_keep=logits_to_keep, **kwargs), None
+        output = self.critic_backbone(**kwargs)  # values at the last logits_to_keep positions (0: all), as logits
+        return (self.policy(logits_to_keep=logits_to_keep, **kwargs),
+                self.value_model.score(output.hidden_states[-1][:, -logits_to_keep:]))
 
 
 def disable_dropout(model) -> None:
@@ -424,16 +425,16 @@ class PPOTrainer:
             query, query_response = queries[i: i + step], query_responses[i: i + step]
             response = query_response[:, context_length:]
             # One pass through the (distributed) policy+value module: log pi_RL of the sampled tokens and V(s_t).
-            output, full_value = forward(self.model, query_response, tok.pad_token_id)
+            output, full_value = forward(self.model, query_response, tok.pad_token_id, context_length)
             if logitss is None:
-                logits = output.logits[:, context_length - 1: -1]
+                logits = output.logits[:, :-1]
                 logprob = selective_log_softmax(logits / (args.temperature + 1e-7), response)
             else:  # TRL replay: log pi_RL from generate's scores, as TRL computed it
                 logprob = selective_log_softmax(logitss[i: i + step], response)
             del output
             with self.reference() as reference:  # LoRA: the policy with its adapter disabled
-                ref_output = forward(reference, query_response, tok.pad_token_id)
-            ref_logits = ref_output.logits[:, context_length - 1: -1]
+                ref_output = forward(reference, query_response, tok.pad_token_id, context_length)
+            ref_logits = ref_output.logits[:, :-1]
             ref_logits /= args.temperature + 1e-7
             ref_logprob = selective_log_softmax(ref_logits, response)
             # The reward model reads the response cut after the stop token (Huang et al. 2024, detail 4).
@@ -444,7 +445,7 @@ class PPOTrainer:
             _, score, _ = get_reward(self.reward_model, torch.cat((query, postprocessed), 1), tok.pad_token_id,
                                      context_length)
             for key, value in zip(out, (response, postprocessed, logprob, ref_logprob, sequence_length, score,
-                                        full_value[:, context_length - 1: -1].squeeze(-1))):
+                                        full_value[:, :-1].squeeze(-1))):
                 out[key].append(value)
         batch = {k: torch.cat(v, 0) for k, v in out.items()}
         batch["query_responses"] = query_responses
@@ -515,12 +516,12 @@ class PPOTrainer:
         args, ctx = self.args, b["context_length"]
         padding_mask, padding_mask_p1 = b["padding_mask"][inds], b["padding_mask_p1"][inds]
         mb_values, mb_return, mb_advantage = b["values"][inds], b["returns"][inds], b["advantages"][inds]
-        output, vpred_temp = forward(self.model, b["query_responses"][inds], self.processing_class.pad_token_id)
-        logits = output.logits[:, ctx - 1: -1]
+        output, vpred_temp = forward(self.model, b["query_responses"][inds], self.processing_class.pad_token_id, ctx)
+        logits = output.logits[:, :-1]
         logits /= args.temperature + 1e-7
         new_logprobs = selective_log_softmax(logits, b["responses"][inds])
         new_logprobs = torch.masked_fill(new_logprobs, padding_mask, INVALID_LOGPROB)
-        vpred = torch.masked_fill(vpred_temp[:, ctx - 1: -1].squeeze(-1), padding_mask_p1, 0)
+        vpred = torch.masked_fill(vpred_temp[:, :-1].squeeze(-1), padding_mask_p1, 0)
         vpredclipped = torch.clamp(vpred, mb_values - args.cliprange_value, mb_values + args.cliprange_value)
         vf_losses1, vf_losses2 = torch.square(vpred - mb_return), torch.square(vpredclipped - mb_return)
         vf_loss = 0.5 * masked_mean(torch.max(vf_losses1, vf_losses2), ~padding_mask_p1)
