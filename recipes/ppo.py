@@ -12,7 +12,9 @@ from rlhf_kit.trl_compat import ModelConfig
 
 
 def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelConfig):
-    from rlhf_kit import modeling, runs
+    from pathlib import Path
+
+    from rlhf_kit import modeling, report, runs
     from rlhf_kit.ppo import SUMMARY_METRICS, build_loop_extras, build_ppo_trainer, load_ppo_inputs, train_ppo
     from rlhf_kit.ppo.checkpoint import PPOCheckpointer
     from rlhf_kit.stage import StageRun
@@ -31,7 +33,7 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
     if script_args.force:
         checkpointer.clear(run.is_main)
     run.start(*configs)
-    extras = build_loop_extras(script_args, training_args, inputs["tokenizer"])
+    extras = build_loop_extras(script_args, training_args, inputs["tokenizer"], inputs["train_dataset"])
     trainer = build_ppo_trainer(training_args, **inputs, checkpointer=checkpointer, **extras)
     policy = train_ppo(trainer)
     report_rank(trainer, "ppo")
@@ -40,8 +42,12 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
         save_log_history(trainer, out)
         modeling.save_stage_model(policy, inputs["tokenizer"], out, model_args.model_name_or_path, model_args,
                                   state_dict=state_dict)
-    summary = last_logged(trainer, list(SUMMARY_METRICS))
-    run.finish({k.split("/")[-1]: v for k, v in summary.items()})
+        if "monitor" in extras:  # RM score vs the judge's, KL, length over updates
+            report.plot_training(out, Path(out) / "monitor.png", trainer.state.selected_update)
+    summary = {k.split("/")[-1]: v for k, v in last_logged(trainer, list(SUMMARY_METRICS)).items()}
+    if trainer.state.selected_update is not None:
+        summary["selected_update"] = trainer.state.selected_update
+    run.finish(summary)
 
 
 def make_parser():

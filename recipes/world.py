@@ -19,7 +19,8 @@ def main(args: WorldArguments):
         return
     world = ifeval.build_world(args.train_types or ifeval.TRAIN_TYPES, args.heldout_types or ifeval.HELDOUT_TYPES,
                                args.seed, args.heldout_fraction, args.train_prompts_per_task,
-                               args.eval_prompts_per_task, args.heldout_type_prompts_per_task, args.max_instructions)
+                               args.eval_prompts_per_task, args.heldout_type_prompts_per_task, args.max_instructions,
+                               probe_prompts=args.probe_prompts)
     run.start(args)
     run.finish(ifeval.write_world(args.output_dir, world))
 

@@ -75,6 +75,8 @@ class WorldArguments(StageArguments):
     eval_prompts_per_task: int = field(default=3, metadata={"help": "Evaluation prompts per held-out task."})
     heldout_type_prompts_per_task: int = field(default=2, metadata={"help": "Held-out-type prompts per held-out task."})
     max_instructions: int = field(default=2, metadata={"help": "Most instructions per prompt (1 or 2 in IFEval)."})
+    probe_prompts: int = field(default=64, metadata={
+        "help": "Prompts of probe.jsonl, the PPO monitor's validation set (training tasks, fresh instructions)."})
 
 
 @dataclass
@@ -199,6 +201,20 @@ class PPOArguments(DataArguments):
                 "SFT). Unset: the starting policy (model_name_or_path)."})
     kl_horizon: int = field(default=10000, metadata={
         "help": "Adaptive KL: episodes over which beta corrects the KL error (Ziegler et al.: 10000)."})
+    probe_dataset_path: str | None = field(default=None, metadata={
+        "help": "Over-optimisation monitor (rlhf_kit/ppo/monitor.py): held-out prompt rows the policy answers every "
+                "probe_steps updates, scored by `judge`, e.g. runs/demo/data/probe.jsonl. Unset: no monitor."})
+    probe_rows: int = field(default=32, metadata={"help": "Probe prompts used (the file's first rows)."})
+    probe_steps: int = field(default=8, metadata={"help": "Updates between probes (also before the first and "
+                                                           "after the last)."})
+    judge: str | None = field(default=None, metadata={
+        "help": "Who scores the probes: the eval stage's judge (gold, ifeval, or package.module:Class)."})
+    probe_warn_drop: float = field(default=0.05, metadata={
+        "help": "Warn of over-optimisation when the probe judge score falls this much below its best while the RM "
+                "score rises (Gao et al. 2023)."})
+    select_checkpoint: str = field(default="last", metadata={
+        "help": "The stage's output policy: last (the final update) or judge (the checkpoint or final policy with "
+                "the best probe judge score; needs probes and checkpoints, and probes every checkpoint)."})
 
     def __post_init__(self):
         if self.ptx_coef < 0:

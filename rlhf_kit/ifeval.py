@@ -185,18 +185,25 @@ def build_split(tasks: list[str], types, per_task: int, max_instructions: int, r
 
 def build_world(train_types=TRAIN_TYPES, heldout_types=HELDOUT_TYPES, seed: int = 0, heldout_fraction: float = 0.3,
                 train_prompts_per_task: int = 4, eval_prompts_per_task: int = 3, heldout_type_prompts_per_task: int = 2,
-                max_instructions: int = 2, tasks_path: str | Path = TASKS_FILE) -> dict[str, list[dict]]:
+                max_instructions: int = 2, tasks_path: str | Path = TASKS_FILE,
+                probe_prompts: int = 64) -> dict[str, list[dict]]:
     """The world's prompt rows: ``prompts`` (training tasks x training types; SFT demonstrations, comparisons and
-    PPO), ``eval`` (held-out tasks x training types) and ``eval_heldout_types`` (held-out tasks x one held-out type
-    each)."""
+    PPO), ``eval`` (held-out tasks x training types), ``eval_heldout_types`` (held-out tasks x one held-out type
+    each) and ``probe`` (PPO's over-optimisation monitor: ``probe_prompts`` training tasks with instructions drawn
+    afresh, none a PPO prompt, so the held-out tasks stay the test set's alone)."""
     check_types(train_types, heldout_types)
     train_tasks, heldout_tasks = split_tasks(load_tasks(tasks_path), heldout_fraction, seed)
     rng = random.Random(seed)
-    return {
+    world = {
         "prompts": build_split(train_tasks, train_types, train_prompts_per_task, max_instructions, rng),
         "eval": build_split(heldout_tasks, train_types, eval_prompts_per_task, max_instructions, rng),
         "eval_heldout_types": build_split(heldout_tasks, heldout_types, heldout_type_prompts_per_task, 1, rng),
     }
+    # Drawn last, from the same generator: the splits above are the same with or without probes.
+    trained = {r["prompt"][0]["content"] for r in world["prompts"]}
+    probe = build_split(train_tasks[:probe_prompts], train_types, 1, max_instructions, rng)
+    world["probe"] = [r for r in probe if r["prompt"][0]["content"] not in trained]
+    return world
 
 
 def write_world(output_dir: str | Path, world: dict[str, list[dict]]) -> dict:

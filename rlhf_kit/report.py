@@ -38,30 +38,66 @@ def add_legacy_keys(summary: dict) -> None:
                     "win_tie_loss": win["win_tie_loss"], "kl_ppo_sft": summary["kl_to_baseline"]["ppo"]}
 
 
-def plot_training(stage_dir: str, path: Path) -> bool:
-    """Reward-model score and KL to the reference over PPO updates, from a PPO stage's ``log_history.json``;
-    False (and no plot) when the stage logged no PPO metrics."""
-    log = Path(stage_dir) / "log_history.json"
-    rows = [r for r in json.loads(log.read_text()) if "ppo/scores" in r] if log.is_file() else []  # rlhf_kit/ppo.py
+def plot_training(stage_dir: str, path: Path, selected: int | None = None) -> bool:
+    """Reward-model score and KL to the reference over PPO updates, from a PPO stage's ``log_history.json``, and
+    with the over-optimisation monitor's probes (rlhf_kit/ppo/monitor.py) the judge's score against the RM's on the
+    same answers, their length and distinct-2, the kept update (``selected``, or the finished stage's
+    ``selected_update``) marked; False (and no plot) when the stage logged no PPO metrics."""
+    from rlhf_kit.runs import MARKER
+
+    stage = Path(stage_dir)
+    log = stage / "log_history.json"
+    history = json.loads(log.read_text()) if log.is_file() else []
+    rows = [r for r in history if "ppo/scores" in r]  # rlhf_kit/ppo/__init__.py
     if not rows:
         return False
+    probes = [r for r in history if "probe/judge_score" in r]
+    if selected is None and (stage / MARKER).is_file():
+        selected = json.loads((stage / MARKER).read_text()).get("selected_update")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     episodes = [r["ppo/episode"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, axes = plt.subplots(2 if probes else 1, 2, figsize=(9, 6.4 if probes else 3.2), squeeze=False)
+    (ax1, ax2) = axes[0]
     ax1.plot(episodes, [r["ppo/scores"] for r in rows], label="RM score")
     ax1.plot(episodes, [r["ppo/rlhf_reward"] for r in rows], label="RM score - KL penalty")
     ax1.set(xlabel="episodes", ylabel="reward", title="PPO reward")
     ax1.legend(fontsize=8)
     ax2.plot(episodes, [r["ppo/kl"] for r in rows], color="tab:red")
     ax2.set(xlabel="episodes", ylabel="KL (nats / response)", title="KL to SFT reference")
+    if probes:
+        ax3, ax4 = axes[1]
+        _twin_panel(ax3, probes, ("probe/judge_score", "judge score", "tab:green"),
+                    ("probe/rm_score", "RM score", "tab:blue"), "Probe answers: judge vs reward model")
+        _twin_panel(ax4, probes, ("probe/length", "length (tokens)", "tab:purple"),
+                    ("probe/distinct_2", "distinct-2", "tab:orange"), "Probe answers: length and distinct-2")
+        for r in probes:
+            if r.get("probe/overoptimised"):
+                ax3.axvline(r["ppo/episode"], color="tab:red", alpha=0.3)
+    if selected is not None:
+        kept = [r["ppo/episode"] for r in history if r.get("step") == selected and "ppo/episode" in r]
+        for ax in axes.flat:
+            for x in kept[:1]:
+                ax.axvline(x, color="black", linestyle=":", label="kept")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _twin_panel(ax, records: list[dict], left: tuple, right: tuple, title: str) -> None:
+    """Two metrics of ``records`` over episodes on one panel, each on its own y axis; ``left``/``right``: (key,
+    label, colour)."""
+    at = [r["ppo/episode"] for r in records]
+    twin = ax.twinx()
+    for axis, (key, label, colour), style in ((ax, left, "o-"), (twin, right, "s--")):
+        axis.plot(at, [r[key] for r in records], style, color=colour, label=label)
+        axis.set_ylabel(label)
+    ax.set(xlabel="episodes", title=title)
+    ax.legend(handles=ax.get_lines() + twin.get_lines(), fontsize=8)
 
 
 def plot_gold_vs_rm(per_policy: dict[str, dict[str, list[float]]], path: Path) -> None:

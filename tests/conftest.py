@@ -61,7 +61,8 @@ def stage_paths(root: Path, stage: str) -> list[str]:
                    "--dataset_path", runs / "compare" / "rankings.jsonl",
                    "--eval_dataset_path", runs / "compare" / "rankings_heldout.jsonl"],
         "ppo": ["--output_dir", runs / "ppo", "--model_name_or_path", runs / "sft",
-                "--reward_model_path", runs / "reward", "--dataset_path", data / "prompts.jsonl"],
+                "--reward_model_path", runs / "reward", "--dataset_path", data / "prompts.jsonl",
+                "--probe_dataset_path", data / "probe.jsonl"],
     }
     return [str(x) for x in paths[stage]]
 

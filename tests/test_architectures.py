@@ -48,7 +48,8 @@ def test_recipes_on_other_architecture(pipeline, tmp_path, kind, drop_pad):
         "--dataset_path", str(runs / "compare" / "rankings.jsonl"), "--eval_dataset_path", ""])
     run_inprocess("ppo", config_args("ppo") + TINY["ppo"] + [
         "--model_name_or_path", str(runs / "sft"), "--output_dir", str(runs / "ppo"),
-        "--reward_model_path", str(runs / "reward"), "--dataset_path", str(data / "prompts.jsonl")])
+        "--reward_model_path", str(runs / "reward"), "--dataset_path", str(data / "prompts.jsonl"),
+        "--probe_dataset_path", str(data / "probe.jsonl")])  # the monitor on this architecture too
     for stage in ("sft", "compare", "reward", "ppo"):
         assert json.loads((runs / stage / "stage_complete.json").read_text())["stage"] == stage
     rm = AutoModelForSequenceClassification.from_pretrained(runs / "reward")

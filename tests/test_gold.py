@@ -95,6 +95,8 @@ def test_world_is_deterministic_and_splits_are_disjoint():
     text = lambda rows, key: {r[key][0]["content"] for r in rows}  # noqa: E731
     sft, prompts, evals = text(a["sft"], "messages"), text(a["prompts"], "prompt"), text(a["eval"], "prompt")
     assert not (evals & sft) and not (evals & prompts)  # evaluation prompts are held out from every stage
+    probes = text(a["probe"], "prompt")  # PPO's monitor: a validation set, held out from training and from eval
+    assert len(probes) == 32 and not probes & (sft | prompts | evals)
     assert sft < prompts and len(prompts - sft) >= 100  # comparisons and PPO revisit the SFT prompts, and more
     assert len(evals) >= 256
     tasks = {json.loads(r["meta"])["task"] for r in a["eval"]}

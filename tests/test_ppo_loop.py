@@ -25,7 +25,7 @@ def run_ppo(root, out, overrides: list[str] = (), **extras):
         + list(overrides))
     setup_run(training_args)
     inputs = load_ppo_inputs(script_args, training_args, model_args)
-    extras = {**build_loop_extras(script_args, training_args, inputs["tokenizer"]), **extras}
+    extras = {**build_loop_extras(script_args, training_args, inputs["tokenizer"], inputs["train_dataset"]), **extras}
     trainer = build_ppo_trainer(training_args, **inputs, **extras)
     train_ppo(trainer)
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -41,8 +41,9 @@ def max_abs_diff(a: dict, b: dict) -> float:
 def test_loop_is_seeded_and_moves_the_adapter(pipeline, tmp_path):
     w_a, logs_a = run_ppo(pipeline, tmp_path / "a")
     w_b, logs_b = run_ppo(pipeline, tmp_path / "b")
-    assert len(logs_a) == 4 and logs_a[-1]["ppo/episode"] == 64
+    updates = [r for r in logs_a if "ppo/scores" in r]  # and, first, the monitor's probe of the starting policy
+    assert len(updates) == 4 and logs_a[-1]["ppo/episode"] == 64 and logs_a[0]["step"] == 0
     lora = [k for k in w_a if "lora_B" in k]
     assert lora and max(w_a[k].abs().max().item() for k in lora) > 1e-4
     assert max_abs_diff(w_a, w_b) == 0.0  # same seed, same run
-    assert all(math.isfinite(r["ppo/kl"]) for r in logs_a)
+    assert all(math.isfinite(r["ppo/kl"]) for r in updates)

@@ -71,6 +71,7 @@ def test_two_process_ppo_matches_one(pipeline, wide_sft, one_process, tmp_path, 
     print(launcher, "max |adapter delta|", delta, "max |lora_B|", moved)
     assert moved > 1e-4 and delta <= TOL, "the 2-process adapter drifted from the 1-process one"
     logs = [json.loads((p / "log_history.json").read_text()) for p in (one, two)]
-    assert [r["ppo/scores"] for r in logs[1]] == pytest.approx([r["ppo/scores"] for r in logs[0]], abs=1e-4)
+    scores = [[r["ppo/scores"] for r in log if "ppo/scores" in r] for log in logs]
+    assert len(scores[0]) == 2 and scores[1] == pytest.approx(scores[0], abs=1e-4)
     merged, reference = (AutoModelForCausalLM.from_pretrained(p).state_dict() for p in (two, one))
     assert max((merged[k] - reference[k]).abs().max().item() for k in reference) <= TOL

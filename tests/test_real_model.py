@@ -150,7 +150,7 @@ def test_two_sft_steps_and_one_ppo_update_on_the_real_model(imported, tokenizer,
         "--dataset_path", str(tmp_path / "prompts.jsonl"), "--output_dir", str(tmp_path / "ppo"),
         "--total_episodes", "2", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
         "--num_ppo_epochs", "1", "--response_length", "8", "--local_rollout_forward_batch_size", "2",
-        "--max_prompt_length", "128"])
+        "--max_prompt_length", "128", "--probe_dataset_path", ""])  # the demo's probes are not this world's
     logs = json.loads((tmp_path / "ppo" / "log_history.json").read_text())
     assert logs[-1]["ppo/episode"] == 2 and math.isfinite(logs[-1]["ppo/kl"])
     eps = logs[-1]["charts/episodes_per_second"]  # a fraction, not TRL's int() (0 for any CPU run)

@@ -166,15 +166,18 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
-def split_prompts(seed: int, n_eval: int = 256, n_sft: int = 320) -> dict[str, list[dict]]:
-    """Partition all prompts into disjoint ``sft``, ``prompts`` (comparisons + PPO) and ``eval`` sets."""
+def split_prompts(seed: int, n_eval: int = 256, n_sft: int = 320, n_probe: int = 32) -> dict[str, list[dict]]:
+    """Partition all prompts into disjoint ``sft``, ``prompts`` (comparisons + PPO), ``probe`` (PPO's
+    over-optimisation monitor: a validation set) and ``eval`` (the test set) sets."""
     prompts = _all_prompts()
     rng = random.Random(seed)
     rng.shuffle(prompts)
+    rest = prompts[n_eval + n_sft :]
     return {
         "eval": prompts[:n_eval],
         "sft": prompts[n_eval : n_eval + n_sft],
-        "prompts": prompts[n_eval + n_sft :],
+        "prompts": rest[: len(rest) - n_probe],
+        "probe": rest[len(rest) - n_probe :],
     }
 
 
@@ -197,8 +200,9 @@ def build_demo_data(seed: int, flaw_rate: float = 0.2, demos_per_prompt: int = 3
         "pretrain": [{"text": s} for s in pretrain_sentences(rng, n_pretrain, parts["sft"] + parts["prompts"])],
         "sft": sft,
         # Comparisons and PPO may revisit the SFT prompts (InstructGPT's RM and PPO prompts come from the same API
-        # distribution as its SFT prompts); only the evaluation prompts are held out from every stage.
+        # distribution as its SFT prompts); the probe and evaluation prompts are held out from every stage.
         "prompts": [_chat_row(p) for p in parts["prompts"] + parts["sft"]],
+        "probe": [_chat_row(p) for p in parts["probe"]],
         "eval": [_chat_row(p) for p in parts["eval"]],
     }
 

@@ -2,7 +2,8 @@
 
 Recipes, the report, eval and the Hub export see PPO only through this package's seam (this module):
 ``config`` (TRL 1.12's PPOConfig keys), ``trainer`` (setup and the loop), ``rollout`` (sampling), ``core`` (tensor
-helpers), ``checkpoint`` (kill-safe resume) and ``ptx`` (PPO-ptx). Nothing here imports TRL: its PPOTrainer was
+helpers), ``checkpoint`` (kill-safe resume), ``ptx`` (PPO-ptx) and ``monitor`` (judge-scored probes:
+over-optimisation caught, ``select_checkpoint: judge``). Nothing here imports TRL: its PPOTrainer was
 removed in TRL 1.13, and TRL 1.12's behaviour survives as a golden file (tests/test_ppo_golden.py).
 
 Metric names (CleanRL-style namespaces; TRL 1.12's key in brackets, which the golden file uses):
@@ -21,6 +22,7 @@ Metric names (CleanRL-style namespaces; TRL 1.12's key in brackets, which the go
   ``value_clipfrac`` [val/clipfrac_avg], ``policy_entropy`` [policy/entropy_avg], ``ratio`` [val/ratio],
   ``ratio_var`` [val/ratio_var], ``num_eos_tokens`` [val/num_eos_tokens], ``learning_rate`` [lr],
   ``episodes_per_second`` [eps].
+- ``probe/*`` -- the over-optimisation monitor's figures at probed updates (rlhf_kit/ppo/monitor.py) [none].
 """
 
 from __future__ import annotations
@@ -113,13 +115,18 @@ def load_ppo_inputs(script_args, training_args, model_args) -> dict:
     }
 
 
-def build_loop_extras(script_args, training_args, tokenizer) -> dict:
-    """rlhf_kit's loop extras from the PPO arguments: the KL controller, and PPO-ptx batches when gamma > 0."""
+def build_loop_extras(script_args, training_args, tokenizer, train_dataset=None) -> dict:
+    """rlhf_kit's loop extras from the PPO arguments: the KL controller, PPO-ptx batches when gamma > 0, and the
+    over-optimisation monitor when probes are set (``train_dataset``: PPO's prompts, which probes must avoid)."""
     from accelerate import PartialState
 
+    from rlhf_kit.ppo.monitor import build_monitor
     from rlhf_kit.ppo.trainer import AdaptiveKLController, FixedKLController
 
     extras = {"kl_controller": FixedKLController(training_args.kl_coef)}
+    monitor = build_monitor(script_args, training_args, tokenizer, train_dataset)
+    if monitor is not None:
+        extras["monitor"] = monitor
     if script_args.kl_target is not None:
         extras["kl_controller"] = AdaptiveKLController(training_args.kl_coef, script_args.kl_target,
                                                        script_args.kl_horizon)

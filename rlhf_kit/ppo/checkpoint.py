@@ -41,6 +41,11 @@ def checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete ``checkpoint-N`` folders, oldest first."""
+    return [(n, p) for n, p in checkpoints(output_dir) if (p / COMPLETE).is_file()]
+
+
 def last_complete_checkpoint(output_dir: str | Path, say=print) -> Path | None:
     """The newest complete checkpoint; an incomplete one is skipped, and said so."""
     for _, path in reversed(checkpoints(output_dir)):
@@ -120,7 +125,7 @@ class PPOCheckpointer:
             if final.exists():  # an incomplete folder of the same name, left by something else
                 shutil.rmtree(final)
             tmp.rename(final)
-            self._rotate()
+            self._rotate(self._best_judged(trainer))
         acc.wait_for_everyone()
         return final
 
@@ -132,13 +137,24 @@ class PPOCheckpointer:
             for path in self.output_dir.glob("checkpoint-*.partial"):
                 shutil.rmtree(path, ignore_errors=True)
 
-    def _rotate(self) -> None:
-        """Keep the newest ``save_total_limit`` complete checkpoints."""
+    def _best_judged(self, trainer) -> int | None:
+        """With ``select_checkpoint: judge``, the complete checkpoint whose probe the judge scored best."""
+        monitor = getattr(trainer, "monitor", None)
+        if monitor is None or monitor.select != "judge":
+            return None
+        from rlhf_kit.ppo.monitor import best_update
+
+        return best_update(trainer.state.log_history, {n for n, _ in complete_checkpoints(self.output_dir)})
+
+    def _rotate(self, keep: int | None = None) -> None:
+        """Keep the newest ``save_total_limit`` complete checkpoints, and checkpoint ``keep`` (the best-judged one,
+        as transformers' Trainer keeps its best checkpoint)."""
         if not self.save_total_limit:
             return
-        complete = [p for _, p in checkpoints(self.output_dir) if (p / COMPLETE).is_file()]
-        for path in complete[: max(0, len(complete) - self.save_total_limit)]:
-            shutil.rmtree(path, ignore_errors=True)
+        complete = complete_checkpoints(self.output_dir)
+        for n, path in complete[: max(0, len(complete) - self.save_total_limit)]:
+            if n != keep:
+                shutil.rmtree(path, ignore_errors=True)
 
     def resume(self, trainer) -> int:
         """Restore the last complete checkpoint into ``trainer``; the number of updates it had done (0: none)."""

@@ -178,6 +178,7 @@ class PPOState:
     logging_steps: int | None = None
     save_steps: int | None = None
     log_history: list = field(default_factory=list)
+    selected_update: int | None = None  # select_checkpoint: judge -- the update whose policy the stage keeps
 
 
 class PolicyAndValue(torch.nn.Module):
@@ -232,12 +233,14 @@ class PPOTrainer:
     - ``checkpointer``: a :class:`rlhf_kit.ppo.checkpoint.PPOCheckpointer` (save every ``save_steps`` updates,
       resume from the last complete checkpoint);
     - ``sampler``: ``rlhf_kit`` (``rlhf_kit/generation.py``) or ``trl`` (TRL 1.12's ``batch_generation`` over
-      ``model.generate``, kept only so the oracle test can replay TRL's draws).
+      ``model.generate``, kept only so the oracle test can replay TRL's draws);
+    - ``monitor``: a :class:`rlhf_kit.ppo.monitor.ProbeMonitor` (judge-scored probes every few updates, the
+      over-optimisation warning, ``select_checkpoint: judge``).
     """
 
     def __init__(self, args, processing_class, model, ref_model, reward_model, value_model, train_dataset,
                  eval_dataset=None, peft_config=None, kl_controller=None, ptx_batches=None, ptx_coef: float = 0.0,
-                 checkpointer=None, sampler: str = "rlhf_kit"):
+                 checkpointer=None, sampler: str = "rlhf_kit", monitor=None):
         from accelerate import Accelerator
         from peft import PeftModel, get_peft_model
         from torch.utils.data import DataLoader
@@ -247,7 +250,7 @@ class PPOTrainer:
             raise ValueError("model and ref_model must be different objects (pass None with LoRA)")
         if sampler not in ("rlhf_kit", "trl"):
             raise ValueError(f"unknown sampler {sampler!r}; use rlhf_kit or trl")
-        self.args, self.processing_class, self.sampler = args, processing_class, sampler
+        self.args, self.processing_class, self.sampler, self.monitor = args, processing_class, sampler, monitor
         tok = processing_class
         if args.stop_token == "eos":
             self.stop_token_id = tok.eos_token_id
@@ -635,6 +638,8 @@ class PPOTrainer:
         self._init_state()
         first_update = 1 + (self.checkpointer.resume(self) if self.checkpointer else 0)
         start_time, start_episode = time.time(), self.state.episode
+        if self.monitor is not None and self.state.global_step == 0:  # the starting policy: what PPO must beat
+            self.log({**self.monitor.probe(self), "ppo/episode": 0})
         bar = self._progress_bar()
         for update in range(first_update, args.num_total_batches + 1):
             self.state.episode += args.batch_size
@@ -649,20 +654,42 @@ class PPOTrainer:
             self.kl_controller.update(metrics["ppo/kl"], args.batch_size)  # same beta on every process
             self.state.epoch = self.state.episode / self.train_dataset_len
             self.state.global_step += 1
+            checkpoint_due = bool(self.checkpointer and self.checkpointer.due(self.state))
+            if self.monitor is not None and self.monitor.due(self.state, checkpoint_due):
+                metrics.update(self.monitor.probe(self))
             self.log(metrics)
             self.lr_scheduler.step()
             if bar is not None:
                 bar.set_postfix({k.split("/")[1]: f"{metrics[k]:.3g}" for k in ("ppo/scores", "ppo/kl")}, refresh=False)
                 bar.update(args.batch_size)
-            if self.checkpointer and self.checkpointer.due(self.state):
+            if checkpoint_due:
                 self.checkpointer.save(self)
             del batch, stats
             if args.num_sample_generations > 0 and (update - 1) % self.sample_generations_freq == 0:
                 self.print_samples()
         if bar is not None:
             bar.close()
+        if self.monitor is not None and self.monitor.select == "judge":
+            self.select_best_probed()
         for tracker in acc.trackers:  # not acc.end_training(): it ends the process group, still needed to save
             tracker.finish()
+
+    def select_best_probed(self) -> None:
+        """``select_checkpoint: judge``: of the complete checkpoints and the final policy, keep the one whose probe
+        the judge scored best -- early stopping on held-out data, as ``load_best_model_at_end`` in transformers'
+        Trainer; a kill before this point resumes and selects again, from the same log."""
+        from rlhf_kit.ppo.checkpoint import complete_checkpoints
+        from rlhf_kit.ppo.monitor import best_update
+
+        state, saved = self.state, dict(complete_checkpoints(self.args.output_dir))
+        best = best_update(state.log_history, set(saved) | {state.global_step})
+        state.selected_update = best
+        score = {r["step"]: r["probe/judge_score"] for r in state.log_history if "probe/judge_score" in r}
+        self.accelerator.print(f"[ppo] select_checkpoint: judge keeps update {best} (probe judge score "
+                               f"{score[best]:.3f}; the last update, {state.global_step}: "
+                               f"{score[state.global_step]:.3f})")
+        if best != state.global_step:
+            self.accelerator.load_state(str(saved[best] / "accelerate"))  # the policy+value module as saved then
 
     @torch.no_grad()
     def print_samples(self, n: int = 4) -> None:
