@@ -40,7 +40,7 @@ def main(args: CompareArguments):
     model = modeling.load_causal_lm(args.model_name_or_path, what="SFT policy", dtype=args.dtype)
     run.start(args)
     responses = sample_responses(model, tokenizer, [r["prompt"] for r in rows], args.num_responses,
-                                 args.temperature, args.max_new_tokens, args.batch_size, args.seed)
+                                 args.temperature, args.max_new_tokens, args.batch_size, args.seed, progress="compare")
     if labeler is None:  # people rank later, in the labeling app; its export is the reward stage's data
         from rlhf_kit.label.tasks import queue_samples
 

@@ -35,7 +35,7 @@ def main(args: DemosArguments):
     run.start(args)
     finished: list[list[bool]] = []
     responses = sample_responses(model, tokenizer, [r["prompt"] for r in rows], args.num_samples, args.temperature,
-                                 args.max_new_tokens, args.batch_size, args.seed, finished=finished)
+                                 args.max_new_tokens, args.batch_size, args.seed, finished=finished, progress="demos")
     demos, counts = select_demonstrations(rows, responses, finished, judge)
     write_jsonl(Path(args.output_dir) / "samples.jsonl", compare.sample_rows(rows, responses))
     write_jsonl(Path(args.output_dir) / "sft.jsonl", demos)

@@ -57,7 +57,7 @@ def main(args: EvalArguments):
         finished[p] = []
         responses[p] = [r[0] for r in sample_responses(models[p], tokenizer, prompts, 1, args.temperature,
                                                        args.max_new_tokens, args.batch_size, args.seed,
-                                                       finished=finished[p])]
+                                                       finished=finished[p], progress=f"eval {p}")]
     heldout = load_rows(f"{stages['compare']}/rankings_heldout.jsonl").to_list() if "compare" in stages else None
     summary, scores, rm_scores = ev.compare_policies(rows, responses, models, tokenizer, judge, baseline, reward_model,
                                                      heldout, args.batch_size)

@@ -13,21 +13,21 @@ from __future__ import annotations
 
 
 def sample_responses(model, tokenizer, prompts: list[list[dict]], k: int = 1, temperature: float = 1.0,
-                     max_new_tokens: int = 32, batch_size: int = 64, seed: int = 0, finished: list | None = None
-                     ) -> list[list[str]]:
+                     max_new_tokens: int = 32, batch_size: int = 64, seed: int = 0, finished: list | None = None,
+                     progress: str | None = None) -> list[list[str]]:
     """``k`` sampled responses per prompt (a list of messages), decoded without special tokens, in prompt order.
 
     Plain sampling at ``temperature`` (no top-k, no top-p), ``batch_size`` prompts (``batch_size`` x ``k``
     sequences) at a time; a response ends at the tokenizer's end token or after ``max_new_tokens``.
     ``finished``: a list to extend with, per prompt, whether each response ended with the end token (False: cut
-    off at ``max_new_tokens``)."""
+    off at ``max_new_tokens``); ``progress``: a label for a progress bar (see :func:`sample_ids`)."""
     import torch
 
     from rlhf_kit.data import chat_ids
 
     torch.manual_seed(seed)
     ids = [chat_ids(tokenizer, p, add_generation_prompt=True) for p in prompts]
-    tokens = sample_ids(model, tokenizer, ids, k, temperature, max_new_tokens, batch_size)
+    tokens = sample_ids(model, tokenizer, ids, k, temperature, max_new_tokens, batch_size, progress=progress)
     if finished is not None:
         finished.extend([tokenizer.eos_token_id in s for s in per_prompt] for per_prompt in tokens)
     return [[tokenizer.decode(s, skip_special_tokens=True).strip() for s in per_prompt] for per_prompt in tokens]
@@ -37,12 +37,15 @@ _EOS = object()  # sample_ids' default end token: the tokenizer's
 
 
 def sample_ids(model, tokenizer, ids: list[list[int]], k: int, temperature: float, max_new_tokens: int,
-               batch_size: int = 64, end_token_id=_EOS, seeds: list[int] | None = None) -> list[list[list[int]]]:
+               batch_size: int = 64, end_token_id=_EOS, seeds: list[int] | None = None,
+               progress: str | None = None) -> list[list[list[int]]]:
     """Per prompt (token ids), ``k`` sampled token lists, each ending with ``end_token_id`` when it ended on its own
     (default: the tokenizer's end token; None: every response runs to ``max_new_tokens``). ``batch_size`` prompts of
     similar length are sampled together. Draws come from the global torch RNG, or with ``seeds`` (one per prompt)
     from a generator per sampled sequence: then a prompt's samples do not depend on which prompts share its batch
-    or process (PPO's rollouts come out the same on any number of processes)."""
+    or process (PPO's rollouts come out the same on any number of processes). ``progress``: a label; then a bar on
+    stderr counts prompts done / total with sampled tokens per second and the time left (tqdm; off with
+    ``TQDM_DISABLE=1``): sampling a real model's comparisons takes minutes, and silence looks like a hang."""
     from rlhf_kit.data import length_batches
 
     if temperature <= 0:
@@ -50,11 +53,24 @@ def sample_ids(model, tokenizer, ids: list[list[int]], k: int, temperature: floa
     model.eval()
     end = tokenizer.eos_token_id if end_token_id is _EOS else end_token_id
     tokens: list[list[list[int]]] = [[] for _ in ids]
+    bar = None
+    if progress:
+        import time
+
+        from tqdm.auto import tqdm
+
+        bar, started, drawn = tqdm(total=len(ids), desc=progress, unit="prompt", mininterval=2), time.perf_counter(), 0
     for batch in length_batches(ids, batch_size):  # similar lengths together: little padding
         batch_seeds = None if seeds is None else [seeds[i] for i in batch]
         for i, sampled in zip(batch, _sample_batch(model, tokenizer, [ids[i] for i in batch], k, temperature,
                                                    max_new_tokens, end, batch_seeds)):
             tokens[i] = sampled
+        if bar is not None:
+            drawn += sum(len(s) for i in batch for s in tokens[i])
+            bar.set_postfix_str(f"{drawn / (time.perf_counter() - started):.0f} tokens/s", refresh=False)
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
     return tokens
 
 

@@ -113,3 +113,15 @@ def test_scoring_passes_give_each_response_what_it_gets_alone(tiny):
         assert scores[i] == pytest.approx(score_with_reward_model(reward_model, tokenizer, [prompt], [response])[0],
                                           abs=1e-5)
     assert len(set(scores)) == len(scores)  # distinct values: a mix-up of rows would show
+
+
+def test_sampling_shows_progress_with_tokens_per_second(tiny, capsys):
+    from rlhf_kit.generation import sample_responses
+
+    model, tokenizer = tiny
+    sample_responses(model, tokenizer, [_chat("red cat"), _chat("blue sea moon")], k=2, max_new_tokens=4,
+                     batch_size=1, progress="compare")
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.startswith("compare: 100%") and "2/2" in bar and "tokens/s" in bar, bar
+    sample_responses(model, tokenizer, [_chat("red cat")], max_new_tokens=4)  # no label: no bar
+    assert capsys.readouterr().err == ""

@@ -188,7 +188,12 @@ class PolicyAndValue(torch.nn.Module):
     def __init__(self, policy, value_model):
         super().__init__()
         self.policy, self.value_model = policy, value_model
-        self.critic_backbone = getattr(value_model, value_model.base_model_prefix)
+
+    @property
+    def critic_backbone(self):
+        """The value model's transformer without its head (a property, not a second registration of the same
+        module: that made every checkpoint save warn about "shared tensors", listing the whole critic)."""
+        return getattr(self.value_model, self.value_model.base_model_prefix)
 
     def forward(self, value: bool = True, logits_to_keep: int = 0, **kwargs):
         if not value:  # the policy alone (the reference pass, PPO-ptx), still through the distributed wrapper
