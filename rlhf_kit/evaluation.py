@@ -44,13 +44,14 @@ def compare_policies(rows: list[dict], responses: dict[str, list[str]], models: 
         if p == baseline:
             continue
         summary["win_rate_vs_baseline"][p] = head_to_head(scores, p, [baseline])[baseline]
-        own = response_logprobs(models[p], tokenizer, prompts, responses[p])
-        summary["kl_to_baseline"][p] = per_token_kl(own, response_logprobs(models[baseline], tokenizer, prompts,
-                                                                           responses[p]))
+        own = response_logprobs(models[p], tokenizer, prompts, responses[p], progress=f"KL {p}: log pi_{p}")
+        ref = response_logprobs(models[baseline], tokenizer, prompts, responses[p],
+                                progress=f"KL {p}: log pi_{baseline}")
+        summary["kl_to_baseline"][p] = per_token_kl(own, ref)
     rm_scores = {}
     if reward_model is not None:
-        rm_scores = {p: score_with_reward_model(reward_model, tokenizer, prompts, responses[p], batch_size)
-                     for p in policies}
+        rm_scores = {p: score_with_reward_model(reward_model, tokenizer, prompts, responses[p], batch_size,
+                                                progress=f"RM score {p}") for p in policies}
         summary["rm_score"] = {p: mean(rm_scores[p]) for p in policies}
         if heldout_rankings is not None:
             pairs = heldout_judged_pairs(heldout_rankings, judge)
@@ -150,15 +151,31 @@ def require_disjoint(eval_rows: list[dict], others: dict[str, list[dict]]) -> No
                             "evaluate on held-out prompts")
 
 
+def _batches(seqs: list[list[int]], batch_size: int, progress: str | None):
+    """``length_batches`` of ``seqs``, behind a tqdm bar (responses done / total, time left) when ``progress``
+    names one: scoring a real model's answers takes minutes."""
+    batches = length_batches(seqs, batch_size)
+    if not progress:
+        yield from batches
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(seqs), desc=progress, unit="response", mininterval=2) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch))
+
+
 def score_with_reward_model(model, tokenizer, prompts: list[list[dict]], responses: list[str],
-                            batch_size: int = 128) -> list[float]:
-    """r(x, y) for each (prompt, response), read at the last non-pad token as in training."""
+                            batch_size: int = 128, progress: str | None = None) -> list[float]:
+    """r(x, y) for each (prompt, response), read at the last non-pad token as in training (``progress``: a bar's
+    label)."""
     import torch
 
     seqs = [reply_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
     scores = [0.0] * len(seqs)
     model.eval()
-    for batch in length_batches(seqs, batch_size):
+    for batch in _batches(seqs, batch_size, progress):
         input_ids, mask = pad_right([seqs[i] for i in batch], tokenizer.pad_token_id)
         with torch.no_grad():
             logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits
@@ -168,15 +185,16 @@ def score_with_reward_model(model, tokenizer, prompts: list[list[dict]], respons
 
 
 def response_logprobs(model, tokenizer, prompts: list[list[dict]], responses: list[str],
-                      batch_size: int = 128) -> list[list[float]]:
-    """Per-token log-probabilities of each response (its tokens and end-of-turn) given its prompt."""
+                      batch_size: int = 128, progress: str | None = None) -> list[list[float]]:
+    """Per-token log-probabilities of each response (its tokens and end-of-turn) given its prompt (``progress``: a
+    bar's label)."""
     import torch
 
     seqs = [reply_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
     starts = [len(chat_ids(tokenizer, p, add_generation_prompt=True)) for p in prompts]
     out: list[list[float]] = [[] for _ in seqs]
     model.eval()
-    for batch in length_batches(seqs, batch_size):
+    for batch in _batches(seqs, batch_size, progress):
         input_ids, mask = pad_right([seqs[i] for i in batch], tokenizer.pad_token_id)
         with torch.no_grad():
             logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits

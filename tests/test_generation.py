@@ -125,3 +125,14 @@ def test_sampling_shows_progress_with_tokens_per_second(tiny, capsys):
     assert bar.startswith("compare: 100%") and "2/2" in bar and "tokens/s" in bar, bar
     sample_responses(model, tokenizer, [_chat("red cat")], max_new_tokens=4)  # no label: no bar
     assert capsys.readouterr().err == ""
+
+
+def test_scoring_passes_show_progress(tiny, capsys):
+    from rlhf_kit.evaluation import response_logprobs
+
+    model, tokenizer = tiny
+    logps = response_logprobs(model, tokenizer, [_chat("red cat"), _chat("sun")], ["dog", "moon tree"], batch_size=1,
+                              progress="KL ppo")
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.startswith("KL ppo: 100%") and "2/2" in bar, bar
+    assert [len(x) for x in logps] == [len(tokenizer(r)["input_ids"]) + 1 for r in ("dog", "moon tree")]  # + end
