@@ -102,8 +102,9 @@ class SamplingArguments(StageArguments):
     batch_size: int = field(default=64, metadata={"help": "Prompts per generation or forward batch."})
     seed: int = field(default=0, metadata={"help": "Sampling (and simulated labeler) seed."})
     dtype: str = field(default="float32", metadata={
-        "help": "Dtype the models sample and score in; bfloat16 needs a GPU or a CPU with AMX / AVX512-BF16.",
-        "choices": ["float32", "bfloat16"]})
+        "help": "Dtype the models sample and score in; auto: bfloat16 on a GPU with bf16 or a CPU with AMX, float32 "
+                "elsewhere; bfloat16 needs a GPU or a CPU with AMX / AVX512-BF16.",
+        "choices": ["auto", "float32", "bfloat16"]})
 
 
 @dataclass
@@ -347,6 +348,7 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
         if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
             enable_fsdp_on_cpu()
     argv = list(sys.argv[1:] if argv is None else argv)
+    config: dict = {}
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
@@ -373,10 +375,11 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
         from rlhf_kit.trl_compat import enable_deepspeed_on_cpu
 
         enable_deepspeed_on_cpu(parser)
-    from rlhf_kit.scaling import check_bf16, check_stage_hardware, train_on_cpu
+    from rlhf_kit import scaling
 
     if not torch.cuda.is_available():
-        train_on_cpu(parser, dataclass_types)
+        scaling.train_on_cpu(parser, dataclass_types)
+    argv, bf16_choice = scaling.resolve_auto_bf16(config, argv)
     try:
         parsed = tuple(parser.parse_args_and_config(argv))
     except (ValueError, TypeError) as err:
@@ -386,8 +389,11 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
         raise UserError(f"invalid configuration: {msg}")
     for args in parsed:
         check_values(args)
-    check_bf16(parsed)
-    check_stage_hardware(parsed)
+    choices = [c for c in (bf16_choice, scaling.resolve_auto_dtype(parsed)) if c]
+    if choices and int(os.environ.get("RANK", "0")) == 0:  # one line per stage, not one per process
+        print(f"precision: {', '.join(choices)} ({scaling.auto_precision()[1]})", file=sys.stderr)
+    scaling.check_bf16(parsed)
+    scaling.check_stage_hardware(parsed)
     return parsed
 
 

@@ -18,10 +18,15 @@ from rlhf_kit.errors import UserError
 
 SHARDED = ("FSDP", "DEEPSPEED")
 CONFIG_ENV = "RLHF_KIT_ACCELERATE_CONFIG"  # set by rlhf_kit.launch so a rank's error can name the config file
+# Where the CPU's flags are read from; RLHF_KIT_CPUINFO points a whole run at a fake one (the precision tests run
+# the real track's configs as a CPU without AMX or AVX512-BF16 would).
+CPUINFO_ENV = "RLHF_KIT_CPUINFO"
 
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str] | None:
     """The CPU's feature flags from ``cpuinfo`` (x86 ``flags``, Arm ``Features``), or None if it cannot be read."""
+    if cpuinfo == "/proc/cpuinfo":
+        cpuinfo = os.environ.get(CPUINFO_ENV) or cpuinfo
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
@@ -80,6 +85,60 @@ def check_bf16(parsed: tuple) -> None:
     if not cpu_has_amx():  # runs, but gains nothing: the real track's PPO ran 0.17 episodes/s in bf16, 0.20 in fp32
         print(f"note: {key}: {str(value).lower()} on a CPU with AVX512-BF16 but no AMX runs no faster than float32 "
               f"(and rounds more); `{fix}` is the faster choice here", file=sys.stderr)
+
+
+AUTO = "auto"
+
+
+def auto_precision(cpuinfo: str = "/proc/cpuinfo") -> tuple[bool, str]:
+    """What ``bf16: auto`` / ``dtype: auto`` mean here: (bf16?, why). bf16 only where it is native *and* pays: a CUDA
+    GPU with bf16 (Ampere or later), or a CPU with AMX-BF16 (bf16 matmuls ~4x float32 on this project's Xeon).
+    Everywhere else float32: with AVX512-BF16 alone bf16 runs no faster (the real track's PPO: 0.17 episodes/s in
+    bf16, 0.20 in float32) and rounds more; without either PyTorch emulates it, many times slower."""
+    if has_gpu():
+        import torch
+
+        name = torch.cuda.get_device_name()
+        if torch.cuda.is_bf16_supported():
+            return True, f"CUDA GPU {name} computes in bf16 natively"
+        return False, f"CUDA GPU {name} has no native bf16 (before Ampere)"
+    flags = cpu_flags(cpuinfo)
+    if flags is None:
+        return False, f"cannot read {cpuinfo} to tell whether this CPU computes in bf16; float32 is the safe choice"
+    if "amx_bf16" in flags:
+        return True, "CPU with AMX-BF16 (bf16 matmuls ~4x float32)"
+    if flags & {"avx512_bf16", "bf16"}:
+        return False, "CPU with AVX512-BF16 but no AMX: bf16 runs no faster than float32 and rounds more"
+    return False, "CPU without native bf16 (no AMX-BF16 or AVX512-BF16): bf16 would be emulated, many times slower"
+
+
+def resolve_auto_bf16(config: dict, argv: list[str]) -> tuple[list[str], str | None]:
+    """``bf16: auto`` (config file or ``--bf16 auto``) made a plain boolean flag before TrainingArguments (a bool
+    field) parses it: (argv to parse, what was chosen, or None when nothing was auto).
+    A ``--bf16`` given on the command line still overrides the config file."""
+    flag = next((i for i, a in enumerate(argv) if a == "--bf16" or a.startswith("--bf16=")), None)
+    if flag is not None:
+        value = argv[flag].partition("=")[2] if "=" in argv[flag] else (argv[flag + 1] if flag + 1 < len(argv)
+                                                                          else "")
+        if value.lower() != AUTO:
+            return argv, None
+        argv = argv[:flag] + argv[flag + (1 if "=" in argv[flag] else 2):]
+    elif str(config.get("bf16")).lower() != AUTO:
+        return argv, None
+    bf16 = str(auto_precision()[0]).lower()
+    return argv + ["--bf16", bf16], f"bf16: auto -> {bf16}"
+
+
+def resolve_auto_dtype(parsed: tuple) -> str | None:
+    """Each parsed ``dtype: auto`` set to bfloat16 or float32 by :func:`auto_precision` (rlhf_kit's meaning of auto:
+    by hardware, not transformers' "the checkpoint's dtype"; rlhf_kit's own checkpoints are float32 on disk);
+    returns what was chosen, or None when no dtype was auto."""
+    auto = [args for args in parsed if getattr(args, "dtype", None) == AUTO]
+    if not auto:
+        return None
+    for args in auto:
+        args.dtype = "bfloat16" if auto_precision()[0] else "float32"
+    return f"dtype: auto -> {auto[0].dtype}"
 
 
 def has_gpu() -> bool:

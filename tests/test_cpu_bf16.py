@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 
 from rlhf_kit.errors import UserError
 
@@ -103,3 +104,80 @@ def test_a_bf16_refusal_is_one_line_from_the_command(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and lines[-1].startswith("error: ")
     assert ("not found" in lines[-1]) if cpu_supports_bf16() else ("bf16: false" in lines[-1])
+
+
+# --------------------------------------------------------------------------- bf16: auto / dtype: auto (by hardware)
+
+REAL = "recipes/configs/smollm2-135m-ifeval"
+CPUS = {"neither": ("fpu avx512f avx2", False), "avx512_bf16": ("fpu avx512f avx512_bf16", False),
+        "amx": ("fpu avx512f avx512_bf16 amx_bf16 amx_tile", True)}
+
+
+def _fake_cpu(monkeypatch, tmp_path, flags: str) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: {flags}\n\n")
+    monkeypatch.setenv("RLHF_KIT_CPUINFO", str(info))
+
+
+@pytest.mark.parametrize("cpu", sorted(CPUS))
+@pytest.mark.parametrize("stage", ["demos", "sft", "compare", "reward", "ppo", "eval"])
+def test_the_real_track_configs_choose_precision_by_the_cpu(cpu, stage, monkeypatch, tmp_path, capsys):
+    """The real track unedited, on a faked /proc/cpuinfo: bf16 only with AMX, float32 on the other two CPUs (no
+    refusal on a CPU without native bf16, no "float32 is faster" note), and one line saying what was chosen."""
+    from rlhf_kit.configs import parse_stage_args
+
+    flags, bf16 = CPUS[cpu]
+    _fake_cpu(monkeypatch, tmp_path, flags)
+    parsed = parse_stage_args(recipe_dataclasses(load_recipe(stage)), ["--config", f"{REAL}/{stage}.yaml"])
+    config = yaml.safe_load(open(f"{REAL}/{stage}.yaml"))
+    assert "auto" in (config.get("dtype"), config.get("bf16"))  # every sampling or training stage of the track
+    if "dtype" in config:
+        assert {a.dtype for a in parsed if hasattr(a, "dtype")} == {"bfloat16" if bf16 else "float32"}
+    if "bf16" in config:
+        assert next(a.bf16 for a in parsed if hasattr(a, "bf16")) is bf16
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("precision: ")]
+    assert len(lines) == 1 and ("-> bfloat16" in lines[0] or "-> true" in lines[0]) is bf16
+    assert {"neither": "would be emulated", "avx512_bf16": "no faster than float32", "amx": "AMX-BF16"}[cpu] in lines[0]
+    assert "note:" not in err and "error" not in err
+
+
+def test_an_unreadable_cpuinfo_falls_back_to_float32_and_says_so(monkeypatch, tmp_path, capsys):
+    from rlhf_kit.configs import parse_stage_args
+
+    monkeypatch.setenv("RLHF_KIT_CPUINFO", str(tmp_path / "missing"))
+    parsed = parse_stage_args(recipe_dataclasses(load_recipe("ppo")), ["--config", f"{REAL}/ppo.yaml"])
+    assert parsed[1].bf16 is False and parsed[2].dtype == "float32"
+    line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("precision: "))
+    assert line.startswith("precision: bf16: auto -> false, dtype: auto -> float32 (cannot read ")
+    assert "float32 is the safe choice" in line
+
+
+@pytest.mark.parametrize("flags,bf16", [(["--bf16", "auto"], True), (["--bf16=auto"], True),
+                                        (["--bf16", "false"], False)])
+def test_the_command_line_overrides_the_config_either_way(flags, bf16, monkeypatch, tmp_path, capsys):
+    """``--bf16 auto`` over the demo's ``bf16: false`` picks by hardware; ``--bf16 false`` over the real track's
+    ``bf16: auto`` is taken as given (no precision line for bf16)."""
+    from rlhf_kit.configs import parse_stage_args
+
+    _fake_cpu(monkeypatch, tmp_path, CPUS["amx"][0])
+    config = config_args("sft") if "auto" in "".join(flags) else ["--config", f"{REAL}/sft.yaml"]
+    assert parse_stage_args(recipe_dataclasses(load_recipe("sft")), config + flags)[1].bf16 is bf16
+    assert ("bf16: auto -> true" in capsys.readouterr().err) is bf16
+
+
+def test_explicit_bf16_is_still_refused_where_auto_would_pick_float32(monkeypatch, tmp_path):
+    from rlhf_kit.configs import parse_stage_args
+
+    _fake_cpu(monkeypatch, tmp_path, CPUS["neither"][0])
+    with pytest.raises(UserError, match=r"^bf16: true needs a GPU or a CPU with native bf16"):
+        parse_stage_args(recipe_dataclasses(load_recipe("ppo")), ["--config", f"{REAL}/ppo.yaml", "--bf16", "true"])
+
+
+def test_a_ppo_resume_may_change_precision():
+    """Precision is hardware: an ``auto`` run resumed on another CPU gets the other precision, and is resumed."""
+    from rlhf_kit.ppo.checkpoint import changed_keys
+
+    saved = {"bf16": True, "dtype": "bfloat16", "learning_rate": 1e-5}
+    assert changed_keys(saved, {"bf16": False, "dtype": "float32", "learning_rate": 1e-5}) == []
+    assert changed_keys(saved, {"bf16": False, "dtype": "float32", "learning_rate": 2e-5}) == ["learning_rate"]

@@ -29,8 +29,10 @@ COMPLETE = "checkpoint_complete.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 # Keys that may differ between a run and its resume: where and how it logs, saves, evaluates samples and pushes.
 # Any other difference (batch sizes, models, data, learning rate, seed, ...) changes the optimisation: refused.
+# Precision may change too: it is hardware (`bf16: auto` / `dtype: auto` resolve per machine, so a run resumed on
+# another CPU may get the other one), and the weights and optimizer state it resumes are float32 either way.
 MAY_CHANGE = {"force", "report_to", "run_name", "project", "disable_tqdm", "push_to_hub", "num_sample_generations",
-              "resume_from_checkpoint", "skip_memory_metrics", "ddp_timeout"}
+              "resume_from_checkpoint", "skip_memory_metrics", "ddp_timeout", "bf16", "dtype", "mixed_precision"}
 MAY_CHANGE_PREFIXES = ("logging_", "log_", "save_", "hub_", "eval_", "trackio_", "per_device_eval_batch_size")
 
 
