@@ -227,17 +227,23 @@ def compare_setting(steps: list[Step], r: int, key: str):
     return step.overrides.get(key, yaml.safe_load(step.config.read_text()).get(key))
 
 
+def step_config(step: Step) -> Path:
+    """The one YAML a step's process reads: the run's copy of the stage config with the step's values written in,
+    ``<run_dir>/configs/round-<r>/<stage>.yaml`` (round 0: the setup stages). Nothing is re-serialised into flags, so
+    a value such as an empty list reaches the stage as it is (flags dropped it, and from round 2 the real track's
+    compare still ranked the first run's ``other_samples``)."""
+    merged = (yaml.safe_load(step.config.read_text()) or {}) | step.overrides
+    path = step.config.parent / f"round-{step.round}" / step.config.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, yaml.safe_dump(merged, sort_keys=False))
+    return path
+
+
 def command(step: Step, accelerate_config: str | None) -> list[str]:
-    """The process that runs ``step``: its recipe with its config and overrides (training stages via accelerate)."""
+    """The process that runs ``step``: its recipe with its merged config alone (training stages via accelerate)."""
     from rlhf_kit.launch import stage_command
 
-    flags = []
-    for key, value in step.overrides.items():
-        values = value if isinstance(value, list) else [value]
-        if isinstance(value, list) and not value:
-            continue  # an empty list keeps the dataclass default (empty)
-        flags += [f"--{key}", *(str(v) for v in values)]
-    return stage_command(step.stage, str(step.config), flags, accelerate_config)
+    return stage_command(step.stage, str(step_config(step)), [], accelerate_config)
 
 
 def run_rounds(args) -> int:

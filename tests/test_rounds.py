@@ -269,6 +269,38 @@ def test_the_real_model_track_runs_in_rounds_too():
     assert steps[(2, "compare")].overrides["other_samples"] == []
 
 
+def test_each_stage_process_reads_one_merged_yaml_with_the_rounds_values_in_it(tmp_path):
+    """What a process receives, not the plan: ``--config <run>/configs/round-<r>/<stage>.yaml`` and no flags; the
+    empty ``other_samples`` of round 2 is in that file (flags dropped empty lists, so round 2 still ranked the first
+    run's samples)."""
+    import shutil
+
+    from rlhf_kit.rounds import command
+
+    track = REPO / "recipes" / "configs" / "smollm2-135m-ifeval"
+    run = tmp_path / "real-rounds"
+    (run / "configs").mkdir(parents=True)
+    stages = ["world", "import", "demos", "sft", "compare", "reward", "ppo", "eval"]
+    configs = read_stage_configs(str(track), stages)
+    configs["compare"]["other_samples"] = ["runs/real/demos/samples.jsonl"]
+    for stage in stages:
+        shutil.copyfile(track / f"{stage}.yaml", run / "configs" / f"{stage}.yaml")
+    (run / "configs" / "compare.yaml").write_text(yaml.safe_dump(configs["compare"]))
+    config = yaml.safe_load((track / "rounds.yaml").read_text())
+    args = RoundsArguments(**{**config, "stage_configs": str(track), "run_dir": str(run)})
+    steps = {(s.round, s.stage): s for s in plan(args, configs)}
+    received = {}
+    for key in ((1, "compare"), (2, "compare"), (2, "ppo")):
+        argv = command(steps[key], None)
+        assert argv[-2] == "--config" and argv[-1] == str(run / "configs" / f"round-{key[0]}" / f"{key[1]}.yaml")
+        received[key] = yaml.safe_load(Path(argv[-1]).read_text())
+    assert received[(1, "compare")]["other_samples"] == [f"{run}/demos/samples.jsonl"]
+    assert received[(2, "compare")]["other_samples"] == []
+    assert received[(2, "compare")]["model_name_or_path"] == f"{run}/round-1/ppo"
+    assert received[(2, "compare")]["labeler"] == "ifeval"  # the track's own values stay
+    assert received[(2, "ppo")]["reward_model_path"] == f"{run}/round-2/reward"
+
+
 def test_a_checkpoint_cut_short_by_a_kill_is_skipped_for_the_one_before(tmp_path, capsys):
     from rlhf_kit.training import last_checkpoint
 
