@@ -97,13 +97,15 @@ class DataArguments(TrainArguments):
 class SamplingArguments(StageArguments):
     """Sampling from policies: comparison collection and evaluation."""
 
+    precision_workload = "sampling"  # what `dtype: auto` optimises for (rlhf_kit/scaling.py, auto_precision)
+
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (as in PPO rollouts)."})
     max_new_tokens: int = field(default=24, metadata={"help": "Longest response."})
     batch_size: int = field(default=64, metadata={"help": "Prompts per generation or forward batch."})
     seed: int = field(default=0, metadata={"help": "Sampling (and simulated labeler) seed."})
     dtype: str = field(default="float32", metadata={
-        "help": "Dtype the models sample and score in; auto: bfloat16 on a GPU with bf16 or a CPU with AMX, float32 "
-                "elsewhere; bfloat16 needs a GPU or a CPU with AMX / AVX512-BF16.",
+        "help": "Dtype the models sample and score in; auto: bfloat16 on a GPU or CPU with native bf16 (AMX or "
+                "AVX512-BF16: decoding reads half the bytes), float32 elsewhere; bfloat16 needs one of them.",
         "choices": ["auto", "float32", "bfloat16"]})
 
 
@@ -389,9 +391,9 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
         raise UserError(f"invalid configuration: {msg}")
     for args in parsed:
         check_values(args)
-    choices = [c for c in (bf16_choice, scaling.resolve_auto_dtype(parsed)) if c]
+    choices = [bf16_choice] * bool(bf16_choice) + scaling.resolve_auto_dtype(parsed)
     if choices and int(os.environ.get("RANK", "0")) == 0:  # one line per stage, not one per process
-        print(f"precision: {', '.join(choices)} ({scaling.auto_precision()[1]})", file=sys.stderr)
+        print(f"precision: {'; '.join(choices)}", file=sys.stderr)
     scaling.check_bf16(parsed)
     scaling.check_stage_hardware(parsed)
     return parsed

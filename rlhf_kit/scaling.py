@@ -71,18 +71,22 @@ def train_on_cpu(parser, dataclass_types: tuple, env=None) -> None:
 
 def check_bf16(parsed: tuple) -> None:
     """Refuse bf16 training (``bf16: true``) or bf16 models (``dtype: bfloat16``) on a CPU without native bf16, where
-    PyTorch emulates it many times slower than float32; on one with AVX512-BF16 but no AMX, say in one note that
-    float32 is the faster choice there."""
-    asked = [(key, value) for args in parsed for key, value in (("bf16", True), ("dtype", "bfloat16"))
+    PyTorch emulates it many times slower than float32; for training on one with AVX512-BF16 but no AMX, say in one
+    note that float32 is the faster choice there (sampling in bf16 pays there: see :func:`auto_precision`)."""
+    asked = [(key, value, "training" if key == "bf16" else getattr(type(args), "precision_workload", "training"))
+             for args in parsed for key, value in (("bf16", True), ("dtype", "bfloat16"))
              if getattr(args, key, None) == value]
     if not asked or has_gpu():
         return
-    key, value = asked[0]
+    key, value, _ = asked[0]
     fix = "bf16: false" if key == "bf16" else "dtype: float32"
     if not cpu_supports_bf16():
         raise UserError(f"{key}: {str(value).lower()} needs a GPU or a CPU with native bf16 (AMX-BF16 or "
                         f"AVX512-BF16 in /proc/cpuinfo), and this CPU has neither; set `{fix}` in the config")
-    if not cpu_has_amx():  # runs, but gains nothing: the real track's PPO ran 0.17 episodes/s in bf16, 0.20 in fp32
+    training = [(k, v) for k, v, workload in asked if workload == "training"]
+    if training and not cpu_has_amx():  # runs, but gains nothing: the real track's PPO ran 0.17 episodes/s in bf16,
+        key, value = training[0]        # 0.20 in fp32
+        fix = "bf16: false" if key == "bf16" else "dtype: float32"
         print(f"note: {key}: {str(value).lower()} on a CPU with AVX512-BF16 but no AMX runs no faster than float32 "
               f"(and rounds more); `{fix}` is the faster choice here", file=sys.stderr)
 
@@ -90,11 +94,14 @@ def check_bf16(parsed: tuple) -> None:
 AUTO = "auto"
 
 
-def auto_precision(cpuinfo: str = "/proc/cpuinfo") -> tuple[bool, str]:
-    """What ``bf16: auto`` / ``dtype: auto`` mean here: (bf16?, why). bf16 only where it is native *and* pays: a CUDA
-    GPU with bf16 (Ampere or later), or a CPU with AMX-BF16 (bf16 matmuls ~4x float32 on this project's Xeon).
-    Everywhere else float32: with AVX512-BF16 alone bf16 runs no faster (the real track's PPO: 0.17 episodes/s in
-    bf16, 0.20 in float32) and rounds more; without either PyTorch emulates it, many times slower."""
+def auto_precision(workload: str = "training", cpuinfo: str = "/proc/cpuinfo") -> tuple[bool, str]:
+    """What ``bf16: auto`` / ``dtype: auto`` mean here for a ``workload`` (``training`` or ``sampling``): (bf16?, why).
+    bf16 only where it is native *and* pays. On a CUDA GPU with bf16 (Ampere or later), always. On a CPU: for
+    training only with AMX-BF16 (bf16 matmuls ~4x float32 on this project's Xeon; with AVX512-BF16 alone they run at
+    float32's speed, and the real track's PPO ran 0.17 episodes/s in bf16, 0.20 in float32); for sampling with
+    AVX512-BF16 or AMX, since decoding one token at a time is bound by reading the weights, and bf16 reads half the
+    bytes (SmolLM2-135M, 32 prompts x 96 tokens, AVX512-BF16 without AMX: 151-187 tokens/s in bf16, 85-106 in
+    float32). Without native bf16, PyTorch emulates it, many times slower: float32."""
     if has_gpu():
         import torch
 
@@ -106,16 +113,18 @@ def auto_precision(cpuinfo: str = "/proc/cpuinfo") -> tuple[bool, str]:
     if flags is None:
         return False, f"cannot read {cpuinfo} to tell whether this CPU computes in bf16; float32 is the safe choice"
     if "amx_bf16" in flags:
-        return True, "CPU with AMX-BF16 (bf16 matmuls ~4x float32)"
+        return True, "CPU with AMX-BF16: bf16 matmuls ~4x float32"
     if flags & {"avx512_bf16", "bf16"}:
-        return False, "CPU with AVX512-BF16 but no AMX: bf16 runs no faster than float32 and rounds more"
+        if workload == "sampling":
+            return True, "sampling on a CPU with AVX512-BF16: decoding reads half the bytes in bf16, ~1.5x float32"
+        return False, "training on a CPU with AVX512-BF16 but no AMX: bf16 matmuls run no faster than float32"
     return False, "CPU without native bf16 (no AMX-BF16 or AVX512-BF16): bf16 would be emulated, many times slower"
 
 
 def resolve_auto_bf16(config: dict, argv: list[str]) -> tuple[list[str], str | None]:
     """``bf16: auto`` (config file or ``--bf16 auto``) made a plain boolean flag before TrainingArguments (a bool
-    field) parses it: (argv to parse, what was chosen, or None when nothing was auto).
-    A ``--bf16`` given on the command line still overrides the config file."""
+    field: mixed-precision training) parses it: (argv to parse, what was chosen and why, or None when nothing was
+    auto). A ``--bf16`` given on the command line still overrides the config file."""
     flag = next((i for i, a in enumerate(argv) if a == "--bf16" or a.startswith("--bf16=")), None)
     if flag is not None:
         value = argv[flag].partition("=")[2] if "=" in argv[flag] else (argv[flag + 1] if flag + 1 < len(argv)
@@ -125,20 +134,23 @@ def resolve_auto_bf16(config: dict, argv: list[str]) -> tuple[list[str], str | N
         argv = argv[:flag] + argv[flag + (1 if "=" in argv[flag] else 2):]
     elif str(config.get("bf16")).lower() != AUTO:
         return argv, None
-    bf16 = str(auto_precision()[0]).lower()
-    return argv + ["--bf16", bf16], f"bf16: auto -> {bf16}"
+    bf16, why = auto_precision("training")
+    return argv + ["--bf16", str(bf16).lower()], f"bf16: auto -> {str(bf16).lower()} ({why})"
 
 
-def resolve_auto_dtype(parsed: tuple) -> str | None:
-    """Each parsed ``dtype: auto`` set to bfloat16 or float32 by :func:`auto_precision` (rlhf_kit's meaning of auto:
-    by hardware, not transformers' "the checkpoint's dtype"; rlhf_kit's own checkpoints are float32 on disk);
-    returns what was chosen, or None when no dtype was auto."""
-    auto = [args for args in parsed if getattr(args, "dtype", None) == AUTO]
-    if not auto:
-        return None
-    for args in auto:
-        args.dtype = "bfloat16" if auto_precision()[0] else "float32"
-    return f"dtype: auto -> {auto[0].dtype}"
+def resolve_auto_dtype(parsed: tuple) -> list[str]:
+    """Each parsed ``dtype: auto`` set to bfloat16 or float32 by :func:`auto_precision`, for the workload its
+    arguments declare (``precision_workload``: the sampling stages' arguments say ``sampling``; a model trained or
+    trained against, TRL's ModelConfig, is ``training``). rlhf_kit's meaning of auto is by hardware, not
+    transformers' "the checkpoint's dtype" (rlhf_kit's own checkpoints are float32 on disk). Returns what was chosen
+    and why, one entry per dtype set."""
+    chosen = []
+    for args in parsed:
+        if getattr(args, "dtype", None) == AUTO:
+            bf16, why = auto_precision(getattr(type(args), "precision_workload", "training"))
+            args.dtype = "bfloat16" if bf16 else "float32"
+            chosen.append(f"dtype: auto -> {args.dtype} ({why})")
+    return chosen
 
 
 def has_gpu() -> bool:

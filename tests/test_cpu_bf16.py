@@ -71,6 +71,8 @@ def test_bf16_without_amx_gets_one_note_that_float32_is_faster(bf16_cpu, amx, mo
                                      "float32 (and rounds more); `bf16: false` is the faster choice here"])
     _parse("ppo", ["--bf16", "false", "--dtype", "float32"])
     assert "note:" not in capsys.readouterr().err
+    _parse("compare", ["--dtype", "bfloat16"])  # sampling in bf16 pays with AVX512-BF16 alone: no note
+    assert "note:" not in capsys.readouterr().err
 
 
 def test_amx_is_read_from_the_cpu_flags(tmp_path):
@@ -109,8 +111,10 @@ def test_a_bf16_refusal_is_one_line_from_the_command(tmp_path):
 # --------------------------------------------------------------------------- bf16: auto / dtype: auto (by hardware)
 
 REAL = "recipes/configs/smollm2-135m-ifeval"
-CPUS = {"neither": ("fpu avx512f avx2", False), "avx512_bf16": ("fpu avx512f avx512_bf16", False),
-        "amx": ("fpu avx512f avx512_bf16 amx_bf16 amx_tile", True)}
+# flags -> (bf16 for training, bf16 for sampling)
+CPUS = {"neither": ("fpu avx512f avx2", False, False), "avx512_bf16": ("fpu avx512f avx512_bf16", False, True),
+        "amx": ("fpu avx512f avx512_bf16 amx_bf16 amx_tile", True, True)}
+SAMPLING = ("demos", "compare", "eval")
 
 
 def _fake_cpu(monkeypatch, tmp_path, flags: str) -> None:
@@ -122,11 +126,13 @@ def _fake_cpu(monkeypatch, tmp_path, flags: str) -> None:
 @pytest.mark.parametrize("cpu", sorted(CPUS))
 @pytest.mark.parametrize("stage", ["demos", "sft", "compare", "reward", "ppo", "eval"])
 def test_the_real_track_configs_choose_precision_by_the_cpu(cpu, stage, monkeypatch, tmp_path, capsys):
-    """The real track unedited, on a faked /proc/cpuinfo: bf16 only with AMX, float32 on the other two CPUs (no
-    refusal on a CPU without native bf16, no "float32 is faster" note), and one line saying what was chosen."""
+    """The real track unedited, on a faked /proc/cpuinfo: training in bf16 only with AMX, sampling in bf16 with
+    AVX512-BF16 too, float32 on a CPU with neither (no refusal there, no "float32 is faster" note), and one line
+    saying what was chosen."""
     from rlhf_kit.configs import parse_stage_args
 
-    flags, bf16 = CPUS[cpu]
+    flags, train_bf16, sample_bf16 = CPUS[cpu]
+    bf16 = sample_bf16 if stage in SAMPLING else train_bf16
     _fake_cpu(monkeypatch, tmp_path, flags)
     parsed = parse_stage_args(recipe_dataclasses(load_recipe(stage)), ["--config", f"{REAL}/{stage}.yaml"])
     config = yaml.safe_load(open(f"{REAL}/{stage}.yaml"))
@@ -138,7 +144,9 @@ def test_the_real_track_configs_choose_precision_by_the_cpu(cpu, stage, monkeypa
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("precision: ")]
     assert len(lines) == 1 and ("-> bfloat16" in lines[0] or "-> true" in lines[0]) is bf16
-    assert {"neither": "would be emulated", "avx512_bf16": "no faster than float32", "amx": "AMX-BF16"}[cpu] in lines[0]
+    why = {"neither": "would be emulated", "amx": "AMX-BF16",
+           "avx512_bf16": "reads half the bytes" if bf16 else "no faster than float32"}[cpu]
+    assert why in lines[0]
     assert "note:" not in err and "error" not in err
 
 
@@ -149,8 +157,8 @@ def test_an_unreadable_cpuinfo_falls_back_to_float32_and_says_so(monkeypatch, tm
     parsed = parse_stage_args(recipe_dataclasses(load_recipe("ppo")), ["--config", f"{REAL}/ppo.yaml"])
     assert parsed[1].bf16 is False and parsed[2].dtype == "float32"
     line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("precision: "))
-    assert line.startswith("precision: bf16: auto -> false, dtype: auto -> float32 (cannot read ")
-    assert "float32 is the safe choice" in line
+    assert line.startswith("precision: bf16: auto -> false (cannot read ")
+    assert "dtype: auto -> float32 (cannot read " in line and "float32 is the safe choice" in line
 
 
 @pytest.mark.parametrize("flags,bf16", [(["--bf16", "auto"], True), (["--bf16=auto"], True),
