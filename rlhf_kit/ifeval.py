@@ -27,6 +27,7 @@ from pathlib import Path
 
 from rlhf_kit.errors import UserError
 from rlhf_kit.labelers import Judgement
+from rlhf_kit.task_check import REASONS, check_row
 
 TASKS_FILE = Path(__file__).resolve().parent / "ifeval_tasks.txt"
 INSTALL = "pip install -e '.[real]' (if-verifiable==0.1.2)"
@@ -237,19 +238,29 @@ def check_instructions(row: dict, response: str) -> list:
 
 
 class IFEvalJudge:
-    """:class:`rlhf_kit.labelers.Judge` by IFEval's checkers: the score is the fraction of the prompt's instructions
-    followed (strict); the rules are IFEval's four accuracies for this prompt."""
+    """:class:`rlhf_kit.labelers.Judge` of the whole answer: IFEval's checkers for the instructions and
+    :mod:`rlhf_kit.task_check` for the base task. The score is the fraction of the prompt's instructions followed
+    (strict) when the response does its task, else 0 (an answer that drops the request helps no one, whatever it
+    leaves out); the rules are IFEval's four accuracies for this prompt, ``does_task`` and ``follows_and_task``
+    (every instruction followed, strict, and the task done: the track's headline)."""
 
-    rule_names = ("instruction_strict", "instruction_loose", "prompt_strict", "prompt_loose")
+    rule_names = ("instruction_strict", "instruction_loose", "prompt_strict", "prompt_loose", "does_task",
+                  "follows_and_task")
 
     def check_rows(self, rows: list[dict], source: str) -> None:
         if not rows or "meta" not in rows[0] or "instruction_id_list" not in json.loads(rows[0]["meta"]):
             raise UserError(f"{source} lacks the IFEval `meta` (instruction_id_list, kwargs) the ifeval judge reads; "
                             "use the IFEval world's files (recipes/configs/smollm2-135m-ifeval/world.yaml)")
+        for i, row in enumerate(rows):
+            if not json.loads(row["meta"]).get("task"):
+                raise UserError(f"{source}: row {i + 1} has no base task (`task` in its `meta`), which the ifeval "
+                                "judge's task check reads; rebuild the prompts with the IFEval world (python "
+                                "recipes/world.py --config recipes/configs/smollm2-135m-ifeval/world.yaml)")
         _registry()
 
     def report(self, rows: list[dict], responses: list[str]) -> dict:
-        """IFEval's accuracies with 95% intervals and the per-type table (:func:`score_responses`)."""
+        """IFEval's accuracies, the task check's and their conjunction with 95% intervals, the degenerate shares and
+        the per-type table (:func:`score_responses`)."""
         return score_responses(rows, responses)
 
     def judge(self, row: dict, response: str) -> Judgement:
@@ -257,15 +268,25 @@ class IFEvalJudge:
         results = check_instructions(row, response)
         strict = sum(r.strict_pass for r in results) / n
         loose = sum(r.loose_pass for r in results) / n
-        return Judgement(strict, {"instruction_strict": strict, "instruction_loose": loose,
-                                  "prompt_strict": float(strict == 1.0), "prompt_loose": float(loose == 1.0)})
+        task = float(check_row(row, response).does_task)
+        return Judgement(strict * task, {"instruction_strict": strict, "instruction_loose": loose,
+                                         "prompt_strict": float(strict == 1.0), "prompt_loose": float(loose == 1.0),
+                                         "does_task": task, "follows_and_task": float(strict == 1.0) * task})
 
 
 class IFEvalLabeler:
-    """:class:`rlhf_kit.labelers.Labeler` from the IFEval judge plus labeler noise: responses are ranked by the
-    fraction of instructions followed, each distinct score level shifted by Gaussian noise of std ``noise`` (so
-    close levels sometimes swap, as labelers disagree); responses the judge scores alike share a rank, and a tie
+    """:class:`rlhf_kit.labelers.Labeler` of the whole answer, as InstructGPT's labelers rated it (Ouyang et al.
+    2022, Sec. 3.4: overall quality, following the instructions one attribute of it), plus labeler noise.
+
+    How the two combine: the task is a gate. Every response that does its task (:mod:`rlhf_kit.task_check`) ranks
+    above every one that does not, and among those that do, more instructions followed (strict) ranks higher: level
+    ``0.5 + 0.5 * fraction followed``. Responses that do not do the task all sit at level 0 and tie, so no pair teaches
+    the reward model which way of dropping the task pays more (the instructions-only labeler, ``ifeval-constraints``,
+    is what taught PPO to answer with the end phrase alone). Each distinct level is shifted by Gaussian noise of std
+    ``noise`` (close levels sometimes swap, as labelers disagree); responses at one level share a rank, and a tie
     makes no comparison pair (InstructGPT's labelers could mark ties)."""
+
+    whole_answer = True
 
     def __init__(self, noise: float = 0.1, seed: int = 0):
         self.judge_, self.noise, self.rng = IFEvalJudge(), noise, random.Random(seed)
@@ -273,11 +294,25 @@ class IFEvalLabeler:
     def check_rows(self, rows: list[dict], source: str) -> None:
         self.judge_.check_rows(rows, source)
 
+    def level(self, row: dict, response: str) -> float:
+        """The response's level before noise (see the class docstring)."""
+        rules = self.judge_.judge(row, response).rules
+        if not self.whole_answer:
+            return rules["instruction_strict"]
+        return 0.5 + 0.5 * rules["instruction_strict"] if rules["does_task"] else 0.0
+
     def rank(self, row: dict, responses: list[str]) -> dict:
-        scores = [self.judge_.judge(row, r).score for r in responses]
+        scores = [self.level(row, r) for r in responses]
         noisy = {s: s + self.rng.gauss(0.0, self.noise) for s in sorted(set(scores))}
         order = sorted(noisy, key=lambda s: -noisy[s])
         return {"ranks": [order.index(s) for s in scores], "scores": scores}
+
+
+class IFEvalConstraintsLabeler(IFEvalLabeler):
+    """The instructions-only labeler (ranks by the fraction of instructions followed, the task unseen): the real
+    track's labeler before the task check, kept to reproduce how PPO games IFEval's checkers."""
+
+    whole_answer = False
 
 
 # ------------------------------------------------------------------------------------------------------- report
@@ -293,25 +328,40 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float]:
 
 
 def score_responses(rows: list[dict], responses: list[str]) -> dict:
-    """IFEval's four accuracies for one policy's responses (Zhou et al. 2023, Sec. 3): prompt-level (every
-    instruction followed) and instruction-level (pooled over instructions), strict and loose, each with a 95%
-    Wilson interval; and per instruction type. (Empty and cut-off shares are the eval stage's, for every judge.)"""
-    counts = {k: [0, 0] for k in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")}
+    """One policy's responses judged whole: IFEval's four accuracies (Zhou et al. 2023, Sec. 3): prompt-level
+    (every instruction followed) and instruction-level (pooled over instructions), strict and loose; ``does_task``
+    (:mod:`rlhf_kit.task_check`) and ``follows_and_task`` (prompt-level strict and the task done, the track's
+    headline), each with a 95% Wilson interval; ``degenerate``: the shares of responses off the task's topic, too
+    short for it, repeating the instruction back, and any of these; and per instruction type, strict, loose and
+    strict-and-task. (Empty and cut-off shares are the eval stage's, for every judge.)"""
+    keys = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose", "does_task",
+            "follows_and_task")
+    counts = {k: [0, 0] for k in keys}
+    degenerate = {k: 0 for k in (*REASONS, "any")}
     per_type: dict[str, list[int]] = {}
     for row, response in zip(rows, responses):
         types = json.loads(row["meta"])["instruction_id_list"]
         verdicts = {r.instruction_id: r for r in check_instructions(row, response)}
         strict = [bool(verdicts.get(t) and verdicts[t].strict_pass) for t in types]
         loose = [bool(verdicts.get(t) and verdicts[t].loose_pass) for t in types]
+        task = check_row(row, response)
         for key, hits in (("strict", strict), ("loose", loose)):
             counts[f"prompt_{key}"][0] += all(hits)
             counts[f"prompt_{key}"][1] += 1
             counts[f"instruction_{key}"][0] += sum(hits)
             counts[f"instruction_{key}"][1] += len(hits)
+        for key, hit in (("does_task", task.does_task), ("follows_and_task", task.does_task and all(strict))):
+            counts[key][0] += hit
+            counts[key][1] += 1
+        for reason in task.reasons:
+            degenerate[reason] += 1
+        degenerate["any"] += not task.does_task
         for t, s, lo in zip(types, strict, loose):
-            n = per_type.setdefault(t, [0, 0, 0])
-            n[0], n[1], n[2] = n[0] + s, n[1] + lo, n[2] + 1
+            n = per_type.setdefault(t, [0, 0, 0, 0])
+            n[0], n[1], n[2], n[3] = n[0] + s, n[1] + lo, n[2] + (s and task.does_task), n[3] + 1
     report = {k: {"accuracy": hit / n if n else float("nan"), "ci95": wilson_interval(hit, n), "n": n}
               for k, (hit, n) in counts.items()}
-    report["per_type"] = {t: {"strict": s / n, "loose": lo / n, "n": n} for t, (s, lo, n) in sorted(per_type.items())}
+    report["degenerate"] = {k: v / len(rows) if rows else float("nan") for k, v in degenerate.items()}
+    report["per_type"] = {t: {"strict": s / n, "loose": lo / n, "strict_and_task": st / n, "n": n}
+                          for t, (s, lo, st, n) in sorted(per_type.items())}
     return report

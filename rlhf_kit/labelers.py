@@ -9,9 +9,9 @@ checker, or people using a labeling app plug in the same way:
 - a :class:`Judge` scores one response to a prompt row in [0, 1], with a per-rule breakdown (``eval`` stage,
   config key ``judge:``).
 
-A config names one by its registered name (``simulated``, ``gold``; ``ifeval`` for both) or by
-``package.module:Class``. Implementations are imported only when named, so a stage that uses none (e.g. a reward
-model trained on hh-rlhf) never imports the demo world.
+A config names one by its registered name (``simulated``, ``gold``; ``ifeval`` for both; ``ifeval-constraints``,
+the labeler that sees only the instructions) or by ``package.module:Class``. Implementations are imported only when
+named, so a stage that uses none (e.g. a reward model trained on hh-rlhf) never imports the demo world.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ class Judge(Protocol):
     def judge(self, row: dict, response: str) -> Judgement: ...
 
 
-LABELERS = {"simulated": "rlhf_kit.demo.labeler:SimulatedLabeler", "ifeval": "rlhf_kit.ifeval:IFEvalLabeler"}
+LABELERS = {"simulated": "rlhf_kit.demo.labeler:SimulatedLabeler", "ifeval": "rlhf_kit.ifeval:IFEvalLabeler",
+            "ifeval-constraints": "rlhf_kit.ifeval:IFEvalConstraintsLabeler"}
 JUDGES = {"gold": "rlhf_kit.demo.gold:GoldJudge", "ifeval": "rlhf_kit.ifeval:IFEvalJudge"}
 
 

@@ -25,9 +25,15 @@ def headline(summary: dict) -> str:
     g, (lo, hi) = summary["gold_score"], win["ci95"]
     order = " < ".join(f"{p} {g[p]:.3f}" for p in sorted(g, key=g.get))
     rm = f"; RM accuracy {summary['rm_accuracy']:.2f}" if "rm_accuracy" in summary else ""
-    return (f"{policy.upper()} beats {baseline.upper()} on {win['win_rate']:.0%} of held-out prompts "
+    line = (f"{policy.upper()} beats {baseline.upper()} on {win['win_rate']:.0%} of held-out prompts "
             f"(95% CI {lo:.0%}-{hi:.0%}); gold score {order}{rm}; KL({policy}||{baseline}) "
             f"{summary['kl_to_baseline'][policy]:.3f}/token")
+    reports = summary.get("judge_report") or {}
+    if all("follows_and_task" in r for r in reports.values()) and reports:  # a judge that sees the whole answer
+        cells = [f"{p} {r['follows_and_task']['accuracy']:.3f} [{r['follows_and_task']['ci95'][0]:.3f}, "
+                 f"{r['follows_and_task']['ci95'][1]:.3f}]" for p, r in reports.items()]
+        line += f"; follows and does the task: {', '.join(cells)}"
+    return line
 
 
 def add_legacy_keys(summary: dict) -> None:
@@ -147,13 +153,16 @@ def plot_per_type(judge_report: dict[str, dict], path: Path) -> None:
 
 def benchmark_lines(summary: dict, eval_dir: str) -> list[str]:
     """The report section of a benchmark judge (``summary["judge_report"]``, e.g. IFEval): its own accuracies per
-    policy with 95% intervals, the shares of empty and cut-off responses (a policy can "follow" *no commas* by
-    saying nothing), and the per-type table."""
+    policy with 95% intervals (with a task check: the task rate and "follows and does the task", the headline), the
+    shares of empty and cut-off responses (a policy can "follow" *no commas* by saying nothing), the degenerate
+    shares when the judge reports them, and the per-type table."""
     reports = summary.get("judge_report")
     if not reports:
         return []
-    keys = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
-    n = next(iter(reports.values()))["prompt_strict"]["n"]  # every policy answered the same prompts
+    first = next(iter(reports.values()))
+    keys = tuple(k for k in ("follows_and_task", "prompt_strict", "prompt_loose", "instruction_strict",
+                             "instruction_loose", "does_task") if k in first)
+    n = first["prompt_strict"]["n"]  # every policy answered the same prompts
     lines = ["", f"## {summary['judge']} accuracy ({n} held-out prompts, 95% Wilson intervals)", "",
              "| policy | " + " | ".join(k.replace("_", " ") for k in keys) + " | empty | cut off |",
              "|---|" + "---|" * (len(keys) + 2)]
@@ -161,12 +170,22 @@ def benchmark_lines(summary: dict, eval_dir: str) -> list[str]:
         cells = [f"{r[k]['accuracy']:.3f} [{r[k]['ci95'][0]:.3f}, {r[k]['ci95'][1]:.3f}]" for k in keys]
         shares = [f"{summary.get(s, {}).get(p, float('nan')):.3f}" for s in ("empty_share", "cut_off_share")]
         lines.append(f"| {p} | " + " | ".join(cells + shares) + " |")
-    per_type = next(iter(reports.values()))["per_type"]  # the same prompts, so the same types and counts
-    lines += ["", "| instruction type (strict) | n | " + " | ".join(reports) + " |",
-              "|---|---|" + "---|" * len(reports)]
-    for t in per_type:
-        lines.append(f"| {t} | {per_type[t]['n']} | " + " | ".join(f"{r['per_type'][t]['strict']:.3f}"
-                                                                 for r in reports.values()) + " |")
+    if "degenerate" in first:
+        reasons = list(first["degenerate"])
+        lines += ["", "Degenerate responses (share of prompts; `any`: the task check fails):", "",
+                  "| policy | " + " | ".join(k.replace("_", " ") for k in reasons) + " |",
+                  "|---|" + "---|" * len(reasons)]
+        lines += [f"| {p} | " + " | ".join(f"{r['degenerate'][k]:.3f}" for k in reasons) + " |"
+                  for p, r in reports.items()]
+    per_type = first["per_type"]  # the same prompts, so the same types and counts
+    columns = [("strict", "strict")] + ([("strict_and_task", "strict and task")]
+                                        if "strict_and_task" in next(iter(per_type.values()), {}) else [])
+    for key, label in columns:
+        lines += ["", f"| instruction type ({label}) | n | " + " | ".join(reports) + " |",
+                  "|---|---|" + "---|" * len(reports)]
+        for t in per_type:
+            lines.append(f"| {t} | {per_type[t]['n']} | " + " | ".join(f"{r['per_type'][t][key]:.3f}"
+                                                                     for r in reports.values()) + " |")
     return lines + ["", f"![instructions followed by type]({eval_dir}/per_type.png)"]
 
 

@@ -128,8 +128,8 @@ def test_judge_passes_and_fails_each_instruction_type(type_id):
     kwargs, follows, breaks = CASES[type_id]
     judge, row = ifeval.IFEvalJudge(), _row([type_id], [kwargs])
     good, bad = judge.judge(row, follows), judge.judge(row, breaks)
-    assert (good.score, good.rules["prompt_strict"], good.rules["instruction_loose"]) == (1.0, 1.0, 1.0)
-    assert (bad.score, bad.rules["prompt_strict"]) == (0.0, 0.0)
+    assert (good.rules["instruction_strict"], good.rules["prompt_strict"], good.rules["instruction_loose"]) == (1, 1, 1)
+    assert (bad.score, bad.rules["prompt_strict"], bad.rules["follows_and_task"]) == (0.0, 0.0, 0.0)
 
 
 def test_judge_scores_the_fraction_followed_strict_and_loose():
@@ -142,7 +142,7 @@ def test_judge_scores_the_fraction_followed_strict_and_loose():
     loose = judge.judge(row, "Tea is good. Any other questions?\n---")
     assert loose.score == 0.5
     assert loose.rules == {"instruction_strict": 0.5, "instruction_loose": 1.0, "prompt_strict": 0.0,
-                           "prompt_loose": 1.0}
+                           "prompt_loose": 1.0, "does_task": 1.0, "follows_and_task": 0.0}
     assert judge.judge(row, "").score == 0.0  # saying nothing follows nothing, not even "no commas"
 
 
@@ -159,7 +159,7 @@ def test_labeler_ranks_by_the_judge_ties_share_a_rank():
     row = _row(["punctuation:no_comma", "change_case:english_capital"], [{}, {}])
     responses = ["TEA IS GOOD.", "Tea, good.", "TEA, GOOD.", "Tea is good."]
     ranked = load_labeler("ifeval", noise=0.0, seed=0).rank(row, responses)
-    assert ranked == {"ranks": [0, 2, 1, 1], "scores": [1.0, 0.0, 0.5, 0.5]}
+    assert ranked == {"ranks": [0, 2, 1, 1], "scores": [1.0, 0.5, 0.75, 0.75]}  # all on task: 0.5 + 0.5 x followed
     pairs = expand_pairs({"prompt": row["prompt"], "responses": responses, **ranked})
     assert len(pairs) == 5  # six pairs minus the tie
     noisy = ifeval.IFEvalLabeler(noise=10.0, seed=0)
@@ -239,9 +239,15 @@ def test_report_gives_ifevals_prompt_and_instruction_level_accuracies():
     assert report["instruction_strict"]["accuracy"] == 0.5 and report["instruction_strict"]["n"] == 4  # pooled
     low, high = report["prompt_strict"]["ci95"]
     assert 0 < low < 1 / 3 < high < 1 and ifeval.wilson_interval(0, 10)[0] == 0.0
-    assert report["per_type"] == {"change_case:english_capital": {"strict": 1.0, "loose": 1.0, "n": 1},
-                                  "punctuation:no_comma": {"strict": 0.5, "loose": 0.5, "n": 2},
-                                  "startend:end_checker": {"strict": 0.0, "loose": 0.0, "n": 1}}
+    assert report["per_type"] == {
+        "change_case:english_capital": {"strict": 1.0, "loose": 1.0, "strict_and_task": 1.0, "n": 1},
+        "punctuation:no_comma": {"strict": 0.5, "loose": 0.5, "strict_and_task": 0.5, "n": 2},
+        "startend:end_checker": {"strict": 0.0, "loose": 0.0, "strict_and_task": 0.0, "n": 1}}
+    assert report["does_task"]["accuracy"] == pytest.approx(2 / 3)  # the empty answer does no task
+    assert report["follows_and_task"]["accuracy"] == pytest.approx(1 / 3)
+    assert report["degenerate"] == {"off_task": pytest.approx(1 / 3), "too_short": pytest.approx(1 / 3),
+                                    "instruction_repeated": 0.0,
+                                    "any": pytest.approx(1 / 3)}
     assert "empty_share" not in report  # the eval stage's, for every judge (tests/test_eval.py)
 
 

@@ -1,0 +1,138 @@
+"""The IFEval world's task check (rlhf_kit/task_check.py) against hand labels, and the alternatives it was chosen over.
+
+Three commands:
+
+- ``draw``: a seeded, stratified draw of held-out answers from an eval stage's ``samples.jsonl`` (``--per_policy`` per
+  policy, each from a distinct prompt), written unlabelled (``"does_task": null``) for a person to label by the rule
+  in ``tests/fixtures/task_labels/README.md``;
+- ``agree``: each labelled file's agreement with the check and with the alternatives (the topic alone, the issue's
+  crude "a topic word and >= 8 words", the length floors alone, the repeated-instruction test alone), per policy;
+- ``judge``: an eval's samples judged whole (IFEval strict, the task rate and their conjunction with CIs, the
+  degenerate shares) without sampling again: the figures of a run evaluated before the task check existed.
+
+    python benchmarks/task_check.py draw --samples runs/real/eval/samples.jsonl --rows runs/real/world/eval.jsonl \
+        --out tests/fixtures/task_labels/labels.jsonl
+    python benchmarks/task_check.py agree tests/fixtures/task_labels/labels.jsonl
+    python benchmarks/task_check.py judge --samples runs/real/eval/samples.jsonl --rows runs/real/world/eval.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rlhf_kit.rows import read_jsonl, write_jsonl  # noqa: E402
+from rlhf_kit.task_check import check_row, words  # noqa: E402
+
+
+def joined(samples_path: str, rows_path: str) -> list[tuple[dict, dict]]:
+    """(world row, sample row) pairs: an eval's samples carry the prompt text only, the world's rows its meta."""
+    rows = {r["prompt"][-1]["content"]: r for r in read_jsonl(rows_path)}
+    out = []
+    for sample in read_jsonl(samples_path):
+        row = rows.get(sample["prompt"]) or next((r for text, r in rows.items() if text in sample["prompt"]), None)
+        if row is None:
+            raise SystemExit(f"error: a sample's prompt is not in {rows_path}; pass the world file the eval used")
+        out.append((row, sample))
+    return out
+
+
+def draw(args) -> None:
+    pairs = joined(args.samples, args.rows)
+    policies = [k for k in pairs[0][1] if k != "prompt"]
+    order = list(range(len(pairs)))
+    random.Random(args.seed).shuffle(order)
+    # Each policy gets its own prompts (no prompt twice), so a label is never read next to another policy's answer.
+    chunks = [order[i * args.per_policy:(i + 1) * args.per_policy] for i in range(len(policies))]
+    fixture = [{"policy": p, "prompt": pairs[i][0]["prompt"], "meta": pairs[i][0]["meta"],
+                "response": pairs[i][1][p], "does_task": None} for p, chunk in zip(policies, chunks) for i in chunk]
+    random.Random(args.seed + 1).shuffle(fixture)  # labelled in a mixed order, the policy unseen while labelling
+    write_jsonl(args.out, fixture)
+    print(f"wrote {len(fixture)} unlabelled answers ({args.per_policy} per policy: {', '.join(policies)}) to "
+          f"{args.out}")
+
+
+VARIANTS = {
+    "task check (topic, length floor, no repeat)": lambda v, r: v.does_task,
+    "topic word alone": lambda v, r: "off_task" not in v.reasons,
+    "topic word and >= 8 words (the issue's crude check)": lambda v, r: "off_task" not in v.reasons
+    and len(words(r)) >= 8,
+    "length floor alone": lambda v, r: "too_short" not in v.reasons,
+    "no repeated instruction alone": lambda v, r: "instruction_repeated" not in v.reasons,
+}
+
+
+def agreement(labels: list[dict]) -> dict[str, dict[str, float]]:
+    """Per variant, the share of labelled answers it agrees with, overall and per policy."""
+    out = {}
+    for name, decide in VARIANTS.items():
+        hits: dict[str, list[int]] = {}
+        for item in labels:
+            verdict = check_row(item, item["response"])
+            for key in ("all", item["policy"]):
+                h = hits.setdefault(key, [0, 0])
+                h[0] += decide(verdict, item["response"]) == item["does_task"]
+                h[1] += 1
+        out[name] = {k: a / n for k, (a, n) in hits.items()}
+    return out
+
+
+def agree(args) -> None:
+    for path in args.labels:
+        labels = [x for x in read_jsonl(path) if x["does_task"] is not None]
+        done = sum(x["does_task"] for x in labels)
+        print(f"{path}: {len(labels)} labelled answers, {done} do the task")
+        for name, shares in agreement(labels).items():
+            per = ", ".join(f"{k} {v:.2f}" for k, v in shares.items() if k != "all")
+            print(f"  {shares['all']:.3f}  {name}  ({per})")
+        misses = [x for x in labels if check_row(x, x["response"]).does_task != x["does_task"]]
+        for x in misses[: args.show]:
+            verdict = check_row(x, x["response"])
+            print(f"  disagrees: label {x['does_task']}, check {verdict.reasons or 'does the task'} -- "
+                  f"{json.loads(x['meta'])['task']} => {x['response'][:100]!r}")
+
+
+def judge(args) -> None:
+    from rlhf_kit.ifeval import score_responses
+
+    pairs = joined(args.samples, args.rows)
+    rows = [r for r, _ in pairs]
+    policies = [k for k in pairs[0][1] if k != "prompt"]
+    report = {p: score_responses(rows, [s[p] for _, s in pairs]) for p in policies}
+    print(f"{len(rows)} prompts")
+    for p, r in report.items():
+        cells = ", ".join(f"{k} {r[k]['accuracy']:.3f} [{r[k]['ci95'][0]:.3f}, {r[k]['ci95'][1]:.3f}]"
+                          for k in ("prompt_strict", "does_task", "follows_and_task"))
+        degenerate = ", ".join(f"{k} {v:.3f}" for k, v in r["degenerate"].items())
+        print(f"{p}: {cells}; degenerate: {degenerate}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("draw")
+    d.add_argument("--samples", required=True)
+    d.add_argument("--rows", required=True)
+    d.add_argument("--out", required=True)
+    d.add_argument("--per_policy", type=int, default=50)
+    d.add_argument("--seed", type=int, default=0)
+    a = sub.add_parser("agree")
+    a.add_argument("labels", nargs="+")
+    a.add_argument("--show", type=int, default=20, help="disagreements to print")
+    j = sub.add_parser("judge")
+    j.add_argument("--samples", required=True)
+    j.add_argument("--rows", required=True)
+    j.add_argument("--json")
+    args = parser.parse_args(argv)
+    {"draw": draw, "agree": agree, "judge": judge}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
