@@ -13,8 +13,9 @@ other attribute: a response does the task when
   phrase, keywords) do not count, since the instructions, not the task, put them there;
 - **long enough for the task**: a floor of words by the kind of request (a poem, a list, a story or letter, an
   explanation; :data:`MIN_WORDS`), the end phrase and any instruction text repeated back not counted;
-- **not the instruction repeated back**: no run of four words of the instruction text with two content words in it
-  ("refrain from the use of commas", "This is point 1"), the end phrase and keywords aside.
+- **not the instruction repeated back**: runs of four words of the instruction text with two content words in them
+  ("refrain from the use of commas", "This is point 1") make up less than a third of its words, the end phrase and
+  keywords aside.
 
 Rule-based on purpose: the labeler ranks thousands of samples and the judge scores every probe, so the check must be
 cheap and deterministic, and a user can read why an answer failed (:func:`check_task` returns the reasons). The
@@ -63,6 +64,9 @@ MIN_WORDS = (
 )
 DEFAULT_MIN_WORDS = 1
 NGRAM = 4  # words of the instruction text repeated in a row that count as repeating it back
+# An answer repeats the instruction back when copied runs make up at least a third of its words: a template prefix
+# ("* This is point 1: A wooden chess set is ...") in an answer that goes on to do the task is not the answer.
+COPIED_SHARE = 3
 # Instruction arguments whose text the instruction makes the response contain (IFEval's kwargs names).
 REQUIRED_TEXT = ("end_phrase", "keywords", "postscript_marker", "first_word")
 REASONS = ("off_task", "too_short", "instruction_repeated")
@@ -172,7 +176,7 @@ def check_task(task: str, instructions: str, response: str, kwargs_list: list[di
         reasons.append("off_task")
     if len(own) < floor:
         reasons.append("too_short")
-    if copied:
+    if len(copied) * COPIED_SHARE >= max(len(response_words), 1) and copied:
         reasons.append("instruction_repeated")
     return TaskVerdict(not reasons, tuple(reasons), len(own))
 

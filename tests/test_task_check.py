@@ -69,10 +69,12 @@ def test_each_reason_is_named():
     assert check_task(task, train, "Trains are nice.").reasons == ("too_short",)
     assert check_task(task, train, "The weather today is sunny and warm, with a light breeze from the west and "
                                    "clouds later.").reasons == ("off_task",)
-    copied = check_task(task, train + " In your entire response, refrain from the use of any commas.",
-                        "Travelling by train is calm and you can read a book and refrain from the use of any car "
-                        "on long trips across the country.")
-    assert copied.reasons == ("instruction_repeated",) and copied.words == 21  # the copied run is not counted
+    rule = " In your entire response, refrain from the use of any commas."
+    own = "Travelling by train is calm and you can read a book on long trips across the whole country."
+    copied = check_task(task, train + rule, own + rule + rule)
+    assert copied.reasons == ("instruction_repeated",) and copied.words == 18  # the copied runs are not counted
+    prefixed = check_task(task, train + rule, own + rule)  # a copied run that is not most of the answer is kept
+    assert prefixed.does_task
 
 
 def test_a_synonym_of_the_topic_is_not_matched():
