@@ -73,7 +73,7 @@ def test_each_reason_is_named():
     own = "Travelling by train is calm and you can read a book on long trips across the whole country."
     copied = check_task(task, train + rule, own + rule + rule)
     assert copied.reasons == ("instruction_repeated",) and copied.words == 18  # the copied runs are not counted
-    prefixed = check_task(task, train + rule, own + rule)  # a copied run that is not most of the answer is kept
+    prefixed = check_task(task, train + rule, own + " I refrain from the use of any commas.")  # under a third copied
     assert prefixed.does_task
 
 
