@@ -3,8 +3,8 @@
 Three commands:
 
 - ``draw``: a seeded, stratified draw of held-out answers from an eval stage's ``samples.jsonl`` (``--per_policy`` per
-  policy, each from a distinct prompt), written unlabelled (``"does_task": null``) for a person to label by the rule
-  in ``tests/fixtures/task_labels/README.md``;
+  policy, each from a distinct prompt, none from ``--exclude``'s files), written unlabelled (``"does_task": null``)
+  for a person to label by the rule in ``tests/fixtures/task_labels/README.md``;
 - ``agree``: each labelled file's agreement with the check and with the alternatives (the topic alone, the issue's
   crude "a topic word and >= 8 words", the length floors alone, the repeated-instruction test alone), per policy;
 - ``judge``: an eval's samples judged whole (IFEval strict, the task rate and their conjunction with CIs, the
@@ -12,6 +12,8 @@ Three commands:
 
     python benchmarks/task_check.py draw --samples runs/real/eval/samples.jsonl --rows runs/real/world/eval.jsonl \
         --out tests/fixtures/task_labels/labels.jsonl
+    python benchmarks/task_check.py draw ... --policies ppo --per_policy 100 --seed 1 \
+        --exclude tests/fixtures/task_labels/labels.jsonl --out tests/fixtures/task_labels/ppo_labels.jsonl
     python benchmarks/task_check.py agree tests/fixtures/task_labels/labels.jsonl
     python benchmarks/task_check.py judge --samples runs/real/eval/samples.jsonl --rows runs/real/world/eval.jsonl
 """
@@ -44,8 +46,9 @@ def joined(samples_path: str, rows_path: str) -> list[tuple[dict, dict]]:
 
 def draw(args) -> None:
     pairs = joined(args.samples, args.rows)
-    policies = [k for k in pairs[0][1] if k != "prompt"]
-    order = list(range(len(pairs)))
+    policies = args.policies or [k for k in pairs[0][1] if k != "prompt"]
+    taken = {x["prompt"][-1]["content"] for path in args.exclude for x in read_jsonl(path)}
+    order = [i for i in range(len(pairs)) if pairs[i][0]["prompt"][-1]["content"] not in taken]
     random.Random(args.seed).shuffle(order)
     # Each policy gets its own prompts (no prompt twice), so a label is never read next to another policy's answer.
     chunks = [order[i * args.per_policy:(i + 1) * args.per_policy] for i in range(len(policies))]
@@ -123,6 +126,8 @@ def main(argv=None) -> None:
     d.add_argument("--out", required=True)
     d.add_argument("--per_policy", type=int, default=50)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--policies", nargs="*", help="policies to draw (default: every policy in the samples)")
+    d.add_argument("--exclude", nargs="*", default=[], help="label files whose prompts are not drawn again")
     a = sub.add_parser("agree")
     a.add_argument("labels", nargs="+")
     a.add_argument("--show", type=int, default=20, help="disagreements to print")
