@@ -5,6 +5,7 @@ on-task answer above every off-task one."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +144,19 @@ def test_the_labeler_ranks_every_on_task_answer_above_every_off_task_one_and_tie
     assert len(pairs) == 5  # the two off-task answers tie: no pair says which way of dropping the task pays more
     old = load_labeler("ifeval-constraints", noise=0.0, seed=0).rank(row, responses)
     assert old["scores"] == [1.0, 0.0, 1.0, 1.0]  # the instructions-only labeler prefers the hack to the story
+
+
+LABELS = Path(__file__).parent / "fixtures" / "task_labels"
+
+
+@pytest.mark.parametrize("name", ["labels.jsonl", "ppo_labels.jsonl"])
+def test_the_check_agrees_with_the_hand_labels(name):
+    """Held-out answers labelled by hand "does it do the task?" (tests/fixtures/task_labels/README.md: the rule):
+    150 of base, SFT and PPO mixed, and 100 of the whole-answer-trained PPO policy's (a policy trained against a check
+    learns to game that check too). The check agrees with each set on at least 85%."""
+    from rlhf_kit.rows import read_jsonl
+
+    labels = read_jsonl(LABELS / name)
+    assert len(labels) >= 100 and all(isinstance(x["does_task"], bool) for x in labels)
+    agree = sum(check_row(x, x["response"]).does_task == x["does_task"] for x in labels) / len(labels)
+    assert agree >= 0.85, f"{name}: the task check agrees with {agree:.3f} of the hand labels"

@@ -294,8 +294,9 @@ class PPOTrainer:
         args.mini_batch_size = _exact_div(args.batch_size, args.num_mini_batches, "batch size / num_mini_batches")
         args.local_mini_batch_size = _exact_div(args.local_batch_size, args.num_mini_batches,
                                                 "per-process batch / num_mini_batches")
-        _exact_div(args.local_mini_batch_size, args.per_device_train_batch_size,
-                   "per-process minibatch / per_device_train_batch_size")
+        if args.local_mini_batch_size > args.per_device_train_batch_size:  # smaller: one micro-batch (as TRL 1.12)
+            _exact_div(args.local_mini_batch_size, args.per_device_train_batch_size,
+                       "per-process minibatch / per_device_train_batch_size")
         if args.whiten_rewards and args.local_mini_batch_size < 8:
             raise ValueError(f"whiten_rewards needs per-process minibatches of 8 or more, got "
                              f"{args.local_mini_batch_size}")
@@ -563,7 +564,7 @@ class PPOTrainer:
         args, acc = self.args, self.accelerator
         # One slot per micro-batch a minibatch has (TRL sized the last axis by gradient_accumulation_steps, which
         # leaves zeros in it when num_mini_batches > 1 and drags every averaged statistic towards 0).
-        micro_batches = args.local_mini_batch_size // args.per_device_train_batch_size
+        micro_batches = -(-args.local_mini_batch_size // args.per_device_train_batch_size)  # a smaller minibatch: 1
         shape = (args.num_ppo_epochs, args.num_mini_batches, micro_batches)
         names = ["approx_kl", "clipfrac", "policy", "value", "value_clipfrac", "entropy", "ratio"]
         stats = {k: torch.zeros(shape, device=acc.device) for k in names + (["ptx"] if self.ptx_coef else [])}
