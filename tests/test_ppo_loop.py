@@ -47,3 +47,15 @@ def test_loop_is_seeded_and_moves_the_adapter(pipeline, tmp_path):
     assert lora and max(w_a[k].abs().max().item() for k in lora) > 1e-4
     assert max_abs_diff(w_a, w_b) == 0.0  # same seed, same run
     assert all(math.isfinite(r["ppo/kl"]) for r in updates)
+
+
+def test_a_minibatch_smaller_than_the_micro_batch_is_one_micro_batch(pipeline, tmp_path):
+    """The real track's shape: 8 rollouts per process in 4 minibatches of 2 with per_device_train_batch_size 8. TRL
+    1.12 trained each minibatch as one micro-batch of 2 (its loop slices past the end); so does rlhf_kit's."""
+    shape = ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", "--num_mini_batches", "4",
+             "--total_episodes", "16"]
+    weights, logs = run_ppo(pipeline, tmp_path / "small", shape)
+    updates = [r for r in logs if "ppo/scores" in r]
+    assert len(updates) == 2 and logs[-1]["ppo/episode"] == 16
+    assert all(math.isfinite(r["ppo/kl"]) and math.isfinite(r["losses/policy"]) for r in updates)
+    assert max(w.abs().max().item() for k, w in weights.items() if "lora_B" in k) > 1e-4  # 4 steps per epoch moved it

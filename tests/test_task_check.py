@@ -149,14 +149,12 @@ def test_the_labeler_ranks_every_on_task_answer_above_every_off_task_one_and_tie
 LABELS = Path(__file__).parent / "fixtures" / "task_labels"
 
 
-@pytest.mark.parametrize("name", ["labels.jsonl", "ppo_labels.jsonl"])
-def test_the_check_agrees_with_the_hand_labels(name):
-    """Held-out answers labelled by hand "does it do the task?" (tests/fixtures/task_labels/README.md: the rule):
-    150 of base, SFT and PPO mixed, and 100 of the whole-answer-trained PPO policy's (a policy trained against a check
-    learns to game that check too). The check agrees with each set on at least 85%."""
+def test_the_check_agrees_with_the_hand_labels():
+    """Held-out answers labelled by hand "does it do the task?" (tests/fixtures/task_labels/README.md: the rule and
+    what is labelled so far: 100 answers of the base model and SFT, mixed). The check agrees with at least 85%."""
     from rlhf_kit.rows import read_jsonl
 
-    labels = read_jsonl(LABELS / name)
+    labels = read_jsonl(LABELS / "labels.jsonl")
     assert len(labels) >= 100 and all(isinstance(x["does_task"], bool) for x in labels)
     agree = sum(check_row(x, x["response"]).does_task == x["does_task"] for x in labels) / len(labels)
-    assert agree >= 0.85, f"{name}: the task check agrees with {agree:.3f} of the hand labels"
+    assert agree >= 0.85, f"the task check agrees with {agree:.3f} of the hand labels"
