@@ -1,7 +1,8 @@
 """Stage "demos" -- SFT demonstrations by rejection sampling (Llama 2, Sec. 3.2.3): K samples per prompt from the
-base model, a sample kept when the judge (IFEval's checkers) says it follows every instruction and it ended on its
-own (rlhf_kit/demonstrations.py). Writes ``sft.jsonl`` (canonical ``messages`` rows) for the sft stage, and every
-sample, unranked, to ``samples.jsonl`` (the compare stage can rank them too: its ``other_samples``).
+base model, a sample kept when the judge scores it 1 (the IFEval world's: it does the task and follows every
+instruction) and it ended on its own (rlhf_kit/demonstrations.py). Writes ``sft.jsonl`` (canonical ``messages``
+rows) for the sft stage, and every sample, unranked, to ``samples.jsonl`` (the compare stage can rank them too: its
+``other_samples``).
 
     python recipes/demos.py --config recipes/configs/smollm2-135m-ifeval/demos.yaml
 """
