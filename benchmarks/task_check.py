@@ -7,6 +7,8 @@ Three commands:
   for a person to label by the rule in ``tests/fixtures/task_labels/README.md``;
 - ``agree``: each labelled file's agreement with the check and with the alternatives (the topic alone, the issue's
   crude "a topic word and >= 8 words", the length floors alone, the repeated-instruction test alone), per policy;
+- ``pmi``: the alternative of Li et al. 2016's MMI criterion, the base model's pointwise mutual information between
+  task and answer, against the same labels;
 - ``judge``: an eval's samples judged whole (IFEval strict, the task rate and their conjunction with CIs, the
   degenerate shares) without sampling again: the figures of a run evaluated before the task check existed.
 
@@ -15,6 +17,7 @@ Three commands:
     python benchmarks/task_check.py draw ... --policies ppo --per_policy 100 --seed 1 \
         --exclude tests/fixtures/task_labels/labels.jsonl --out tests/fixtures/task_labels/ppo_labels.jsonl
     python benchmarks/task_check.py agree tests/fixtures/task_labels/labels.jsonl
+    python benchmarks/task_check.py pmi tests/fixtures/task_labels/labels.jsonl --model runs/real/import
     python benchmarks/task_check.py judge --samples runs/real/eval/samples.jsonl --rows runs/real/world/eval.jsonl
 """
 
@@ -100,6 +103,33 @@ def agree(args) -> None:
                   f"{json.loads(x['meta'])['task']} => {x['response'][:100]!r}")
 
 
+def pmi(args) -> None:
+    """The MMI alternative (Li et al. 2016): the base model's pointwise mutual information between the task and the
+    answer, mean over the answer's tokens of log p(y | task + instructions) - log p(y | instructions alone); an
+    answer that does its task should be likelier with it. Agreement with the labels at PMI > 0, and at the best
+    threshold (fitted on these labels, so an upper bound)."""
+    from rlhf_kit import modeling
+    from rlhf_kit.evaluation import response_logprobs
+    from rlhf_kit.task_check import row_task
+
+    labels = [x for path in args.labels for x in read_jsonl(path) if x["does_task"] is not None]
+    tokenizer = modeling.load_tokenizer(args.model)
+    model = modeling.load_causal_lm(args.model, what="base model", dtype=args.dtype)
+    responses = [x["response"] for x in labels]
+    with_task = response_logprobs(model, tokenizer, [x["prompt"] for x in labels], responses, 16, "p(y | task)")
+    alone = [[{"role": "user", "content": row_task(x)[1].strip() or "Answer."}] for x in labels]
+    without = response_logprobs(model, tokenizer, alone, responses, 16, "p(y | instructions)")
+    scores = [(sum(a) - sum(b)) / max(len(a), 1) for a, b in zip(with_task, without)]
+    truth = [x["does_task"] for x in labels]
+
+    def agreement(threshold: float) -> float:
+        return sum((s > threshold) == t for s, t in zip(scores, truth)) / len(truth)
+
+    best = max(sorted(scores), key=agreement)
+    print(f"{len(labels)} labelled answers: PMI > 0 agrees {agreement(0.0):.3f}; best threshold {best:.3f} "
+          f"agrees {agreement(best):.3f} (fitted on these labels)")
+
+
 def judge(args) -> None:
     from rlhf_kit.ifeval import score_responses
 
@@ -131,12 +161,16 @@ def main(argv=None) -> None:
     a = sub.add_parser("agree")
     a.add_argument("labels", nargs="+")
     a.add_argument("--show", type=int, default=20, help="disagreements to print")
+    m = sub.add_parser("pmi")
+    m.add_argument("labels", nargs="+")
+    m.add_argument("--model", default="runs/real/import", help="the base model (the import stage's checkpoint)")
+    m.add_argument("--dtype", default="float32")
     j = sub.add_parser("judge")
     j.add_argument("--samples", required=True)
     j.add_argument("--rows", required=True)
     j.add_argument("--json")
     args = parser.parse_args(argv)
-    {"draw": draw, "agree": agree, "judge": judge}[args.command](args)
+    {"draw": draw, "agree": agree, "pmi": pmi, "judge": judge}[args.command](args)
 
 
 if __name__ == "__main__":
