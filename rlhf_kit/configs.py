@@ -393,7 +393,7 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
         check_values(args)
     choices = [bf16_choice] * bool(bf16_choice) + scaling.resolve_auto_dtype(parsed)
     if choices and int(os.environ.get("RANK", "0")) == 0:  # one line per stage, not one per process
-        print(f"precision: {'; '.join(choices)}", file=sys.stderr)
+        print(f"precision: {scaling.precision_line(choices)}", file=sys.stderr)
     scaling.check_bf16(parsed)
     scaling.check_stage_hardware(parsed)
     return parsed

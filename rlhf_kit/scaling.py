@@ -153,6 +153,16 @@ def resolve_auto_dtype(parsed: tuple) -> list[str]:
     return chosen
 
 
+def precision_line(choices: list[str]) -> str:
+    """``key: auto -> value (why)`` choices as one line, each reason said once: "bf16: auto -> false, dtype: auto ->
+    float32 (why)"."""
+    groups: dict[str, list[str]] = {}
+    for choice in choices:
+        what, _, why = choice.partition(" (")
+        groups.setdefault(why, []).append(what)
+    return "; ".join(f"{', '.join(whats)} ({why}" for why, whats in groups.items())
+
+
 def has_gpu() -> bool:
     """Whether a CUDA GPU is visible (otherwise every process runs on the CPU)."""
     import torch
