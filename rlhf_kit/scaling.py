@@ -73,22 +73,27 @@ def check_bf16(parsed: tuple) -> None:
     """Refuse bf16 training (``bf16: true``) or bf16 models (``dtype: bfloat16``) on a CPU without native bf16, where
     PyTorch emulates it many times slower than float32; for training on one with AVX512-BF16 but no AMX, say in one
     note that float32 is the faster choice there (sampling in bf16 pays there: see :func:`auto_precision`)."""
-    asked = [(key, value, "training" if key == "bf16" else getattr(type(args), "precision_workload", "training"))
+    asked = [(key, value, "training" if key == "bf16" else workload(args))
              for args in parsed for key, value in (("bf16", True), ("dtype", "bfloat16"))
              if getattr(args, key, None) == value]
     if not asked or has_gpu():
         return
+    fixes = {"bf16": "bf16: false", "dtype": "dtype: float32"}
     key, value, _ = asked[0]
-    fix = "bf16: false" if key == "bf16" else "dtype: float32"
     if not cpu_supports_bf16():
         raise UserError(f"{key}: {str(value).lower()} needs a GPU or a CPU with native bf16 (AMX-BF16 or "
-                        f"AVX512-BF16 in /proc/cpuinfo), and this CPU has neither; set `{fix}` in the config")
-    training = [(k, v) for k, v, workload in asked if workload == "training"]
+                        f"AVX512-BF16 in /proc/cpuinfo), and this CPU has neither; set `{fixes[key]}` in the config")
+    training = [(k, v) for k, v, w in asked if w == "training"]
     if training and not cpu_has_amx():  # runs, but gains nothing: the real track's PPO ran 0.17 episodes/s in bf16,
         key, value = training[0]        # 0.20 in fp32
-        fix = "bf16: false" if key == "bf16" else "dtype: float32"
         print(f"note: {key}: {str(value).lower()} on a CPU with AVX512-BF16 but no AMX runs no faster than float32 "
-              f"(and rounds more); `{fix}` is the faster choice here", file=sys.stderr)
+              f"(and rounds more); `{fixes[key]}` is the faster choice here", file=sys.stderr)
+
+
+def workload(args) -> str:
+    """What a stage's arguments use precision for: ``precision_workload`` of their class (the sampling stages'
+    arguments say ``sampling``), else ``training`` (TRL's ModelConfig: a model trained or trained against)."""
+    return getattr(type(args), "precision_workload", "training")
 
 
 AUTO = "auto"
@@ -147,7 +152,7 @@ def resolve_auto_dtype(parsed: tuple) -> list[str]:
     chosen = []
     for args in parsed:
         if getattr(args, "dtype", None) == AUTO:
-            bf16, why = auto_precision(getattr(type(args), "precision_workload", "training"))
+            bf16, why = auto_precision(workload(args))
             args.dtype = "bfloat16" if bf16 else "float32"
             chosen.append(f"dtype: auto -> {args.dtype} ({why})")
     return chosen

@@ -26,6 +26,7 @@ the choice are in the README, *Does it do the task?*.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 
@@ -100,14 +101,7 @@ def same_stem(a: str, b: str) -> bool:
     """Two stems of one word: equal, or sharing a prefix of at least four letters that covers all but two letters of
     the shorter (*cycling* / *cycle*, *travelling* / *travel*; it also pairs *start* / *star*, a rare false match
     the check accepts for catching inflections without a dictionary)."""
-    if a == b:
-        return True
-    common = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        common += 1
-    return common >= max(4, min(len(a), len(b)) - 2)
+    return a == b or len(os.path.commonprefix([a, b])) >= max(4, min(len(a), len(b)) - 2)
 
 
 def topic_words(task: str, exclude: set[str] = frozenset()) -> set[str]:
