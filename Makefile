@@ -36,8 +36,10 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
+# One pytest-xdist worker per core (`-n auto`), each test file whole on one worker (its module fixtures built once);
+# every test that launches processes picks free ports, so two files' launches never collide.
 test: install chromium
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PYTHON) -m pytest -q -m "not gpu" tests
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PYTHON) -m pytest -q -n auto --dist loadfile -m "not gpu" tests
 
 # The stages on a CUDA GPU in bf16 (tests/test_gpu.py); CI has no GPU and never runs them.
 test-gpu: install

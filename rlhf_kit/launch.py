@@ -8,6 +8,7 @@ process) or torchrun's ``ChildFailedError`` (several) traceback on top. Same arg
 """
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -55,11 +56,32 @@ def check_launch(args) -> None:
     check_accelerate_config(config, name)
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pick_port(args) -> None:
+    """One machine, several processes, no port given: a free port instead of accelerate's fixed 29500, so two
+    launches on one machine (two ``make`` runs, a test suite in parallel) do not refuse each other. Several machines
+    must agree on the port, so there the config's or the flag's stays."""
+    config = {}
+    if args.config_file and os.path.isfile(args.config_file):
+        with open(args.config_file) as f:
+            config = yaml.safe_load(f) or {}
+    machines = args.num_machines if args.num_machines is not None else config.get("num_machines", 1)
+    if args.main_process_port is None and config.get("main_process_port") is None and int(machines or 1) == 1:
+        args.main_process_port = free_port()
+
+
 def main() -> None:
     from accelerate.commands.launch import launch_command, launch_command_parser
 
     args = launch_command_parser().parse_args()
     exit_on_user_error(lambda: check_launch(args))
+    pick_port(args)
     if args.config_file:
         os.environ[CONFIG_ENV] = args.config_file  # the ranks' one-line errors name the config
     try:

@@ -18,6 +18,12 @@ TEST_ENV = {
     "TRL_EXPERIMENTAL_SILENCE": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `make test` runs one pytest-xdist worker per core
+    # Each worker (and the recipes it starts) gets its share of the cores: two workers with two OpenMP threads each
+    # on two cores spin-wait on each other and run several times slower than one thread each.
+    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    TEST_ENV["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // workers))
+    os.environ["OMP_NUM_THREADS"] = TEST_ENV["OMP_NUM_THREADS"]  # before torch is imported in this worker
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -77,6 +83,10 @@ def launch_cmd(stage: str, launcher: str = "python", launch_args: list[str] = ()
         return [sys.executable, "-m", "rlhf_kit.launch", "--config_file", str(REPO / "recipes/accelerate" / launcher),
                 *launch_args, script]
     hardware = "cpu_2proc.yaml" if launcher == "accelerate-2proc" else "cpu.yaml"
+    if launcher == "accelerate-2proc" and "--main_process_port" not in launch_args:  # plain accelerate: 29500 else
+        from rlhf_kit.launch import free_port
+
+        launch_args = [*launch_args, "--main_process_port", str(free_port())]
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
             str(REPO / "recipes/accelerate" / hardware), *launch_args, script]
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from rlhf_kit.launch import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "correct horse"
@@ -65,12 +66,6 @@ def login(client, name: str, password: str = PASSWORD):
     page = client.get("/login")
     return client.post("/login", data={"csrf_token": csrf_of(page.text), "name": name, "password": password},
                        follow_redirects=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

@@ -138,9 +138,12 @@ def test_ppo_policy_moves_away_from_sft(pipeline):
     assert marker["episode"] >= 32 and marker["kl"] == marker["kl"]  # not NaN
 
 
-def test_finished_stage_is_skipped_unless_forced(pipeline):
-    args = config_args("sft") + stage_paths(pipeline, "sft") + TINY["sft"]
-    marker = pipeline / "runs" / "sft" / "stage_complete.json"
+def test_finished_stage_is_skipped_unless_forced(pipeline, tmp_path):
+    import shutil
+
+    shutil.copytree(pipeline / "runs" / "sft", tmp_path / "sft")  # a copy: other tests read the pipeline's SFT
+    args = config_args("sft") + stage_paths(pipeline, "sft") + TINY["sft"] + ["--output_dir", str(tmp_path / "sft")]
+    marker = tmp_path / "sft" / "stage_complete.json"
     before = marker.read_text()
     proc = run_cli("sft", args)
     assert proc.returncode == 0 and "already complete" in proc.stdout

@@ -2,12 +2,13 @@
 two processes and float32 given on the launch line), two "machines" on 127.0.0.1, and the hardware mistakes that are
 refused at launch with one line."""
 
-import socket
 import subprocess
 
 import pytest
 import yaml
 from test_scale import DP, _adapter, _marker
+
+from rlhf_kit.launch import free_port
 
 from conftest import (
     REPO,
@@ -101,16 +102,10 @@ def test_ppo_trains_under_zero2_on_both_ranks_and_saves_a_loadable_policy(pipeli
     assert 0 < moved < 1, "the saved policy should be the SFT model, changed by a few PPO steps"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_machines_on_localhost_train_together_and_only_machine_0_writes(pipeline, tmp_path):
     """multi_node.yaml as the README runs it on each node, both "nodes" on 127.0.0.1. Each node gets its own
     output_dir (as machines without a shared disk), so a file written by machine 1 shows up in its folder."""
-    port, procs = str(_free_port()), []
+    port, procs = str(free_port()), []
     overrides = config_args("sft") + stage_paths(pipeline, "sft") + DP["sft"][0]
     for rank in (0, 1):
         launch = CPU2 + ["--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", port]
