@@ -39,6 +39,8 @@ def main() -> None:
         golden = {
             "versions": {"trl": trl.__version__, "transformers": transformers.__version__,
                          "torch": __import__("torch").__version__, "peft": peft.__version__},
+            # Matmul results depend on the thread count (the kernels' blocking): the test replays it with this many.
+            "torch_threads": __import__("torch").get_num_threads(),
             "config": CONFIG, "lora": LORA,
             "log_history": trainer.state.log_history,
             "policy": weight_stats(model.policy.named_parameters()),

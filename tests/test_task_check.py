@@ -149,12 +149,21 @@ def test_the_labeler_ranks_every_on_task_answer_above_every_off_task_one_and_tie
 LABELS = Path(__file__).parent / "fixtures" / "task_labels"
 
 
-def test_the_check_agrees_with_the_hand_labels():
-    """Held-out answers labelled by hand "does it do the task?" (tests/fixtures/task_labels/README.md: the rule and
-    what is labelled so far: 100 answers of the base model and SFT, mixed). The check agrees with at least 85%."""
+def _agreement(name: str) -> tuple[list[dict], float]:
     from rlhf_kit.rows import read_jsonl
 
-    labels = read_jsonl(LABELS / "labels.jsonl")
-    assert len(labels) >= 100 and all(isinstance(x["does_task"], bool) for x in labels)
-    agree = sum(check_row(x, x["response"]).does_task == x["does_task"] for x in labels) / len(labels)
-    assert agree >= 0.85, f"the task check agrees with {agree:.3f} of the hand labels"
+    labels = read_jsonl(LABELS / name)
+    assert all(isinstance(x["does_task"], bool) for x in labels), f"{name}: every answer labelled"
+    return labels, sum(check_row(x, x["response"]).does_task == x["does_task"] for x in labels) / len(labels)
+
+
+@pytest.mark.parametrize("name,policies,size", [
+    ("labels.jsonl", {"import", "sft", "ppo"}, 150),  # base, SFT and PPO answers, mixed
+    ("ppo_labels.jsonl", {"ppo"}, 100),  # the final PPO policy's alone: a policy trained against a check games it
+])
+def test_the_check_agrees_with_the_hand_labels(name, policies, size):
+    """Held-out answers labelled by hand "does it do the task?" (tests/fixtures/task_labels/README.md: the rule and
+    the draws). The check agrees with at least 85% of each file."""
+    labels, agree = _agreement(name)
+    assert len(labels) == size and {x["policy"] for x in labels} == policies
+    assert agree >= 0.85, f"the task check agrees with {agree:.3f} of the hand labels in {name}"
