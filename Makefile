@@ -18,7 +18,7 @@ STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install chromium test test-gpu lint demo rounds bench-rounds real import world demos base sft compare reward ppo eval bench-reward bench-ppo bench-alignment-tax ppo-golden push data-validate data-preview clean \
+.PHONY: install chromium test test-gpu lint demo rounds bench-rounds real import world demos base sft compare reward ppo eval bench-reward bench-ppo bench-label bench-alignment-tax ppo-golden push data-validate data-preview clean \
 	label label-export label-screenshots
 
 install: $(STAMP)
@@ -44,6 +44,10 @@ test: install chromium
 # The stages on a CUDA GPU in bf16 (tests/test_gpu.py); CI has no GPU and never runs them.
 test-gpu: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PYTHON) -m pytest -q -m gpu tests
+
+# The labeling server's page time under 20 concurrent labelers (p95 <= 200 ms), on an otherwise idle CPU.
+bench-label: install
+	LABEL_P95_LIMIT_S=0.2 $(PYTHON) -m pytest -q -s tests/test_label_load.py -k concurrent
 
 lint: install
 	$(PYTHON) -m ruff check rlhf_kit recipes tests benchmarks

@@ -1,6 +1,10 @@
 """The labeling server under load, as a real process on 127.0.0.1: concurrent labelers, double submits, SIGKILL.
 
     python -m pytest -q -s tests/test_label_load.py   # -s prints the figures (stored, duplicates, p95)
+    make bench-label                                  # the page-time figure, held to p95 <= 200 ms, on an idle CPU
+
+The test holds what cannot be flaky (every acknowledged label stored once); the p95 page time depends on what else
+the machine runs (`make test` runs two files at once), so only ``make bench-label`` (``LABEL_P95_LIMIT_S``) holds it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import httpx  # dev extra, installed by `make install`
 from label_helpers import PASSWORD, Server, csrf_of, make_db, rank_form, rank_items
 
 LABELERS, SUBMISSIONS = 20, 50
-P95_LIMIT_S = float(os.environ.get("LABEL_P95_LIMIT_S", "0.2"))  # the issue's target: p95 page time <= 200 ms
+P95_LIMIT_S = os.environ.get("LABEL_P95_LIMIT_S")  # make bench-label: the target, p95 page time <= 200 ms
 
 
 def labeler_session(url: str, name: str) -> httpx.Client:
@@ -90,7 +94,8 @@ def test_concurrent_labelers_store_every_label_once(tmp_path):
     assert len(acked) == LABELERS * SUBMISSIONS and None not in acked
     assert stored == LABELERS * SUBMISSIONS and duplicates == 0 and same_item_twice == 0
     assert per_labeler == {SUBMISSIONS}
-    assert p95 <= P95_LIMIT_S, f"p95 page time {p95 * 1000:.0f} ms over {P95_LIMIT_S * 1000:.0f} ms"
+    if P95_LIMIT_S:
+        assert p95 <= float(P95_LIMIT_S), f"p95 page time {p95 * 1000:.0f} ms over {float(P95_LIMIT_S) * 1000:.0f} ms"
 
 
 def test_sigkill_mid_load_loses_no_acknowledged_label(tmp_path):
