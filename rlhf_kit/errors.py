@@ -11,10 +11,11 @@ class UserError(Exception):
     """A mistake the user can fix (bad config, missing input, wrong data). Shown as one line."""
 
 
-def exit_on_user_error(fn: Callable[[], object]) -> None:
-    """Run ``fn``; turn a :class:`UserError` into ``error: <message>`` on stderr and exit status 2."""
+def exit_on_user_error(fn: Callable[[], object]) -> object:
+    """Run ``fn`` and return what it returns; turn a :class:`UserError` into ``error: <message>`` on stderr and exit
+    status 2."""
     try:
-        fn()
+        return fn()
     except UserError as err:
         if os.environ.get("RANK", "0") == "0":  # every rank hits the same mistake; say it once
             print(f"error: {err}", file=sys.stderr)

@@ -37,7 +37,7 @@ def stage_command(stage: str, config: str, flags: list[str] = (), accelerate_con
     return [sys.executable, *launcher, str(recipe_path(stage)), "--config", str(config), *flags]
 
 
-def check_launch(args) -> None:
+def check_launch(args) -> dict:
     """The accelerate config this launch will use (file, then command-line overrides), refused if it cannot run."""
     config, name = {}, "accelerate launch"
     if args.config_file:
@@ -54,6 +54,7 @@ def check_launch(args) -> None:
     if getattr(args, "cpu", False):
         config["use_cpu"] = True
     check_accelerate_config(config, name)
+    return config
 
 
 def free_port() -> int:
@@ -63,16 +64,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def pick_port(args) -> None:
-    """One machine, several processes, no port given: a free port instead of accelerate's fixed 29500, so two
-    launches on one machine (two ``make`` runs, a test suite in parallel) do not refuse each other. Several machines
-    must agree on the port, so there the config's or the flag's stays."""
-    config = {}
-    if args.config_file and os.path.isfile(args.config_file):
-        with open(args.config_file) as f:
-            config = yaml.safe_load(f) or {}
-    machines = args.num_machines if args.num_machines is not None else config.get("num_machines", 1)
-    if args.main_process_port is None and config.get("main_process_port") is None and int(machines or 1) == 1:
+def pick_port(args, config: dict) -> None:
+    """One machine, several processes, no port given (``config``: :func:`check_launch`'s): a free port instead of
+    accelerate's fixed 29500, so two launches on one machine (two ``make`` runs, a test suite in parallel) do not
+    refuse each other. Several machines must agree on the port, so there the config's or the flag's stays."""
+    if args.main_process_port is None and config.get("main_process_port") is None \
+            and int(config.get("num_machines") or 1) == 1:
         args.main_process_port = free_port()
 
 
@@ -80,8 +77,7 @@ def main() -> None:
     from accelerate.commands.launch import launch_command, launch_command_parser
 
     args = launch_command_parser().parse_args()
-    exit_on_user_error(lambda: check_launch(args))
-    pick_port(args)
+    pick_port(args, exit_on_user_error(lambda: check_launch(args)))
     if args.config_file:
         os.environ[CONFIG_ENV] = args.config_file  # the ranks' one-line errors name the config
     try:
