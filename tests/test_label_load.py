@@ -20,7 +20,7 @@ import httpx  # dev extra, installed by `make install`
 from label_helpers import PASSWORD, Server, csrf_of, make_db, rank_form, rank_items
 
 LABELERS, SUBMISSIONS = 20, 50
-P95_LIMIT_S = os.environ.get("LABEL_P95_LIMIT_S")  # make bench-label: the target, p95 page time <= 200 ms
+P95_LIMIT_S = float(os.environ.get("LABEL_P95_LIMIT_S") or "inf")  # make bench-label: 0.2 (p95 <= 200 ms)
 
 
 def labeler_session(url: str, name: str) -> httpx.Client:
@@ -94,8 +94,7 @@ def test_concurrent_labelers_store_every_label_once(tmp_path):
     assert len(acked) == LABELERS * SUBMISSIONS and None not in acked
     assert stored == LABELERS * SUBMISSIONS and duplicates == 0 and same_item_twice == 0
     assert per_labeler == {SUBMISSIONS}
-    if P95_LIMIT_S:
-        assert p95 <= float(P95_LIMIT_S), f"p95 page time {p95 * 1000:.0f} ms over {float(P95_LIMIT_S) * 1000:.0f} ms"
+    assert p95 <= P95_LIMIT_S, f"p95 page time {p95 * 1000:.0f} ms over {P95_LIMIT_S * 1000:.0f} ms"
 
 
 def test_sigkill_mid_load_loses_no_acknowledged_label(tmp_path):

@@ -149,19 +149,15 @@ def test_the_labeler_ranks_every_on_task_answer_above_every_off_task_one_and_tie
 LABELS = Path(__file__).parent / "fixtures" / "task_labels"
 
 
-def _agreement(name: str) -> tuple[list[dict], float]:
-    from rlhf_kit.rows import read_jsonl
-
-    labels = read_jsonl(LABELS / name)
-    assert all(isinstance(x["does_task"], bool) for x in labels), f"{name}: every answer labelled"
-    return labels, sum(check_row(x, x["response"]).does_task == x["does_task"] for x in labels) / len(labels)
-
-
 def test_the_check_agrees_with_the_hand_labels():
     """150 held-out answers of the base model, SFT and PPO (50 each, mixed) labelled by hand "does it do the task?"
     (tests/fixtures/task_labels/README.md: the rule and the draws). The check agrees with at least 85%.
     (ppo_labels.jsonl, 100 more of the final PPO's answers, is not held here: the check agrees with 0.840 of them,
     under the helpfulness issue's 0.85; the README there says what PPO learned that the check misses.)"""
-    labels, agree = _agreement("labels.jsonl")
+    from rlhf_kit.rows import read_jsonl
+
+    labels = read_jsonl(LABELS / "labels.jsonl")
     assert len(labels) == 150 and {x["policy"] for x in labels} == {"import", "sft", "ppo"}
+    assert all(isinstance(x["does_task"], bool) for x in labels)
+    agree = sum(check_row(x, x["response"]).does_task == x["does_task"] for x in labels) / len(labels)
     assert agree >= 0.85, f"the task check agrees with {agree:.3f} of the hand labels"
