@@ -13,7 +13,7 @@ RUN ?= demo
 LABEL_DB ?= runs/labels/labels.db
 # A throw-away virtualenv with TRL 1.12, the last release with a PPOTrainer: the oracle PPO is held to.
 TRL112_VENV ?= runs/venvs/trl112
-LAUNCH = $(PYTHON) -m rlhf_kit.launch --config_file $(ACCELERATE_CONFIG)  # accelerate launch, minus its traceback on failure
+LAUNCH = $(PYTHON) -m rlhf_kit.run.launch --config_file $(ACCELERATE_CONFIG)  # accelerate launch, minus its traceback on failure
 STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false

@@ -15,7 +15,7 @@ from pathlib import Path
 
 def heldout_demonstrations(eval_path: str, seed: int = 1, flaw_rate: float = 0.2):
     """(prompt messages, demonstration) for every held-out eval prompt, written by the demo world's labeler."""
-    from rlhf_kit.demo import world
+    from rlhf_kit.worlds.demo import world
 
     rng = random.Random(seed)
     rows = [json.loads(line) for line in Path(eval_path).read_text().splitlines() if line.strip()]
@@ -24,8 +24,8 @@ def heldout_demonstrations(eval_path: str, seed: int = 1, flaw_rate: float = 0.2
 
 def perplexity(policy_dir: str, demos) -> float:
     """exp of the mean negative log-likelihood per response token."""
-    from rlhf_kit import modeling
-    from rlhf_kit.evaluation import response_logprobs
+    from rlhf_kit.eval.evaluation import response_logprobs
+    from rlhf_kit.integrations import modeling
 
     tokenizer, model = modeling.load_tokenizer(policy_dir), modeling.load_causal_lm(policy_dir)
     logps = response_logprobs(model, tokenizer, [p for p, _ in demos], [d for _, d in demos])

@@ -5,7 +5,7 @@
 #
 #     make demo && make bench-alignment-tax
 set -euo pipefail
-LAUNCH="${PYTHON:-python3} -m rlhf_kit.launch --config_file recipes/accelerate/cpu.yaml"
+LAUNCH="${PYTHON:-python3} -m rlhf_kit.run.launch --config_file recipes/accelerate/cpu.yaml"
 variant() {
   local name=$1; shift
   mkdir -p "runs/$name"

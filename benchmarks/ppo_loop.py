@@ -25,11 +25,11 @@ sys.path.insert(0, str(REPO))
 
 def run_side(side: str, argv: list[str]) -> dict:
     """Train once (``side``: rlhf_kit, or trl where trl==1.12.0 is installed); wall time and episodes."""
-    from rlhf_kit.configs import PPOArguments, parse_stage_args
+    from rlhf_kit.integrations.training import setup_run
+    from rlhf_kit.integrations.trl import ModelConfig
     from rlhf_kit.ppo import build_ppo_trainer, load_ppo_inputs
     from rlhf_kit.ppo.config import PPOConfig
-    from rlhf_kit.training import setup_run
-    from rlhf_kit.trl_compat import ModelConfig
+    from rlhf_kit.run.configs import PPOArguments, parse_stage_args
 
     script_args, training_args, model_args = parse_stage_args((PPOArguments, PPOConfig, ModelConfig), argv)
     setup_run(training_args)  # the same seed for both sides, before LoRA is initialised
@@ -102,6 +102,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from rlhf_kit.errors import exit_on_user_error
+    from rlhf_kit.core.errors import exit_on_user_error
 
     exit_on_user_error(lambda: main(sys.argv[1:]))

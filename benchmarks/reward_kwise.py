@@ -12,8 +12,8 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from rlhf_kit.configs import parse_stage_args
-from rlhf_kit.errors import exit_on_user_error
+from rlhf_kit.core.errors import exit_on_user_error
+from rlhf_kit.run.configs import parse_stage_args
 
 
 @dataclass
@@ -36,12 +36,12 @@ def train_once(args, loss: str, train_rows, heldout_pairs, tokenizer, out_dir):
     from datasets import Dataset
     from peft import LoraConfig
 
-    from rlhf_kit import modeling
-    from rlhf_kit.evaluation import score_with_reward_model
-    from rlhf_kit.metrics import load_metric
-    from rlhf_kit.ranking import RankingRewardTrainer, build_ranking_dataset, dedupe_ranking
-    from rlhf_kit.rows import expand_pairs
-    from rlhf_kit.trl_compat import RewardConfig, RewardTrainer
+    from rlhf_kit.data.rows import expand_pairs
+    from rlhf_kit.eval.evaluation import score_with_reward_model
+    from rlhf_kit.eval.metrics import load_metric
+    from rlhf_kit.integrations import modeling
+    from rlhf_kit.integrations.trl import RewardConfig, RewardTrainer
+    from rlhf_kit.reward.ranking import RankingRewardTrainer, build_ranking_dataset, dedupe_ranking
 
     rankings = build_ranking_dataset(Dataset.from_list(train_rows), tokenizer, None, "bench")
     k = max(len(r) for r in rankings["responses"])
@@ -77,13 +77,15 @@ def main(args: BenchArguments):
     import random
     from pathlib import Path
 
-    from rlhf_kit import compare, modeling, runs
-    from rlhf_kit.data import load_rows
-    from rlhf_kit.demo.gold import GoldJudge
-    from rlhf_kit.demo.labeler import SimulatedLabeler
-    from rlhf_kit.evaluation import heldout_judged_pairs
-    from rlhf_kit.generation import sample_responses
-    from rlhf_kit.training import setup_run
+    from rlhf_kit.core import runs
+    from rlhf_kit.data.datasets import load_rows
+    from rlhf_kit.eval.evaluation import heldout_judged_pairs
+    from rlhf_kit.integrations import modeling
+    from rlhf_kit.integrations.training import setup_run
+    from rlhf_kit.sampling import compare
+    from rlhf_kit.sampling.generation import sample_responses
+    from rlhf_kit.worlds.demo.gold import GoldJudge
+    from rlhf_kit.worlds.demo.simulated import SimulatedLabeler
 
     setup_run(seed=args.seed)
     runs.require_stage_output(args.sft_path, "SFT policy")

@@ -1,4 +1,5 @@
-"""The IFEval world's task check (rlhf_kit/task_check.py) against hand labels, and the alternatives it was chosen over.
+"""The IFEval world's task check (rlhf_kit/worlds/ifeval/task_check.py) against hand labels, and the alternatives it
+was chosen over.
 
 Three commands:
 
@@ -31,8 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rlhf_kit.rows import read_jsonl, write_jsonl  # noqa: E402
-from rlhf_kit.task_check import check_row, words  # noqa: E402
+from rlhf_kit.data.rows import read_jsonl, write_jsonl  # noqa: E402
+from rlhf_kit.worlds.ifeval.task_check import check_row, words  # noqa: E402
 
 
 def joined(samples_path: str, rows_path: str) -> list[tuple[dict, dict]]:
@@ -108,9 +109,9 @@ def pmi(args) -> None:
     answer, mean over the answer's tokens of log p(y | task + instructions) - log p(y | instructions alone); an
     answer that does its task should be likelier with it. Agreement with the labels at PMI > 0, and at the best
     threshold (fitted on these labels, so an upper bound)."""
-    from rlhf_kit import modeling
-    from rlhf_kit.evaluation import response_logprobs
-    from rlhf_kit.task_check import row_task
+    from rlhf_kit.eval.evaluation import response_logprobs
+    from rlhf_kit.integrations import modeling
+    from rlhf_kit.worlds.ifeval.task_check import row_task
 
     labels = [x for path in args.labels for x in read_jsonl(path) if x["does_task"] is not None]
     tokenizer = modeling.load_tokenizer(args.model)
@@ -131,7 +132,7 @@ def pmi(args) -> None:
 
 
 def judge(args) -> None:
-    from rlhf_kit.ifeval import score_responses
+    from rlhf_kit.worlds.ifeval.world import score_responses
 
     pairs = joined(args.samples, args.rows)
     rows = [r for r, _ in pairs]

@@ -4,19 +4,19 @@ pretrained on the demo world's corpus (which this stage also writes), saved with
     accelerate launch recipes/base.py --config recipes/configs/demo/base.yaml
 """
 
-from rlhf_kit.configs import BaseArguments, make_stage_parser, run_recipe
-from rlhf_kit.trl_compat import SFTConfig
+from rlhf_kit.integrations.trl import SFTConfig
+from rlhf_kit.run.configs import BaseArguments, make_stage_parser, run_recipe
 
 
 def main(script_args: BaseArguments, training_args: SFTConfig):
     from accelerate import PartialState
 
-    from rlhf_kit import modeling
-    from rlhf_kit.data import load_rows
-    from rlhf_kit.demo import tiny, world
-    from rlhf_kit.stage import StageRun
-    from rlhf_kit.training import apply_global_batch, report_rank, save_log_history, setup_run
-    from rlhf_kit.trl_compat import SFTTrainer
+    from rlhf_kit.data.datasets import load_rows
+    from rlhf_kit.integrations import modeling
+    from rlhf_kit.integrations.training import apply_global_batch, report_rank, save_log_history, setup_run
+    from rlhf_kit.integrations.trl import SFTTrainer
+    from rlhf_kit.run.stage import StageRun
+    from rlhf_kit.worlds.demo import tiny, world
 
     setup_run(training_args)
     run, out = StageRun("base", training_args.output_dir, script_args.force, training_args), training_args.output_dir

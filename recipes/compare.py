@@ -9,16 +9,18 @@ queue instead (``rlhf-kit label``; README "Human labels").
         --label_db runs/labels/labels.db
 """
 
-from rlhf_kit.configs import CompareArguments, make_stage_parser, run_recipe
+from rlhf_kit.run.configs import CompareArguments, make_stage_parser, run_recipe
 
 
 def main(args: CompareArguments):
-    from rlhf_kit import compare, modeling, runs
-    from rlhf_kit.data import build_prompt_dataset, load_rows
-    from rlhf_kit.generation import sample_responses
-    from rlhf_kit.labelers import judge_agreement, load_judge, load_labeler
-    from rlhf_kit.stage import StageRun
-    from rlhf_kit.training import setup_run
+    from rlhf_kit.core import runs
+    from rlhf_kit.data.datasets import build_prompt_dataset, load_rows
+    from rlhf_kit.integrations import modeling
+    from rlhf_kit.integrations.training import setup_run
+    from rlhf_kit.run.stage import StageRun
+    from rlhf_kit.sampling import compare
+    from rlhf_kit.sampling.generation import sample_responses
+    from rlhf_kit.worlds import judge_agreement, load_judge, load_labeler
 
     setup_run(seed=args.seed)
     run, out = StageRun("compare", args.output_dir, args.force), args.output_dir

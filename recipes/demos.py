@@ -1,26 +1,28 @@
 """Stage "demos" -- SFT demonstrations by rejection sampling (Llama 2, Sec. 3.2.3): K samples per prompt from the
 base model, a sample kept when the judge scores it 1 (the IFEval world's: it does the task and follows every
-instruction) and it ended on its own (rlhf_kit/demonstrations.py). Writes ``sft.jsonl`` (canonical ``messages``
+instruction) and it ended on its own (rlhf_kit/sampling/demonstrations.py). Writes ``sft.jsonl`` (canonical ``messages``
 rows) for the sft stage, and every sample, unranked, to ``samples.jsonl`` (the compare stage can rank them too: its
 ``other_samples``).
 
     python recipes/demos.py --config recipes/configs/smollm2-135m-ifeval/demos.yaml
 """
 
-from rlhf_kit.configs import DemosArguments, make_stage_parser, run_recipe
+from rlhf_kit.run.configs import DemosArguments, make_stage_parser, run_recipe
 
 
 def main(args: DemosArguments):
     from pathlib import Path
 
-    from rlhf_kit import compare, modeling, runs
-    from rlhf_kit.data import build_prompt_dataset, load_rows
-    from rlhf_kit.demonstrations import select_demonstrations
-    from rlhf_kit.generation import sample_responses
-    from rlhf_kit.labelers import load_judge
-    from rlhf_kit.rows import write_jsonl
-    from rlhf_kit.stage import StageRun
-    from rlhf_kit.training import setup_run
+    from rlhf_kit.core import runs
+    from rlhf_kit.data.datasets import build_prompt_dataset, load_rows
+    from rlhf_kit.data.rows import write_jsonl
+    from rlhf_kit.integrations import modeling
+    from rlhf_kit.integrations.training import setup_run
+    from rlhf_kit.run.stage import StageRun
+    from rlhf_kit.sampling import compare
+    from rlhf_kit.sampling.demonstrations import select_demonstrations
+    from rlhf_kit.sampling.generation import sample_responses
+    from rlhf_kit.worlds import load_judge
 
     setup_run(seed=args.seed)
     run = StageRun("demos", args.output_dir, args.force)

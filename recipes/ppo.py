@@ -6,19 +6,21 @@ TRL 1.12's config keys): resumable after a kill, PPO-ptx, adaptive KL.
     accelerate launch recipes/ppo.py --config recipes/configs/demo/ppo.yaml
 """
 
-from rlhf_kit.configs import PPOArguments, make_stage_parser, run_recipe
+from rlhf_kit.integrations.trl import ModelConfig
 from rlhf_kit.ppo.config import PPOConfig
-from rlhf_kit.trl_compat import ModelConfig
+from rlhf_kit.run.configs import PPOArguments, make_stage_parser, run_recipe
 
 
 def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelConfig):
     from pathlib import Path
 
-    from rlhf_kit import modeling, report, runs
+    from rlhf_kit.core import runs
+    from rlhf_kit.eval import report
+    from rlhf_kit.integrations import modeling
+    from rlhf_kit.integrations.training import apply_global_batch, last_logged, report_rank, save_log_history, setup_run
     from rlhf_kit.ppo import SUMMARY_METRICS, build_loop_extras, build_ppo_trainer, load_ppo_inputs, train_ppo
     from rlhf_kit.ppo.checkpoint import PPOCheckpointer
-    from rlhf_kit.stage import StageRun
-    from rlhf_kit.training import apply_global_batch, last_logged, report_rank, save_log_history, setup_run
+    from rlhf_kit.run.stage import StageRun
 
     setup_run(training_args)
     run, out = StageRun("ppo", training_args.output_dir, script_args.force, training_args), training_args.output_dir

@@ -6,17 +6,16 @@ what PPO loads.
     accelerate launch recipes/reward.py --config recipes/configs/demo/reward.yaml
 """
 
-from rlhf_kit.configs import RewardArguments, make_stage_parser, run_recipe
-from rlhf_kit.trl_compat import ModelConfig, RewardConfig
+from rlhf_kit.integrations.trl import ModelConfig, RewardConfig
+from rlhf_kit.run.configs import RewardArguments, make_stage_parser, run_recipe
 
 
 def main(script_args: RewardArguments, training_args: RewardConfig, model_args: ModelConfig):
-    from rlhf_kit import modeling, runs
-    from rlhf_kit.cards import load_stage_rows
-    from rlhf_kit.data import load_rows
-    from rlhf_kit.ranking import build_reward_dataset, build_reward_trainer
-    from rlhf_kit.stage import StageRun
-    from rlhf_kit.training import (
+    from rlhf_kit.core import runs
+    from rlhf_kit.data.cards import load_stage_rows
+    from rlhf_kit.data.datasets import load_rows
+    from rlhf_kit.integrations import modeling
+    from rlhf_kit.integrations.training import (
         apply_global_batch,
         gather_full_state_dict,
         last_logged,
@@ -24,6 +23,8 @@ def main(script_args: RewardArguments, training_args: RewardConfig, model_args: 
         save_log_history,
         setup_run,
     )
+    from rlhf_kit.reward.ranking import build_reward_dataset, build_reward_trainer
+    from rlhf_kit.run.stage import StageRun
 
     setup_run(training_args)
     run, out = StageRun("reward", training_args.output_dir, script_args.force, training_args), training_args.output_dir

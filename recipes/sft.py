@@ -4,17 +4,24 @@ assistant tokens only. Wraps TRL's ``SFTTrainer``; saves the merged model and th
     accelerate launch recipes/sft.py --config recipes/configs/demo/sft.yaml
 """
 
-from rlhf_kit.configs import DataArguments, make_stage_parser, run_recipe
-from rlhf_kit.trl_compat import ModelConfig, SFTConfig
+from rlhf_kit.integrations.trl import ModelConfig, SFTConfig
+from rlhf_kit.run.configs import DataArguments, make_stage_parser, run_recipe
 
 
 def main(script_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig):
-    from rlhf_kit import modeling, runs
-    from rlhf_kit.cards import load_stage_rows
-    from rlhf_kit.data import build_sft_dataset
-    from rlhf_kit.stage import StageRun
-    from rlhf_kit.training import apply_global_batch, gather_full_state_dict, report_rank, save_log_history, setup_run
-    from rlhf_kit.trl_compat import SFTTrainer
+    from rlhf_kit.core import runs
+    from rlhf_kit.data.cards import load_stage_rows
+    from rlhf_kit.data.datasets import build_sft_dataset
+    from rlhf_kit.integrations import modeling
+    from rlhf_kit.integrations.training import (
+        apply_global_batch,
+        gather_full_state_dict,
+        report_rank,
+        save_log_history,
+        setup_run,
+    )
+    from rlhf_kit.integrations.trl import SFTTrainer
+    from rlhf_kit.run.stage import StageRun
 
     setup_run(training_args)
     run, out = StageRun("sft", training_args.output_dir, script_args.force, training_args), training_args.output_dir

@@ -1,17 +1,17 @@
-"""Stage "world" -- the IFEval task world's prompt files (rlhf_kit/ifeval.py): shipped base tasks, each with one or
-two verifiable instructions written by IFEval's own checkers; training prompts, held-out-task prompts and
+"""Stage "world" -- the IFEval task world's prompt files (rlhf_kit/worlds/ifeval/world.py): shipped base tasks, each
+with one or two verifiable instructions written by IFEval's own checkers; training prompts, held-out-task prompts and
 held-out-type prompts as canonical prompt rows (``prompt`` + ``meta``) for the compare, ppo and eval stages.
 
     python recipes/world.py --config recipes/configs/smollm2-135m-ifeval/world.yaml
 """
 
-from rlhf_kit.configs import WorldArguments, make_stage_parser, run_recipe
+from rlhf_kit.run.configs import WorldArguments, make_stage_parser, run_recipe
 
 
 def main(args: WorldArguments):
-    from rlhf_kit import ifeval
-    from rlhf_kit.stage import StageRun
-    from rlhf_kit.training import setup_run
+    from rlhf_kit.integrations.training import setup_run
+    from rlhf_kit.run.stage import StageRun
+    from rlhf_kit.worlds.ifeval import world as ifeval
 
     setup_run(seed=args.seed)
     run = StageRun("world", args.output_dir, args.force)

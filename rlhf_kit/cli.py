@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from rlhf_kit.errors import exit_on_user_error
+from rlhf_kit.core.errors import exit_on_user_error
 from rlhf_kit.label import cli as label_cli
 
 
@@ -53,7 +53,7 @@ def data_command(args) -> None:
 
     import datasets
 
-    from rlhf_kit.cards import canonical_rows, load_card
+    from rlhf_kit.data.cards import canonical_rows, load_card
 
     datasets.disable_progress_bars()
     card = load_card(args.card)
@@ -83,7 +83,7 @@ def load_recipe(stage: str):
     """A stage's recipe module (``recipes/<stage>.py``, shipped in the package as ``rlhf_kit/recipes``)."""
     import importlib.util
 
-    from rlhf_kit.paths import recipe_path
+    from rlhf_kit.core.paths import recipe_path
 
     spec = importlib.util.spec_from_file_location(f"rlhf_kit_recipe_{stage}", recipe_path(stage))
     module = importlib.util.module_from_spec(spec)
@@ -100,8 +100,8 @@ def demo_command(accelerate_config: str | None = None) -> int:
     import subprocess
     import sys
 
-    from rlhf_kit.launch import stage_command
-    from rlhf_kit.paths import demo_config
+    from rlhf_kit.core.paths import demo_config
+    from rlhf_kit.run.launch import stage_command
 
     for stage in DEMO_STAGES:
         code = subprocess.call(stage_command(stage, str(demo_config(stage)), [], accelerate_config))
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in RECIPES:  # `rlhf-kit sft --config ...`: the recipe's own parser takes the rest
-        from rlhf_kit.configs import run_recipe
+        from rlhf_kit.run.configs import run_recipe
 
         sys.argv[0] = f"rlhf-kit {argv[0]}"  # usage lines name the subcommand
         recipe = load_recipe(argv[0])
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "label":
         exit_on_user_error(lambda: label_cli.label_command(args))
     if args.command == "push":
-        from rlhf_kit.hub import push_stage
+        from rlhf_kit.run.hub import push_stage
 
         exit_on_user_error(lambda: push_stage(args.stage_dir, args.hub_id, args.adapter_only, args.dry_run,
                                               args.export_dir, args.private))

@@ -75,16 +75,16 @@ def stage_paths(root: Path, stage: str) -> list[str]:
 
 def launch_cmd(stage: str, launcher: str = "python", launch_args: list[str] = ()) -> list[str]:
     """The command that starts ``recipes/<stage>.py``: python, ``accelerate launch`` (cpu.yaml, or cpu_2proc.yaml
-    for "accelerate-2proc"), or ``python -m rlhf_kit.launch`` (what make runs) for an accelerate YAML's name."""
+    for "accelerate-2proc"), or ``python -m rlhf_kit.run.launch`` (what make runs) for an accelerate YAML's name."""
     script = str(REPO / "recipes" / f"{stage}.py")
     if launcher == "python":
         return [sys.executable, script]
     if launcher.endswith(".yaml"):
-        return [sys.executable, "-m", "rlhf_kit.launch", "--config_file", str(REPO / "recipes/accelerate" / launcher),
-                *launch_args, script]
+        return [sys.executable, "-m", "rlhf_kit.run.launch", "--config_file",
+                str(REPO / "recipes/accelerate" / launcher), *launch_args, script]
     hardware = "cpu_2proc.yaml" if launcher == "accelerate-2proc" else "cpu.yaml"
     if launcher == "accelerate-2proc" and "--main_process_port" not in launch_args:  # plain accelerate: 29500 else
-        from rlhf_kit.launch import free_port
+        from rlhf_kit.run.launch import free_port
 
         launch_args = [*launch_args, "--main_process_port", str(free_port())]
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
@@ -113,7 +113,7 @@ def load_recipe(stage: str):
 
 def run_inprocess(stage: str, args: list[str]) -> None:
     """Parse ``args`` with the stage's dataclasses and call its ``main`` (UserError propagates)."""
-    from rlhf_kit.configs import parse_stage_args
+    from rlhf_kit.run.configs import parse_stage_args
 
     module = load_recipe(stage)
     module.main(*parse_stage_args(recipe_dataclasses(module), args))

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from rlhf_kit.launch import free_port
+from rlhf_kit.run.launch import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "correct horse"

@@ -38,8 +38,8 @@ def build_inputs(root: str | Path) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerFast
 
-    from rlhf_kit.data import chat_ids
-    from rlhf_kit.demo import tiny, world
+    from rlhf_kit.data.datasets import chat_ids
+    from rlhf_kit.worlds.demo import tiny, world
 
     root = Path(root)
     if not (root / "reward" / "config.json").is_file():

@@ -10,7 +10,7 @@ from conftest import TINY, config_args, run_inprocess
 def _save_checkpoint(kind: str, path, drop_pad: bool):
     from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
-    from rlhf_kit.demo import tiny, world
+    from rlhf_kit.worlds.demo import tiny, world
 
     tok = tiny.build_tiny_tokenizer(world.vocabulary())
     if kind == "gpt2":

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from rlhf_kit.errors import UserError
+from rlhf_kit.core.errors import UserError
 
 from conftest import TINY, config_args, run_cli, run_inprocess, stage_paths
 
@@ -91,8 +91,8 @@ def test_missing_dataset_file(pipeline, tmp_path):
 
 
 def test_overlong_prompts_are_dropped_and_counted(pipeline, capsys):
-    from rlhf_kit.data import build_prompt_dataset, load_rows
-    from rlhf_kit.modeling import load_tokenizer
+    from rlhf_kit.data.datasets import build_prompt_dataset, load_rows
+    from rlhf_kit.integrations.modeling import load_tokenizer
 
     tok = load_tokenizer(str(pipeline / "runs" / "sft"))
     path = str(pipeline / "data" / "prompts.jsonl")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlhf_kit.cards import canonical_rows, load_card, load_mixture, parse_mixture
-from rlhf_kit.errors import UserError
+from rlhf_kit.core.errors import UserError
+from rlhf_kit.data.cards import canonical_rows, load_card, load_mixture, parse_mixture
 
 from conftest import REPO, TINY, config_args, run_inprocess, stage_paths
 
@@ -121,8 +121,8 @@ def test_mixture_weights_and_row_limits():
 
 
 def test_mixture_as_a_yaml_list_reaches_the_recipe(tmp_path):
-    from rlhf_kit.configs import DataArguments, parse_stage_args
-    from rlhf_kit.trl_compat import ModelConfig, SFTConfig
+    from rlhf_kit.integrations.trl import ModelConfig, SFTConfig
+    from rlhf_kit.run.configs import DataArguments, parse_stage_args
 
     config = tmp_path / "sft.yaml"
     config.write_text("output_dir: runs/x/sft\nbf16: false\ndataset_cards:\n  - card: ultrachat_200k\n    weight: 0.5\n"

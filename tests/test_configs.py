@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlhf_kit.configs import parse_stage_args
+from rlhf_kit.run.configs import parse_stage_args
 
 from conftest import REPO, load_recipe, recipe_dataclasses
 

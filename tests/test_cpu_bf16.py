@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from rlhf_kit.errors import UserError
+from rlhf_kit.core.errors import UserError
 
 from conftest import config_args, load_recipe, recipe_dataclasses
 
@@ -20,14 +20,14 @@ def cpu_only(monkeypatch):
 
 
 def _parse(stage: str, extra: list[str]):
-    from rlhf_kit.configs import parse_stage_args
+    from rlhf_kit.run.configs import parse_stage_args
 
     return parse_stage_args(recipe_dataclasses(load_recipe(stage)), config_args(stage) + extra)
 
 
 @pytest.fixture
 def bf16_cpu(monkeypatch, request):
-    from rlhf_kit import scaling
+    from rlhf_kit.integrations import hardware as scaling
 
     monkeypatch.setattr(scaling, "cpu_supports_bf16", lambda *a: request.param)
     return request.param
@@ -62,7 +62,7 @@ def test_bf16_is_refused_on_a_cpu_without_it(bf16_cpu, stage, flags, fix):
 @pytest.mark.parametrize("bf16_cpu", [True], indirect=True)
 @pytest.mark.parametrize("amx", [True, False])
 def test_bf16_without_amx_gets_one_note_that_float32_is_faster(bf16_cpu, amx, monkeypatch, capsys):
-    from rlhf_kit import scaling
+    from rlhf_kit.integrations import hardware as scaling
 
     monkeypatch.setattr(scaling, "cpu_has_amx", lambda *a: amx)
     assert _parse("ppo", ["--bf16", "true"])[1].bf16  # taken either way
@@ -76,7 +76,7 @@ def test_bf16_without_amx_gets_one_note_that_float32_is_faster(bf16_cpu, amx, mo
 
 
 def test_amx_is_read_from_the_cpu_flags(tmp_path):
-    from rlhf_kit.scaling import cpu_has_amx, cpu_supports_bf16
+    from rlhf_kit.integrations.hardware import cpu_has_amx, cpu_supports_bf16
 
     info = tmp_path / "cpuinfo"
     info.write_text("flags\t\t: fpu avx512f avx512_bf16\n")
@@ -97,7 +97,7 @@ def test_float32_runs_are_untouched_on_a_cpu_without_bf16(bf16_cpu):
 def test_a_bf16_refusal_is_one_line_from_the_command(tmp_path):
     """The refusal as a user sees it, on this machine's detector: exit 2 and one line when the CPU lacks bf16;
     with bf16 the stage runs on to its next check (here: the missing base model)."""
-    from rlhf_kit.scaling import cpu_supports_bf16
+    from rlhf_kit.integrations.hardware import cpu_supports_bf16
 
     from conftest import run_cli
 
@@ -129,7 +129,7 @@ def test_the_real_track_configs_choose_precision_by_the_cpu(cpu, stage, monkeypa
     """The real track unedited, on a faked /proc/cpuinfo: training in bf16 only with AMX, sampling in bf16 with
     AVX512-BF16 too, float32 on a CPU with neither (no refusal there, no "float32 is faster" note), and one line
     saying what was chosen."""
-    from rlhf_kit.configs import parse_stage_args
+    from rlhf_kit.run.configs import parse_stage_args
 
     flags, train_bf16, sample_bf16 = CPUS[cpu]
     bf16 = sample_bf16 if stage in SAMPLING else train_bf16
@@ -151,7 +151,7 @@ def test_the_real_track_configs_choose_precision_by_the_cpu(cpu, stage, monkeypa
 
 
 def test_an_unreadable_cpuinfo_falls_back_to_float32_and_says_so(monkeypatch, tmp_path, capsys):
-    from rlhf_kit.configs import parse_stage_args
+    from rlhf_kit.run.configs import parse_stage_args
 
     monkeypatch.setenv("RLHF_KIT_CPUINFO", str(tmp_path / "missing"))
     parsed = parse_stage_args(recipe_dataclasses(load_recipe("ppo")), ["--config", f"{REAL}/ppo.yaml"])
@@ -166,7 +166,7 @@ def test_an_unreadable_cpuinfo_falls_back_to_float32_and_says_so(monkeypatch, tm
 def test_the_command_line_overrides_the_config_either_way(flags, bf16, monkeypatch, tmp_path, capsys):
     """``--bf16 auto`` over the demo's ``bf16: false`` picks by hardware; ``--bf16 false`` over the real track's
     ``bf16: auto`` is taken as given (no precision line for bf16)."""
-    from rlhf_kit.configs import parse_stage_args
+    from rlhf_kit.run.configs import parse_stage_args
 
     _fake_cpu(monkeypatch, tmp_path, CPUS["amx"][0])
     config = config_args("sft") if "auto" in "".join(flags) else ["--config", f"{REAL}/sft.yaml"]
@@ -175,7 +175,7 @@ def test_the_command_line_overrides_the_config_either_way(flags, bf16, monkeypat
 
 
 def test_explicit_bf16_is_still_refused_where_auto_would_pick_float32(monkeypatch, tmp_path):
-    from rlhf_kit.configs import parse_stage_args
+    from rlhf_kit.run.configs import parse_stage_args
 
     _fake_cpu(monkeypatch, tmp_path, CPUS["neither"][0])
     with pytest.raises(UserError, match=r"^bf16: true needs a GPU or a CPU with native bf16"):

@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-from rlhf_kit import evaluation as ev
-from rlhf_kit.errors import UserError
-from rlhf_kit.metrics import load_metric
+from rlhf_kit.core.errors import UserError
+from rlhf_kit.eval import evaluation as ev
+from rlhf_kit.eval.metrics import load_metric
 
 from conftest import config_args, run_inprocess
 
@@ -34,7 +34,7 @@ def test_heldout_gold_pairs_skip_gold_ties_and_duplicates():
     meta = json.dumps({"task": "open_qa", "text": "what sound does a dog make", "answer": "a dog says woof"})
     ranking = {"prompt": [{"role": "user", "content": "q"}], "meta": meta,
                "responses": ["a dog says woof", "a dog says moo", "a dog says woof", "a dog says baa"]}
-    from rlhf_kit.demo.gold import GoldJudge
+    from rlhf_kit.worlds.demo.gold import GoldJudge
 
     pairs = ev.heldout_judged_pairs([ranking], GoldJudge())
     woof = "a dog says woof"
@@ -57,7 +57,7 @@ def _eval_args(run_dir, data_dir, eval_path=None):
 def test_eval_stage_summary_matches_its_samples(pipeline, tmp_path):
     """Every summary figure is recomputed here from the samples the stage wrote, with the judge and metric used by
     nobody else: judge scores, win/tie/loss counts, win rate (ties half), RM accuracy pair count."""
-    from rlhf_kit.demo.gold import GoldJudge
+    from rlhf_kit.worlds.demo.gold import GoldJudge
 
     run_dir = tmp_path / "run"
     shutil.copytree(pipeline / "runs", run_dir)

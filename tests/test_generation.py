@@ -1,5 +1,6 @@
-"""rlhf_kit.generation's decode loop on a tiny random Llama: batched, sorted, pruned sampling must give what each
-prompt gives alone (transformers' own greedy ``generate``), and sampling must follow softmax(logits / temperature)."""
+"""rlhf_kit.sampling.generation's decode loop on a tiny random Llama: batched, sorted, pruned sampling must give what
+each prompt gives alone (transformers' own greedy ``generate``), and sampling must follow softmax(logits /
+temperature)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ WORDS = "red green blue cat dog sun moon tree fish bird rock sea".split()
 
 @pytest.fixture(scope="module")
 def tiny():
-    from rlhf_kit.demo.tiny import build_tiny_model, build_tiny_tokenizer
+    from rlhf_kit.worlds.demo.tiny import build_tiny_model, build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer(WORDS)
     model = build_tiny_model(tokenizer, 32, 64, 2, 2, 64, seed=0)
@@ -29,8 +30,8 @@ def _chat(text):
 
 
 def test_batched_sampling_gives_each_prompt_what_it_gives_alone(tiny):
-    from rlhf_kit.data import chat_ids
-    from rlhf_kit.generation import sample_responses
+    from rlhf_kit.data.datasets import chat_ids
+    from rlhf_kit.sampling.generation import sample_responses
 
     model, tokenizer = tiny
     prompts = [_chat(" ".join(WORDS[i : i + n])) for i, n in [(0, 1), (2, 5), (4, 3), (1, 8), (6, 2), (3, 4)]]
@@ -58,8 +59,8 @@ def test_batched_sampling_gives_each_prompt_what_it_gives_alone(tiny):
 
 
 def test_samples_follow_the_tempered_softmax(tiny):
-    from rlhf_kit.data import chat_ids
-    from rlhf_kit.generation import sample_responses
+    from rlhf_kit.data.datasets import chat_ids
+    from rlhf_kit.sampling.generation import sample_responses
 
     model, tokenizer = tiny
     prompt = _chat("cat dog sun")
@@ -85,7 +86,7 @@ def test_samples_follow_the_tempered_softmax(tiny):
 
 
 def test_temperature_zero_is_refused(tiny):
-    from rlhf_kit.generation import sample_responses
+    from rlhf_kit.sampling.generation import sample_responses
 
     model, tokenizer = tiny
     with pytest.raises(ValueError, match="temperature must be > 0"):
@@ -96,7 +97,7 @@ def test_scoring_passes_give_each_response_what_it_gets_alone(tiny):
     """The eval's KL and reward passes batch responses by length; each still gets its own values, in order."""
     from transformers import LlamaForSequenceClassification
 
-    from rlhf_kit.evaluation import response_logprobs, score_with_reward_model
+    from rlhf_kit.eval.evaluation import response_logprobs, score_with_reward_model
 
     model, tokenizer = tiny
     torch.manual_seed(1)
@@ -116,7 +117,7 @@ def test_scoring_passes_give_each_response_what_it_gets_alone(tiny):
 
 
 def test_sampling_shows_progress_with_tokens_per_second(tiny, capsys):
-    from rlhf_kit.generation import sample_responses
+    from rlhf_kit.sampling.generation import sample_responses
 
     model, tokenizer = tiny
     sample_responses(model, tokenizer, [_chat("red cat"), _chat("blue sea moon")], k=2, max_new_tokens=4,
@@ -128,7 +129,7 @@ def test_sampling_shows_progress_with_tokens_per_second(tiny, capsys):
 
 
 def test_scoring_passes_show_progress(tiny, capsys):
-    from rlhf_kit.evaluation import response_logprobs
+    from rlhf_kit.eval.evaluation import response_logprobs
 
     model, tokenizer = tiny
     logps = response_logprobs(model, tokenizer, [_chat("red cat"), _chat("sun")], ["dog", "moon tree"], batch_size=1,

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from rlhf_kit.demo import gold, world
-from rlhf_kit.demo.labeler import rank_responses
+from rlhf_kit.worlds.demo import gold, world
+from rlhf_kit.worlds.demo.simulated import rank_responses
 
 LIST3 = {"task": "brainstorming", "text": "name three fruits", "category": "fruits", "n": 3}
 QA = {"task": "open_qa", "text": "what sound does a dog make", "answer": "a dog says woof"}
@@ -113,7 +113,7 @@ def test_demonstrations_carry_flaws_at_the_configured_rate():
 
 
 def test_tokenizer_covers_the_world_vocabulary():
-    from rlhf_kit.demo.tiny import build_tiny_tokenizer
+    from rlhf_kit.worlds.demo.tiny import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer(world.vocabulary())
     data = world.build_demo_data(seed=0)

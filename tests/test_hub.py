@@ -12,8 +12,8 @@ import torch
 import yaml
 from hub_stub import HubStub
 
-from rlhf_kit.errors import UserError
-from rlhf_kit.hub import export_stage, validate_hub_id
+from rlhf_kit.core.errors import UserError
+from rlhf_kit.run.hub import export_stage, validate_hub_id
 
 from conftest import REPO, TINY, config_args, stage_paths
 

@@ -1,5 +1,5 @@
-"""The IFEval task world (rlhf_kit/ifeval.py): its tasks and splits, its refusals, and IFEval's checkers as judge and
-labeler on hand-written responses that pass and fail each instruction type the world uses."""
+"""The IFEval task world (rlhf_kit/worlds/ifeval/world.py): its tasks and splits, its refusals, and IFEval's checkers
+as judge and labeler on hand-written responses that pass and fail each instruction type the world uses."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from rlhf_kit import ifeval
-from rlhf_kit.errors import UserError
+from rlhf_kit.core.errors import UserError
+from rlhf_kit.worlds.ifeval import world as ifeval
 
 # type -> (checker arguments, a response that follows it, one that does not)
 CASES = {
@@ -57,8 +57,8 @@ def test_the_tasks_file_ships_in_the_wheel():
     import tomllib
 
     config = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
-    assert ifeval.TASKS_FILE.name in config["tool"]["setuptools"]["package-data"]["rlhf_kit"]
-    assert ifeval.TASKS_FILE.parent.name == "rlhf_kit"
+    assert ifeval.TASKS_FILE.name in config["tool"]["setuptools"]["package-data"]["rlhf_kit.worlds.ifeval"]
+    assert ifeval.TASKS_FILE.parent == Path(ifeval.__file__).parent  # next to the module that reads it
 
 
 def test_splits_share_no_task_and_held_out_types_are_never_trained(world):
@@ -152,8 +152,8 @@ def test_judge_refuses_rows_without_ifeval_meta():
 
 
 def test_labeler_ranks_by_the_judge_ties_share_a_rank():
-    from rlhf_kit.labelers import load_judge, load_labeler
-    from rlhf_kit.rows import expand_pairs
+    from rlhf_kit.data.rows import expand_pairs
+    from rlhf_kit.worlds import load_judge, load_labeler
 
     assert isinstance(load_judge("ifeval"), ifeval.IFEvalJudge)
     row = _row(["punctuation:no_comma", "change_case:english_capital"], [{}, {}])
@@ -168,7 +168,7 @@ def test_labeler_ranks_by_the_judge_ties_share_a_rank():
 
 
 def test_the_world_stage_writes_canonical_prompt_rows(tmp_path):
-    from rlhf_kit.rows import check_prompt, read_jsonl
+    from rlhf_kit.data.rows import check_prompt, read_jsonl
 
     from conftest import run_inprocess
 
@@ -181,7 +181,7 @@ def test_the_world_stage_writes_canonical_prompt_rows(tmp_path):
 
 
 def test_rejection_sampling_keeps_finished_samples_that_follow_every_instruction():
-    from rlhf_kit.demonstrations import select_demonstrations
+    from rlhf_kit.sampling.demonstrations import select_demonstrations
 
     row = _row(["punctuation:no_comma", "change_case:english_capital"], [{}, {}])
     other = _row(["punctuation:no_comma"], [{}], "Write about jam.")
@@ -195,8 +195,8 @@ def test_rejection_sampling_keeps_finished_samples_that_follow_every_instruction
 
 
 def test_other_policies_samples_join_the_training_rankings_never_a_held_out_prompt(tmp_path):
-    from rlhf_kit import compare
-    from rlhf_kit.rows import read_jsonl, write_jsonl
+    from rlhf_kit.data.rows import read_jsonl, write_jsonl
+    from rlhf_kit.sampling import compare
 
     types = ["punctuation:no_comma", "change_case:english_capital"]
     rows = [_row(types, [{}, {}], f"Write about tea number {i}.") for i in range(10)]
@@ -221,7 +221,7 @@ def test_other_policies_samples_join_the_training_rankings_never_a_held_out_prom
     ('{"prompt": [{"role": "user", "content": "hi"}], "responses": ["only one"]}\n', r"row 1 is not a sample row"),
 ])
 def test_bad_other_samples_are_one_line(tmp_path, content, message):
-    from rlhf_kit import compare
+    from rlhf_kit.sampling import compare
 
     path = tmp_path / "samples.jsonl"
     if content is not None:
@@ -252,7 +252,7 @@ def test_report_gives_ifevals_prompt_and_instruction_level_accuracies():
 
 
 def test_the_run_report_shows_the_benchmarks_accuracies_shares_and_per_type_table(tmp_path):
-    from rlhf_kit import report as rep
+    from rlhf_kit.eval import report as rep
 
     rows = [_row(["punctuation:no_comma"], [{}]), _row(["change_case:english_capital"], [{}])]
     capital = CASES["change_case:english_capital"]

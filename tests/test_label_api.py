@@ -87,7 +87,7 @@ def test_rank_and_demo_flow_stop_return_and_export(tmp_path):
         assert row["prompt"][0]["role"] == "user" and len(row["responses"]) == 4
     demos = [json.loads(line) for line in (out / "demonstrations.jsonl").read_text().splitlines()]
     assert sorted(d["messages"][-1]["content"] for d in demos) == ["haiku by alice", "haiku by bob"]
-    from rlhf_kit.cards import canonical_rows, load_card
+    from rlhf_kit.data.cards import canonical_rows, load_card
 
     card = load_card(str(out / "rankings_card.md"))
     kept, dropped, read = canonical_rows(card, "comparisons", "train")
@@ -226,8 +226,8 @@ def test_bad_forms_and_imports_are_one_line_errors(tmp_path):
 def test_exported_rows_load_in_the_reward_builder_with_scores_aligned():
     from datasets import Dataset
 
-    from rlhf_kit.demo import tiny, world
-    from rlhf_kit.ranking import build_ranking_dataset
+    from rlhf_kit.reward.ranking import build_ranking_dataset
+    from rlhf_kit.worlds.demo import tiny, world
 
     prompt = [{"role": "user", "content": "name two animals"}]
     row = {"prompt": prompt, "responses": ["cat , dog", "", "cat"], "ranks": [0, 2, 1], "scores": [7, 1, 4],
@@ -239,8 +239,8 @@ def test_exported_rows_load_in_the_reward_builder_with_scores_aligned():
 
 
 def test_compare_labeler_human_needs_a_label_db():
-    from rlhf_kit.configs import CompareArguments, parse_stage_args
-    from rlhf_kit.errors import UserError
+    from rlhf_kit.core.errors import UserError
+    from rlhf_kit.run.configs import CompareArguments, parse_stage_args
 
     with pytest.raises(UserError, match="labeler human needs label_db"):
         parse_stage_args((CompareArguments,), ["--labeler", "human"])

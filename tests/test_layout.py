@@ -1,5 +1,6 @@
-"""The library's layering: the demo world is one implementation of the labeler and judge interfaces, imported by
-nothing else in rlhf_kit; no import cycles; a reward model trained on a public card never loads the demo."""
+"""The library's layering: packages are floors, each importing only from floors below it; the demo world is one
+implementation of the labeler and judge interfaces, imported by nothing else in rlhf_kit; no import cycles; a reward
+model trained on a public card never loads the demo."""
 
 import ast
 import json
@@ -63,9 +64,46 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+# rlhf_kit's packages as floors, lowest first (each package's __init__ says what it holds). A module imports only
+# from its own floor and the floors below: the pipeline's order (data, then what samples it, then what trains and
+# judges on it), with the libraries underneath and the command line on top.
+FLOORS = ("core", "integrations", "data", "worlds", "sampling", "reward", "eval", "ppo", "run", "label", "cli")
+
+
+def floor(module: str) -> str:
+    """A module's floor: its package under rlhf_kit (``rlhf_kit.cli`` is the top floor)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "core"  # rlhf_kit/__init__.py imports nothing of its own
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a higher floor, as 'importer -> imported'."""
+    return [f"{m} -> {d}" for m, deps in sorted(graph.items()) for d in sorted(deps)
+            if FLOORS.index(floor(d)) > FLOORS.index(floor(m))]
+
+
+def test_rlhf_kit_top_level_is_packages_and_the_cli():
+    top = {p.name for p in PACKAGE.iterdir() if p.suffix == ".py"}
+    assert top == {"__init__.py", "cli.py"}
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    assert packages == set(FLOORS) - {"cli"}, "a new package needs a floor in FLOORS"
+
+
+def test_no_package_imports_a_higher_floor():
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_floor_rule_fails_on_an_upward_import():
+    """The mutation: the data floor importing the PPO floor is caught; the reverse is allowed."""
+    graph = import_graph()
+    graph["rlhf_kit.data.rows"] = graph["rlhf_kit.data.rows"] | {"rlhf_kit.ppo.core"}
+    assert upward_imports(graph) == ["rlhf_kit.data.rows -> rlhf_kit.ppo.core"]
+    assert "rlhf_kit.data.datasets" in graph["rlhf_kit.ppo.monitor"]  # a higher floor importing a lower one is fine
+
+
 def test_nothing_outside_the_demo_package_imports_it():
-    offenders = {m: sorted(d for d in deps if d.startswith("rlhf_kit.demo"))
-                 for m, deps in import_graph().items() if not m.startswith("rlhf_kit.demo")}
+    offenders = {m: sorted(d for d in deps if d.startswith("rlhf_kit.worlds.demo"))
+                 for m, deps in import_graph().items() if not m.startswith("rlhf_kit.worlds.demo")}
     assert {m: d for m, d in offenders.items() if d} == {}
 
 
@@ -76,11 +114,13 @@ def test_no_import_cycles_in_rlhf_kit():
 def test_the_checks_see_a_cycle_and_a_demo_import():
     graph = {"rlhf_kit.a": {"rlhf_kit.b"}, "rlhf_kit.b": {"rlhf_kit.c"}, "rlhf_kit.c": {"rlhf_kit.a"}}
     assert find_cycle(graph) == ["rlhf_kit.a", "rlhf_kit.b", "rlhf_kit.c", "rlhf_kit.a"]
-    assert "rlhf_kit.demo.world" in import_graph()["rlhf_kit.demo.gold"]  # function-level imports are seen too
+    # function-level imports are seen too
+    assert "rlhf_kit.worlds.demo.world" in import_graph()["rlhf_kit.worlds.demo.gold"]
 
 
 def test_reward_training_on_a_public_card_never_imports_the_demo(pipeline, tmp_path):
-    """The reward stage trained on hh-rlhf fixtures in a fresh interpreter where importing rlhf_kit.demo fails."""
+    """The reward stage trained on hh-rlhf fixtures in a fresh interpreter where importing rlhf_kit.worlds.demo
+    fails."""
     args = config_args("reward") + stage_paths(pipeline, "reward") + TINY["reward"] + [
         "--dataset_cards", "hh_rlhf", "--card_data_dir", str(REPO / "tests" / "fixtures" / "cards"),
         "--ranking_loss", "pairwise", "--eval_dataset_path", "", "--max_steps", "2", "--max_length", "512",
@@ -89,8 +129,8 @@ def test_reward_training_on_a_public_card_never_imports_the_demo(pipeline, tmp_p
 import runpy, sys
 class NoDemo:
     def find_spec(self, name, path=None, target=None):
-        if name.startswith("rlhf_kit.demo"):
-            raise ImportError("rlhf_kit.demo imported by the reward stage")
+        if name.startswith("rlhf_kit.worlds.demo"):
+            raise ImportError("rlhf_kit.worlds.demo imported by the reward stage")
 sys.meta_path.insert(0, NoDemo())
 sys.argv = [{str(REPO / 'recipes' / 'reward.py')!r}] + {args!r}
 runpy.run_path(sys.argv[0], run_name="__main__")

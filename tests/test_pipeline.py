@@ -91,8 +91,8 @@ def _heldout_accuracy(pipeline, rm, eval_batch: int = 64) -> float:
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from rlhf_kit.data import pad_right, reply_ids
-    from rlhf_kit.ranking import build_ranking_dataset, dedupe_ranking
+    from rlhf_kit.data.datasets import pad_right, reply_ids
+    from rlhf_kit.reward.ranking import build_ranking_dataset, dedupe_ranking
 
     tok = AutoTokenizer.from_pretrained(pipeline / "runs" / "reward")
     lines = (pipeline / "runs" / "compare" / "rankings_heldout.jsonl").read_text().splitlines()

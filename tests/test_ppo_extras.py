@@ -9,7 +9,7 @@ import torch
 from test_bad_input import _single_error_line
 from test_ppo_loop import max_abs_diff, run_ppo
 
-from rlhf_kit.errors import UserError
+from rlhf_kit.core.errors import UserError
 
 from conftest import TINY, config_args, run_cli, run_inprocess, stage_paths
 

@@ -4,7 +4,7 @@ TRL removed its PPO trainer in 1.13; ``make ppo-golden`` recorded its run on fix
 a throw-away virtualenv with trl==1.12.0. Here rlhf_kit's own trainer runs on the same inputs. With TRL's sampler
 selected (``sampler="trl"``: ``model.generate`` in chunks, its scores as log pi_RL) the draws are TRL's, and every
 metric of every update and every trainable weight must match. With rlhf_kit's sampler (the default) the draws
-differ -- another sampling loop (rlhf_kit/generation.py), and log pi_RL from a forward pass -- so that run is
+differ -- another sampling loop (rlhf_kit/sampling/generation.py), and log pi_RL from a forward pass -- so that run is
 checked for what must still hold: same batches and steps, finite metrics, weights that moved.
 """
 

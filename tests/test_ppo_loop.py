@@ -13,11 +13,11 @@ LOOP = ["--total_episodes", "64", "--num_ppo_epochs", "2", "--num_mini_batches",
 
 def run_ppo(root, out, overrides: list[str] = (), **extras):
     """PPO in-process on the tiny pipeline's SFT and reward models; (trainable weights, log history)."""
-    from rlhf_kit.configs import PPOArguments, parse_stage_args
+    from rlhf_kit.integrations.training import setup_run
+    from rlhf_kit.integrations.trl import ModelConfig
     from rlhf_kit.ppo import build_loop_extras, build_ppo_trainer, load_ppo_inputs, train_ppo
     from rlhf_kit.ppo.config import PPOConfig
-    from rlhf_kit.training import setup_run
-    from rlhf_kit.trl_compat import ModelConfig
+    from rlhf_kit.run.configs import PPOArguments, parse_stage_args
 
     script_args, training_args, model_args = parse_stage_args(
         (PPOArguments, PPOConfig, ModelConfig),

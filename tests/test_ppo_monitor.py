@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlhf_kit.errors import UserError
-from rlhf_kit.labelers import Judgement
+from rlhf_kit.core.errors import UserError
 from rlhf_kit.ppo.monitor import best_update, distinct_n, overoptimised
+from rlhf_kit.worlds import Judgement
 
 from conftest import TINY, config_args, run_cli, stage_paths
 
@@ -83,12 +83,12 @@ class LongAnswerJudge:
 
 
 def _ppo(pipeline, out, extra=()):
-    from rlhf_kit.configs import PPOArguments, parse_stage_args
+    from rlhf_kit.integrations.training import setup_run
+    from rlhf_kit.integrations.trl import ModelConfig
     from rlhf_kit.ppo import build_loop_extras, build_ppo_trainer, load_ppo_inputs
     from rlhf_kit.ppo.checkpoint import PPOCheckpointer
     from rlhf_kit.ppo.config import PPOConfig
-    from rlhf_kit.training import setup_run
-    from rlhf_kit.trl_compat import ModelConfig
+    from rlhf_kit.run.configs import PPOArguments, parse_stage_args
 
     argv = (config_args("ppo") + stage_paths(pipeline, "ppo") + TINY["ppo"] + [
         "--output_dir", str(out), "--report_to", "none", "--disable_tqdm", "true",

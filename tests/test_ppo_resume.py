@@ -48,9 +48,10 @@ def _command(args: list[str], launcher: str) -> list[str]:
     sharded config's name as two float32 CPU processes)."""
     script = [str(REPO / "recipes" / "ppo.py")]
     if launcher == "accelerate-2proc":
-        script = ["-m", "rlhf_kit.launch", "--config_file", str(REPO / "recipes/accelerate/cpu_2proc.yaml"), *script]
+        script = ["-m", "rlhf_kit.run.launch", "--config_file", str(REPO / "recipes/accelerate/cpu_2proc.yaml"),
+                  *script]
     elif launcher.endswith(".yaml"):
-        script = ["-m", "rlhf_kit.launch", "--config_file", str(REPO / "recipes/accelerate" / launcher),
+        script = ["-m", "rlhf_kit.run.launch", "--config_file", str(REPO / "recipes/accelerate" / launcher),
                   "--num_processes", "2", "--mixed_precision", "no", *script]
     return [sys.executable, *script, *args]
 

@@ -7,15 +7,15 @@ import pytest
 import torch
 from datasets import Dataset
 
-from rlhf_kit.errors import UserError
-from rlhf_kit.ranking import (
+from rlhf_kit.core.errors import UserError
+from rlhf_kit.data.rows import select_responses
+from rlhf_kit.reward.ranking import (
     RankingCollator,
     build_ranking_dataset,
     dedupe_ranking,
     kwise_loss,
     spread_over_ranks,
 )
-from rlhf_kit.rows import select_responses
 
 
 def _pair_loss(a, b):
@@ -107,7 +107,7 @@ def test_gradients_reach_score_head_and_adapters():
 
 
 def _tok():
-    from rlhf_kit.demo import tiny, world
+    from rlhf_kit.worlds.demo import tiny, world
 
     return tiny.build_tiny_tokenizer(world.vocabulary())
 

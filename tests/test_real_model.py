@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from rlhf_kit.errors import UserError
+from rlhf_kit.core.errors import UserError
 
 from conftest import config_args, run_cli, run_inprocess
 
@@ -31,13 +31,13 @@ def imported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokenizer(imported):
-    from rlhf_kit.modeling import load_tokenizer
+    from rlhf_kit.integrations.modeling import load_tokenizer
 
     return load_tokenizer(str(imported))
 
 
 def _gguf_path():
-    from rlhf_kit.gguf import resolve_gguf
+    from rlhf_kit.integrations.gguf import resolve_gguf
 
     return resolve_gguf("", GGUF_FILE, GGUF_PACKAGE)
 
@@ -45,8 +45,8 @@ def _gguf_path():
 def test_imported_checkpoint_gives_the_gguf_models_logits(imported, tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from rlhf_kit.data import chat_ids
-    from rlhf_kit.modeling import load_causal_lm
+    from rlhf_kit.data.datasets import chat_ids
+    from rlhf_kit.integrations.modeling import load_causal_lm
 
     path = _gguf_path()
     config = json.loads((imported / "config.json").read_text())
@@ -74,9 +74,9 @@ def test_sft_loss_covers_exactly_the_reply_and_its_end_token(imported, tokenizer
     markers): the tokens with a label are the reply and <|im_end|>, nothing of the prompt or after the end."""
     from datasets import Dataset
 
-    from rlhf_kit.data import build_sft_dataset
-    from rlhf_kit.modeling import load_causal_lm
-    from rlhf_kit.trl_compat import SFTConfig, SFTTrainer
+    from rlhf_kit.data.datasets import build_sft_dataset
+    from rlhf_kit.integrations.modeling import load_causal_lm
+    from rlhf_kit.integrations.trl import SFTConfig, SFTTrainer
 
     rows = Dataset.from_list([{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
                               for q, a in TASKS])
@@ -95,9 +95,9 @@ def test_sft_loss_covers_exactly_the_reply_and_its_end_token(imported, tokenizer
 
 
 def test_rollouts_stop_at_im_end_and_the_reward_model_reads_what_was_sampled(imported, tokenizer):
-    from rlhf_kit.data import chat_ids, reply_ids
-    from rlhf_kit.generation import sample_responses
-    from rlhf_kit.modeling import load_causal_lm
+    from rlhf_kit.data.datasets import chat_ids, reply_ids
+    from rlhf_kit.integrations.modeling import load_causal_lm
+    from rlhf_kit.sampling.generation import sample_responses
 
     model = load_causal_lm(str(imported))
     short = [{"role": "user", "content": "Reply with the single word: hello"}]  # greedy: "Hello.<|im_end|>"
@@ -123,12 +123,12 @@ def test_two_sft_steps_and_one_ppo_update_on_the_real_model(imported, tokenizer,
     from safetensors import safe_open
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf_kit.rows import write_jsonl
+    from rlhf_kit.data.rows import write_jsonl
 
     sft_rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in TASKS]
     write_jsonl(tmp_path / "sft.jsonl", sft_rows)
     write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["messages"][:1]} for r in sft_rows])
-    from rlhf_kit.scaling import cpu_supports_bf16
+    from rlhf_kit.integrations.hardware import cpu_supports_bf16
 
     # bf16 where this CPU has it (AMX here): the track's setting, exercised on the real model.
     quick = ["--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", "--lora_r", "4",
@@ -166,7 +166,7 @@ def test_two_sft_steps_and_one_ppo_update_on_the_real_model(imported, tokenizer,
 # ----------------------------------------------------------------------------------------------------- bad input
 
 def test_a_gguf_checkpoint_is_refused_where_stages_load_models(tmp_path):
-    from rlhf_kit.modeling import load_causal_lm, load_tokenizer
+    from rlhf_kit.integrations.modeling import load_causal_lm, load_tokenizer
 
     folder = tmp_path / "saved-from-gguf"
     folder.mkdir()
@@ -187,7 +187,7 @@ def test_a_gguf_file_given_to_sft_is_one_line(tmp_path):
 
 
 def test_missing_or_non_gguf_files_are_refused(tmp_path):
-    from rlhf_kit.gguf import resolve_gguf
+    from rlhf_kit.integrations.gguf import resolve_gguf
 
     with pytest.raises(UserError, match=r"GGUF file .*nope.gguf not found"):
         resolve_gguf(str(tmp_path / "nope.gguf"))
@@ -203,7 +203,7 @@ def test_an_architecture_transformers_cannot_load_is_refused(tmp_path):
     import gguf
     import numpy as np
 
-    from rlhf_kit.gguf import require_supported_architecture
+    from rlhf_kit.integrations.gguf import require_supported_architecture
 
     path = tmp_path / "rwkv.gguf"
     writer = gguf.GGUFWriter(str(path), arch="rwkv6")
@@ -219,7 +219,7 @@ def test_an_architecture_transformers_cannot_load_is_refused(tmp_path):
 def test_missing_track_packages_name_the_install_command(monkeypatch):
     import importlib.util
 
-    from rlhf_kit import gguf
+    from rlhf_kit.integrations import gguf
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
@@ -228,7 +228,7 @@ def test_missing_track_packages_name_the_install_command(monkeypatch):
 
 
 def test_a_missing_import_names_the_stage_to_run(tmp_path):
-    from rlhf_kit.runs import require_stage_output
+    from rlhf_kit.core.runs import require_stage_output
 
     with pytest.raises(UserError, match=r"runs/real/import not found; run the import stage first \(`make real`"):
         require_stage_output(str(tmp_path / "runs" / "real" / "import"), "base model")

@@ -1,4 +1,4 @@
-"""RLHF rounds (rlhf_kit/rounds.py, recipes/rounds.py): how each round is wired, its data, what is refused, and a
+"""RLHF rounds (rlhf_kit/run/rounds.py, recipes/rounds.py): how each round is wired, its data, what is refused, and a
 tiny two-round run that is killed in round 2's reward stage and resumed to the same figures as an unbroken run."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlhf_kit.configs import RoundsArguments
-from rlhf_kit.errors import UserError
-from rlhf_kit.rounds import check_progress, check_run_config, plan, read_stage_configs, resolved, write_reward_data
+from rlhf_kit.core.errors import UserError
+from rlhf_kit.run.configs import RoundsArguments
+from rlhf_kit.run.rounds import check_progress, check_run_config, plan, read_stage_configs, resolved, write_reward_data
 
 from conftest import REPO, TINY, cli_env
 
@@ -232,7 +232,7 @@ def test_two_rounds_killed_in_round_two_reward_resume_to_the_same_figures(pipeli
 
 
 def test_human_rankings_pause_the_round_until_the_app_export_is_there(tmp_path):
-    from rlhf_kit.rounds import human_labels_pending, rankings_folder
+    from rlhf_kit.run.rounds import human_labels_pending, rankings_folder
 
     configs = read_stage_configs(str(DEMO), STAGES)
     configs["compare"] = {**configs["compare"], "labeler": "human", "label_db": "runs/labels/labels.db"}
@@ -275,7 +275,7 @@ def test_each_stage_process_reads_one_merged_yaml_with_the_rounds_values_in_it(t
     run's samples)."""
     import shutil
 
-    from rlhf_kit.rounds import command
+    from rlhf_kit.run.rounds import command
 
     track = REPO / "recipes" / "configs" / "smollm2-135m-ifeval"
     run = tmp_path / "real-rounds"
@@ -302,7 +302,7 @@ def test_each_stage_process_reads_one_merged_yaml_with_the_rounds_values_in_it(t
 
 
 def test_a_checkpoint_cut_short_by_a_kill_is_skipped_for_the_one_before(tmp_path, capsys):
-    from rlhf_kit.training import last_checkpoint
+    from rlhf_kit.integrations.training import last_checkpoint
 
     for n in (2, 4, 10):
         (tmp_path / f"checkpoint-{n}").mkdir()

@@ -60,7 +60,7 @@ def test_qlora_runs_sft_reward_and_ppo_on_cpu(pipeline, tmp_path):
     """4-bit NF4 base (bitsandbytes CPU backend) + LoRA for all three stages; merged outputs are full precision."""
     from transformers import AutoModelForCausalLM
 
-    from rlhf_kit.errors import UserError
+    from rlhf_kit.core.errors import UserError
 
     runs = tmp_path / "runs"
     q = ["--load_in_4bit", "true", "--bnb_4bit_quant_type", "nf4"]
@@ -92,8 +92,8 @@ def test_global_batch_must_divide_over_processes(monkeypatch):
 
     from accelerate import PartialState
 
-    from rlhf_kit.errors import UserError
-    from rlhf_kit.training import apply_global_batch
+    from rlhf_kit.core.errors import UserError
+    from rlhf_kit.integrations.training import apply_global_batch
 
     PartialState()  # initialised before the patch (run alone, its first init would assign num_processes)
     monkeypatch.setattr(PartialState, "num_processes", property(lambda self: 2), raising=False)
@@ -122,7 +122,7 @@ def test_launcher_wrapper_exits_with_the_recipe_status_and_no_traceback():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "rlhf_kit.launch", "--config_file",
+    proc = subprocess.run([sys.executable, "-m", "rlhf_kit.run.launch", "--config_file",
                            str(REPO / "recipes/accelerate/cpu.yaml"), str(REPO / "recipes/sft.py"),
                            "--config", "recipes/configs/demo/nope.yaml"], cwd=REPO, capture_output=True, text=True,
                           env=cli_env())

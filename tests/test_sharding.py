@@ -8,7 +8,7 @@ import pytest
 import yaml
 from test_scale import DP, _adapter, _marker
 
-from rlhf_kit.launch import free_port
+from rlhf_kit.run.launch import free_port
 
 from conftest import (
     REPO,
@@ -137,9 +137,9 @@ def _launch_args(*argv):
 
 
 def test_bf16_sharding_refused_on_a_cpu_without_bf16(monkeypatch):
-    from rlhf_kit import scaling
-    from rlhf_kit.errors import UserError
-    from rlhf_kit.launch import check_launch
+    from rlhf_kit.core.errors import UserError
+    from rlhf_kit.integrations import hardware as scaling
+    from rlhf_kit.run.launch import check_launch
 
     monkeypatch.setattr(scaling, "has_gpu", lambda: False)
     monkeypatch.setattr(scaling, "cpu_supports_bf16", lambda: True)  # this machine's Xeon (AMX-BF16)
@@ -156,7 +156,7 @@ def test_bf16_sharding_refused_on_a_cpu_without_bf16(monkeypatch):
 @pytest.mark.parametrize("flags,supported", [("fpu sse avx512f avx512_bf16 amx_tile", True), ("fpu amx_bf16", True),
                                              ("fpu sse avx2 avx512f", False)])
 def test_cpu_bf16_detector_reads_cpuinfo_flags(tmp_path, flags, supported):
-    from rlhf_kit.scaling import cpu_supports_bf16
+    from rlhf_kit.integrations.hardware import cpu_supports_bf16
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n")
@@ -164,8 +164,8 @@ def test_cpu_bf16_detector_reads_cpuinfo_flags(tmp_path, flags, supported):
 
 
 def test_processes_not_divisible_by_machines_refused():
-    from rlhf_kit.errors import UserError
-    from rlhf_kit.launch import check_launch
+    from rlhf_kit.core.errors import UserError
+    from rlhf_kit.run.launch import check_launch
 
     with pytest.raises(UserError, match=r"num_processes=3 \(all machines together\) is not divisible by "
                                         r"num_machines=2"):
@@ -200,9 +200,9 @@ ZERO_ENV = {"ACCELERATE_USE_DEEPSPEED": "true", "RLHF_KIT_ACCELERATE_CONFIG": "r
 def test_stage_refused_under_a_sharding_it_cannot_run(env, stage, extra, match):
     """The check on a recipe's parsed arguments against the environment accelerate gives its processes (the
     environment is passed in: setting it here would make this process a DeepSpeed/FSDP one for later tests)."""
-    from rlhf_kit.configs import parse_stage_args
-    from rlhf_kit.errors import UserError
-    from rlhf_kit.scaling import check_stage_hardware
+    from rlhf_kit.core.errors import UserError
+    from rlhf_kit.integrations.hardware import check_stage_hardware
+    from rlhf_kit.run.configs import parse_stage_args
 
     parsed = parse_stage_args(recipe_dataclasses(load_recipe(stage)), config_args(stage) + extra)
     if match is None:  # ZeRO-2 does not shard the weights (QLoRA runs); PPO runs under all (tests/test_ppo_sharding.py)

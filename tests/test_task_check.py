@@ -1,6 +1,6 @@
-"""The IFEval world's task check (rlhf_kit/task_check.py) and the whole-answer labeler and judge built on it: the
-real track's PPO answers that dropped the task fail it, answers that do the task pass, and the labeler ranks every
-on-task answer above every off-task one."""
+"""The IFEval world's task check (rlhf_kit/worlds/ifeval/task_check.py) and the whole-answer labeler and judge built on
+it: the real track's PPO answers that dropped the task fail it, answers that do the task pass, and the labeler ranks
+every on-task answer above every off-task one."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_kit import ifeval
-from rlhf_kit.errors import UserError
-from rlhf_kit.task_check import check_row, check_task, same_stem, stem, topic_words
+from rlhf_kit.core.errors import UserError
+from rlhf_kit.worlds.ifeval import world as ifeval
+from rlhf_kit.worlds.ifeval.task_check import check_row, check_task, same_stem, stem, topic_words
 
 END = "Is there anything else I can help with?"
 BULLETS = " Your answer must contain exactly 2 bullet points. Use the markdown bullet points such as:\n* This is " \
@@ -131,8 +131,8 @@ def test_the_judge_scores_the_whole_answer_and_reports_the_conjunction():
 
 
 def test_the_labeler_ranks_every_on_task_answer_above_every_off_task_one_and_ties_the_off_task_ones():
-    from rlhf_kit.labelers import load_labeler
-    from rlhf_kit.rows import expand_pairs
+    from rlhf_kit.data.rows import expand_pairs
+    from rlhf_kit.worlds import load_labeler
 
     task, instructions, kwargs, gamed = GAMED[2]
     row = _row(task, instructions, ["startend:end_checker"], kwargs)
@@ -154,7 +154,7 @@ def test_the_check_agrees_with_the_hand_labels():
     (tests/fixtures/task_labels/README.md: the rule and the draws). The check agrees with at least 85%.
     (ppo_labels.jsonl, 100 more of the final PPO's answers, is not held here: the check agrees with 0.840 of them,
     under the helpfulness issue's 0.85; the README there says what PPO learned that the check misses.)"""
-    from rlhf_kit.rows import read_jsonl
+    from rlhf_kit.data.rows import read_jsonl
 
     labels = read_jsonl(LABELS / "labels.jsonl")
     assert len(labels) == 150 and {x["policy"] for x in labels} == {"import", "sft", "ppo"}

@@ -1,6 +1,6 @@
 """What rlhf_kit relies on in TRL's maintained trainers, pinned by behaviour: a TRL release that stops calling a
 hook rlhf_kit overrides, or changes what a helper answers, fails here by name instead of deep inside a run.
-Everything pinned is reached through rlhf_kit/trl_compat.py. (PPO is rlhf_kit's own: tests/test_ppo_golden.py.)"""
+Everything pinned is reached through rlhf_kit/integrations/trl.py. (PPO is rlhf_kit's own: tests/test_ppo_golden.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def tiny_reward(tmp_path_factory):
     """A tiny Llama reward model and the demo world's tokenizer, built locally."""
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf_kit.demo import tiny, world
+    from rlhf_kit.worlds.demo import tiny, world
 
     tokenizer = tiny.build_tiny_tokenizer(world.vocabulary())
     policy = tiny.build_tiny_model(tokenizer, 16, 32, 1, 2, 64)
@@ -28,8 +28,8 @@ def test_reward_trainer_runs_rlhf_kits_hooks(tiny_reward, tmp_path):
     ``self._metrics``, merged into the logs): one training step must go through all three."""
     from datasets import Dataset
 
-    from rlhf_kit.ranking import build_reward_trainer
-    from rlhf_kit.trl_compat import RewardConfig
+    from rlhf_kit.integrations.trl import RewardConfig
+    from rlhf_kit.reward.ranking import build_reward_trainer
 
     tokenizer, model = tiny_reward
     prompt = [{"role": "user", "content": "name a fruit"}]
@@ -51,8 +51,8 @@ def test_chat_template_helpers_answer_as_relied_on():
     template refused with ValueError (not another exception)."""
     from transformers import PreTrainedTokenizerFast
 
-    from rlhf_kit.demo import tiny, world
-    from rlhf_kit.trl_compat import get_training_chat_template, has_generation_markers
+    from rlhf_kit.integrations.trl import get_training_chat_template, has_generation_markers
+    from rlhf_kit.worlds.demo import tiny, world
 
     chatml = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -66,7 +66,7 @@ def test_chat_template_helpers_answer_as_relied_on():
 
 def test_peft_and_quantization_configs_from_model_config():
     """modeling.build_peft_config / quantization_kwargs read TRL's ModelConfig through these helpers."""
-    from rlhf_kit.trl_compat import ModelConfig, get_peft_config, get_quantization_config
+    from rlhf_kit.integrations.trl import ModelConfig, get_peft_config, get_quantization_config
 
     args = ModelConfig(use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules=["q_proj", "v_proj"],
                        lora_task_type="SEQ_CLS")
@@ -79,7 +79,7 @@ def test_peft_and_quantization_configs_from_model_config():
 
 
 def test_parser_refuses_unknown_flags_and_reads_yaml(tmp_path):
-    from rlhf_kit.trl_compat import ModelConfig, TrlParser
+    from rlhf_kit.integrations.trl import ModelConfig, TrlParser
 
     config = tmp_path / "c.yaml"
     config.write_text("model_name_or_path: some/model\nlora_r: 7\n")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rlhf_kit.errors import UserError
+from rlhf_kit.core.errors import UserError
 
 DEFAULT_DB = "runs/labels/labels.db"
 
@@ -63,8 +63,9 @@ def read_password(name: str) -> str:
 
 def add_suggestions(items: list[dict], model_path: str, seed: int) -> None:
     """Sample one suggestion from ``model_path`` for each demonstration task that has none."""
-    from rlhf_kit import modeling, runs
-    from rlhf_kit.generation import sample_responses
+    from rlhf_kit.core import runs
+    from rlhf_kit.integrations import modeling
+    from rlhf_kit.sampling.generation import sample_responses
 
     todo = [it for it in items if it["kind"] == "demo" and not it.get("suggestion")]
     if not todo:

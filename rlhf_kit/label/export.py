@@ -14,12 +14,13 @@ from pathlib import Path
 
 import yaml
 
-from rlhf_kit.compare import write_comparisons
-from rlhf_kit.errors import UserError
+from rlhf_kit.core.errors import UserError
+from rlhf_kit.core.runs import write_atomic
+from rlhf_kit.data.rows import write_jsonl
 from rlhf_kit.label.agreement import labeler_agreement, merge_rankings
 from rlhf_kit.label.store import Store
 from rlhf_kit.label.tasks import FLAGS
-from rlhf_kit.rows import write_atomic, write_jsonl
+from rlhf_kit.sampling.compare import write_comparisons
 
 MERGE_RULES = ("mean-rank", "none")
 

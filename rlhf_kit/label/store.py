@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from rlhf_kit.errors import UserError
+from rlhf_kit.core.errors import UserError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf_kit.errors import UserError
-from rlhf_kit.rows import iter_jsonl
+from rlhf_kit.core.errors import UserError
+from rlhf_kit.data.rows import iter_jsonl
 
 # InstructGPT's metadata (Ouyang et al. 2022, Table 3), in the order of their labeling interface.
 FLAGS = {

@@ -81,10 +81,11 @@ def load_ppo_inputs(script_args, training_args, model_args) -> dict:
     starts the policy elsewhere (``ref_model_path`` keeps SFT as the reference)."""
     import copy
 
-    from rlhf_kit import modeling, runs
-    from rlhf_kit.cards import load_stage_rows
-    from rlhf_kit.data import build_prompt_dataset
-    from rlhf_kit.trl_compat import zero3_init_disabled
+    from rlhf_kit.core import runs
+    from rlhf_kit.data.cards import load_stage_rows
+    from rlhf_kit.data.datasets import build_prompt_dataset
+    from rlhf_kit.integrations import modeling
+    from rlhf_kit.integrations.trl import zero3_init_disabled
 
     sft, rm = model_args.model_name_or_path, training_args.reward_model_path
     runs.require_stage_output(sft, "SFT policy")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhf_kit.errors import UserError
+from rlhf_kit.core.errors import UserError
 
 COMPLETE = "checkpoint_complete.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -80,7 +80,7 @@ def _set_rng_states(states: dict) -> None:
 class PPOCheckpointer:
     """Saves rlhf_kit's PPO trainer every ``save_steps`` updates and resumes it from the last complete checkpoint.
 
-    ``config`` is the stage's resolved configuration (rlhf_kit.runs.resolve_config); it is stored in each
+    ``config`` is the stage's resolved configuration (rlhf_kit.core.runs.resolve_config); it is stored in each
     checkpoint and compared on resume. ``resume=False`` (a forced rerun) starts afresh.
     """
 

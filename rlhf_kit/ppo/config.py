@@ -37,7 +37,7 @@ class PPOConfig(TrainingArguments):
     Defaults that differ from ``TrainingArguments`` as in TRL: ``logging_steps`` 10, ``gradient_checkpointing``
     true, ``bf16`` true unless ``fp16``, ``learning_rate`` 3e-6."""
 
-    REMOVED_KEYS: ClassVar[dict[str, str]] = REMOVED_KEYS  # read by rlhf_kit.configs.refuse_removed_keys
+    REMOVED_KEYS: ClassVar[dict[str, str]] = REMOVED_KEYS  # read by rlhf_kit.run.configs.refuse_removed_keys
 
     learning_rate: float = field(default=3e-6, metadata={"help": "The initial learning rate for AdamW."})
     logging_steps: float = field(default=10, metadata={"help": "Log every X updates (a float < 1: share of all)."})

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_kit.errors import UserError
+from rlhf_kit.core.errors import UserError
 
 SELECT = ("last", "judge")
 PROBE_METRICS = ("probe/judge_score", "probe/rm_score", "probe/length", "probe/distinct_1", "probe/distinct_2",
@@ -67,7 +67,7 @@ class ProbeMonitor:
     """Probes the policy during PPO (see the module docstring).
 
     ``rows``: the probe prompt rows, as the judge reads them; ``prompt_ids``: their chat-templated token ids;
-    ``judge``: a :class:`rlhf_kit.labelers.Judge`; ``every``: updates between probes; ``warn_drop``: the judge
+    ``judge``: a :class:`rlhf_kit.worlds.Judge`; ``every``: updates between probes; ``warn_drop``: the judge
     score fall (absolute) that, with a rising RM score, counts as over-optimisation; ``select``: ``last`` or
     ``judge`` (which policy the stage keeps); ``seed``: the run's seed, from which each prompt's draw is seeded.
     """
@@ -91,8 +91,8 @@ class ProbeMonitor:
     def probe(self, trainer) -> dict[str, float]:
         """The policy's answers to the probe prompts, scored: the ``probe/*`` metrics of this update (every process
         computes the same figures: same prompts, same seeds, same weights)."""
-        from rlhf_kit.evaluation import score_with_reward_model
-        from rlhf_kit.generation import sample_ids
+        from rlhf_kit.eval.evaluation import score_with_reward_model
+        from rlhf_kit.sampling.generation import sample_ids
 
         args, tok = trainer.args, trainer.processing_class
         with trainer.unwrapped_for_sampling() as model:
@@ -146,8 +146,8 @@ def build_monitor(script_args, training_args, tokenizer, train_dataset):
                             "set save_strategy: steps and save_steps, or select_checkpoint: last")
     from pathlib import Path
 
-    from rlhf_kit.data import build_prompt_dataset, load_rows
-    from rlhf_kit.labelers import load_judge
+    from rlhf_kit.data.datasets import build_prompt_dataset, load_rows
+    from rlhf_kit.worlds import load_judge
 
     if a.probe_dataset_path.endswith(".jsonl") and not Path(a.probe_dataset_path).is_file():
         raise UserError(f"probe_dataset_path {a.probe_dataset_path} not found: the world's data stage (base in the "

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import torch
 
-from rlhf_kit.errors import UserError
+from rlhf_kit.core.errors import UserError
 
 
 def _source_file(path: str, tokenizer) -> str:
     """The data file behind ``path``; a stage folder (e.g. runs/demo/sft) gives its ``dataset_path``, provided its
     tokenizer and chat template are the policy's."""
-    from rlhf_kit import modeling, runs
+    from rlhf_kit.core import runs
+    from rlhf_kit.integrations import modeling
 
     p = Path(path)
     if not (p.is_dir() and (p / runs.RESOLVED_CONFIG).is_file()):
@@ -41,7 +42,7 @@ def _source_file(path: str, tokenizer) -> str:
 def load_ptx_examples(path: str, tokenizer, max_length: int) -> list[list[int]]:
     """Token ids of each pretraining example (truncated to ``max_length``), refusing text the tokenizer cannot
     read (mostly unknown tokens: written for another vocabulary)."""
-    from rlhf_kit.data import chat_ids, load_rows
+    from rlhf_kit.data.datasets import chat_ids, load_rows
 
     source = _source_file(path, tokenizer)
     ds = load_rows(source)
@@ -76,7 +77,7 @@ class PtxBatches:
 
     def next_batch(self, device) -> dict[str, torch.Tensor]:
         """``input_ids``, ``attention_mask`` and ``labels`` (padding ignored) of the next batch."""
-        from rlhf_kit.data import pad_right
+        from rlhf_kit.data.datasets import pad_right
 
         idx = torch.randint(len(self.examples), (self.batch_size,), generator=self.generator).tolist()
         input_ids, attention_mask = pad_right([self.examples[i] for i in idx], self.pad_token_id)

@@ -1,6 +1,6 @@
 """Sampling PPO's rollouts: token tensors in, token tensors out, through the sampler every stage uses.
 
-``sample_rollouts`` hands the prompts to ``rlhf_kit.generation.sample_ids`` (prompts batched by length, ended
+``sample_rollouts`` hands the prompts to ``rlhf_kit.sampling.generation.sample_ids`` (prompts batched by length, ended
 responses leave the batch) and lays the responses out as PPO's tensors. ``generate_like_trl`` is TRL 1.12's
 ``batch_generation`` (``model.generate`` in chunks, with its scores): kept only so tests/test_ppo_golden.py can
 replay TRL's own draws against the golden file.
@@ -16,7 +16,7 @@ def sample_rollouts(policy, tokenizer, queries: torch.Tensor, response_length: i
     """One response per left-padded query, drawn with the query's own seed: a (queries, width) tensor of response
     tokens, right-padded with the pad token after each response's stop token; width is the longest response (at
     most ``response_length``)."""
-    from rlhf_kit.generation import sample_ids
+    from rlhf_kit.sampling.generation import sample_ids
 
     pad = tokenizer.pad_token_id
     ids = [row[row != pad].tolist() for row in queries]

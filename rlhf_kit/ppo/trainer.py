@@ -8,8 +8,8 @@ from TRL 1.12 itself; what differs says so below.
 
 One update, top to bottom (names as in the papers):
 
-1. **rollout** -- sample a response y to each prompt x from pi_RL (``rlhf_kit/generation.py``, the sampler every
-   stage uses); score it with the reward model r(x, y); keep log pi_RL(y_t|...), log pi_SFT(y_t|...) and the value
+1. **rollout** -- sample a response y to each prompt x from pi_RL (``rlhf_kit/sampling/generation.py``, the sampler
+   every stage uses); score it with the reward model r(x, y); keep log pi_RL(y_t|...), log pi_SFT(y_t|...) and the value
    V(s_t) of every response token.
 2. **rewards** -- per-token KL penalty R_t = -beta * KL_t, plus r(x, y) on the last token (Ziegler et al. 2019
    Eq. 2; InstructGPT Eq. 2, Ouyang et al. 2022). KL_t is the k1 or k3 estimator (Schulman 2020,
@@ -92,7 +92,7 @@ class PromptOrder:
         self.rank = process_index
         self.batches_per_pass = len(self.ids) // global_batch
         if self.batches_per_pass == 0:
-            from rlhf_kit.errors import UserError
+            from rlhf_kit.core.errors import UserError
 
             raise UserError(f"{len(self.ids)} prompts cannot fill one PPO batch of {global_batch}; lower the batch "
                             "size (per_device_train_batch_size x gradient_accumulation_steps x processes)")
@@ -222,7 +222,7 @@ def cast_4bit_for_bf16(model) -> None:
 
 
 def _exact_div(a: int, b: int, what: str) -> int:
-    from rlhf_kit.errors import UserError
+    from rlhf_kit.core.errors import UserError
 
     if a % b:
         raise UserError(f"{what}: {a} is not divisible by {b}; change the batch sizes or num_mini_batches")
@@ -237,7 +237,7 @@ class PPOTrainer:
     - ``ptx_batches`` / ``ptx_coef``: PPO-ptx, a :class:`rlhf_kit.ppo.ptx.PtxBatches` and gamma;
     - ``checkpointer``: a :class:`rlhf_kit.ppo.checkpoint.PPOCheckpointer` (save every ``save_steps`` updates,
       resume from the last complete checkpoint);
-    - ``sampler``: ``rlhf_kit`` (``rlhf_kit/generation.py``) or ``trl`` (TRL 1.12's ``batch_generation`` over
+    - ``sampler``: ``rlhf_kit`` (``rlhf_kit/sampling/generation.py``) or ``trl`` (TRL 1.12's ``batch_generation`` over
       ``model.generate``, kept only so the oracle test can replay TRL's draws);
     - ``monitor``: a :class:`rlhf_kit.ppo.monitor.ProbeMonitor` (judge-scored probes every few updates, the
       over-optimisation warning, ``select_checkpoint: judge``).
@@ -366,7 +366,7 @@ class PPOTrainer:
     def full_policy_state_dict(self) -> dict | None:
         """The policy's whole weights gathered from a sharded run (FSDP2, ZeRO-3), on the main process, under the
         policy's own key names; None when the weights are not sharded. A collective: every process calls it."""
-        from rlhf_kit.training import gather_full_state_dict
+        from rlhf_kit.integrations.training import gather_full_state_dict
 
         full = gather_full_state_dict(self.accelerator, self.model)
         if full is None or not self.accelerator.is_main_process:
@@ -701,7 +701,7 @@ class PPOTrainer:
     def print_samples(self, n: int = 4) -> None:
         """A few near-greedy responses (temperature 0.01, as TRL's sample generations) to the first held-out
         prompts, printed by the main process: a look at what the policy writes during training."""
-        from rlhf_kit.generation import sample_ids
+        from rlhf_kit.sampling.generation import sample_ids
 
         if not self.eval_dataset:
             return

@@ -1,0 +1,119 @@
+"""Stage output folders ``runs/<name>/<stage>/``: resolved config first, completion marker last.
+
+A stage is finished only when its marker exists, so an interrupted stage is never taken for a finished one.
+A finished stage is skipped unless forced; an unfinished one is continued (trainer checkpoints) or redone, never
+deleted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import yaml
+
+from rlhf_kit.core.errors import UserError
+
+MARKER = "stage_complete.json"
+RESOLVED_CONFIG = "rlhf_kit_config.yaml"
+STAGES = ("base", "sft", "compare", "reward", "ppo", "eval")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a file so that a reader never sees it half-written (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a finished stage output."""
+    return (Path(path) / MARKER).is_file()
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """``org/name`` or ``name`` with no local meaning (not an existing path, not ``./`` or absolute)."""
+    return bool(_HUB_ID.match(name)) and not os.path.exists(name) and not name.startswith(("runs/", "."))
+
+
+REAL_STAGES = ("import", "world", "demos")  # the real-model track's own stages (recipes/configs/smollm2-135m-ifeval)
+
+
+def _stage_hint(path: str) -> str:
+    stage = Path(path).name
+    if stage in REAL_STAGES:
+        return f"run the {stage} stage first (`make real` runs every stage of the real-model track)"
+    return f"run `make {stage}` first" if stage in STAGES else "check the path"
+
+
+def require_stage_output(path: str, what: str) -> None:
+    """Refuse a previous stage's output that is missing or unfinished; Hub ids pass through to the loaders."""
+    p = Path(path)
+    if p.exists():
+        if (p / RESOLVED_CONFIG).is_file() and not is_complete(p):
+            raise UserError(f"{what} {path} is unfinished (no {MARKER}); rerun that stage to complete it")
+        return
+    if not looks_like_hub_id(path):
+        raise UserError(f"{what} {path} not found; {_stage_hint(path)}")
+
+
+def require_complete_stage(path: str, what: str) -> None:
+    """Refuse a stage folder that is missing or unfinished (``what`` leads the message)."""
+    if not is_complete(path):
+        state = "unfinished" if Path(path).exists() else "missing"
+        raise UserError(f"{what} {path} is {state}; {_stage_hint(path)}")
+
+
+def skip_if_complete(output_dir: str, stage: str, force: bool) -> bool:
+    """True (and say so) when the stage's output is already complete and the run is not forced."""
+    if is_complete(output_dir) and not force:
+        print(f"[{stage}] already complete in {output_dir}; skipping (pass --force true to redo it)")
+        return True
+    return False
+
+
+def start_stage(output_dir: str, stage: str, configs: tuple, is_main: bool = True) -> None:
+    """Create ``output_dir``, drop an old marker (a forced rerun is unfinished until it ends), write the config."""
+    if not is_main:
+        return
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).unlink(missing_ok=True)
+    (out / RESOLVED_CONFIG).write_text(yaml.safe_dump(resolve_config(stage, configs), sort_keys=True))
+
+
+def resolve_config(stage: str, configs: tuple) -> dict:
+    """The stage's configuration as one flat mapping of plain values (what ``start_stage`` writes)."""
+    resolved = {"stage": stage}
+    for cfg in configs:
+        resolved.update(cfg.to_dict() if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg))
+    return {k: v for k, v in resolved.items() if isinstance(v, (str, int, float, bool, list, dict, type(None)))}
+
+
+def finish_stage(output_dir: str, stage: str, started: float, summary: dict, is_main: bool = True) -> None:
+    """Write the completion marker (last) and print the stage's one-line summary."""
+    from accelerate import PartialState
+
+    wall = time.time() - started
+    if not is_main:
+        return
+    record = {"stage": stage, "wall_seconds": round(wall, 2), "world_size": PartialState().num_processes, **summary}
+    write_atomic(Path(output_dir) / MARKER, json.dumps(record, indent=2))
+    parts = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
+    print(f"[{stage}] done in {wall:.1f}s: {parts} -> {output_dir}")
+
+
+def read_config(path: str) -> dict:
+    """The resolved configuration a stage wrote when it started."""
+    return yaml.safe_load((Path(path) / RESOLVED_CONFIG).read_text())
+
+
+def read_marker(path: str) -> dict:
+    """The completion record of a finished stage."""
+    return json.loads((Path(path) / MARKER).read_text())

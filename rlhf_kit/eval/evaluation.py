@@ -1,0 +1,227 @@
+"""Evaluation of a run's policies against a judge that the reward model and PPO never saw.
+
+Per policy (any finished stage folders, e.g. base, sft, ppo or later rounds) on held-out prompts: mean judge score
+with its per-rule breakdown, mean reward-model score, mean response length; each policy's win rate against a
+baseline policy with a 95% CI and its per-token KL to the baseline; reward-model pairwise accuracy on held-out
+comparisons against the judge's order. Comparing judge and reward-model scores exposes reward over-optimisation
+(Gao et al. 2023, Scaling Laws for Reward Model Overoptimization).
+"""
+
+from __future__ import annotations
+
+from rlhf_kit.core.errors import UserError
+from rlhf_kit.data.datasets import chat_ids, length_batches, pad_right, reply_ids
+from rlhf_kit.data.rows import prompt_key
+
+# The data each kind of stage trained on, by the card stage it was read as: evaluation prompts must avoid them all.
+TRAINING_DATA = {"sft": "sft", "reward": "comparisons", "ppo": "prompts"}
+
+
+def compare_policies(rows: list[dict], responses: dict[str, list[str]], models: dict, tokenizer, judge, baseline: str,
+                     reward_model=None, heldout_rankings: list[dict] | None = None, batch_size: int = 128):
+    """The summary's metrics for policies' ``responses`` to prompt ``rows`` (policies in ``responses`` order).
+
+    Returns (summary, judge scores per policy, RM scores per policy or {}). Win rates count ties as half and carry
+    a normal-approximation 95% CI; KL is the k1 estimate per token of each policy to the baseline on the policy's
+    own samples; RM accuracy is measured on held-out rankings against the judge's order.
+    """
+    policies = list(responses)
+    prompts = [r["prompt"] for r in rows]
+    judged = {p: [judge.judge(row, resp) for row, resp in zip(rows, responses[p])] for p in policies}
+    scores = {p: [j.score for j in judged[p]] for p in policies}
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    summary = {
+        "policies": policies,
+        "baseline": baseline,
+        "gold_score": {p: mean(scores[p]) for p in policies},
+        "gold_rules": {p: {k: mean([j.rules[k] for j in judged[p]]) for k in judge.rule_names} for p in policies},
+        "response_length": {p: mean([len(tokenizer(r)["input_ids"]) for r in responses[p]]) for p in policies},
+        "eval_prompts": len(rows),
+        "win_rate_vs_baseline": {},
+        "kl_to_baseline": {},
+    }
+    for p in policies:
+        if p == baseline:
+            continue
+        summary["win_rate_vs_baseline"][p] = head_to_head(scores, p, [baseline])[baseline]
+        own = response_logprobs(models[p], tokenizer, prompts, responses[p], progress=f"KL {p}: log pi_{p}")
+        ref = response_logprobs(models[baseline], tokenizer, prompts, responses[p],
+                                progress=f"KL {p}: log pi_{baseline}")
+        summary["kl_to_baseline"][p] = per_token_kl(own, ref)
+    rm_scores = {}
+    if reward_model is not None:
+        rm_scores = {p: score_with_reward_model(reward_model, tokenizer, prompts, responses[p], batch_size,
+                                                progress=f"RM score {p}") for p in policies}
+        summary["rm_score"] = {p: mean(rm_scores[p]) for p in policies}
+        if heldout_rankings is not None:
+            pairs = heldout_judged_pairs(heldout_rankings, judge)
+            summary["rm_accuracy"], summary["rm_accuracy_pairs"] = rm_accuracy(reward_model, tokenizer, pairs)
+        summary["rm_accuracy_between_policies"] = rm_accuracy_between_policies(scores, rm_scores)
+    return summary, scores, rm_scores
+
+
+def head_to_head(scores: dict[str, list[float]], policy: str, opponents: list[str]) -> dict:
+    """``policy``'s win rate (ties half, 95% CI) against each opponent on the same prompts, by judge score."""
+    from rlhf_kit.eval.metrics import load_metric
+
+    win_rate = load_metric("win_rate")
+    out = {}
+    for other in opponents:
+        win = win_rate.compute(predictions=scores[policy], references=scores[other])
+        out[other] = {"win_rate": win["win_rate"], "ci95": [win["ci95_low"], win["ci95_high"]],
+                      "win_tie_loss": [win["wins"], win["ties"], win["losses"]]}
+    return out
+
+
+def rm_accuracy(reward_model, tokenizer, pairs: list[tuple[list[dict], str, str]]) -> tuple[float, int]:
+    """(accuracy, pairs): how often the reward model scores the judge-preferred response of a pair higher."""
+    from rlhf_kit.eval.metrics import load_metric
+
+    # A response sits in up to K-1 pairs of its ranking: score each distinct (prompt, response) once.
+    keyed = [((prompt_key(p), w), (prompt_key(p), lo)) for p, w, lo in pairs]
+    unique: dict[tuple[str, str], tuple[list[dict], str]] = {}
+    for (prompt, w, lo), (key_w, key_l) in zip(pairs, keyed):
+        unique.setdefault(key_w, (prompt, w))
+        unique.setdefault(key_l, (prompt, lo))
+    scores = dict(zip(unique, score_with_reward_model(reward_model, tokenizer, [p for p, _ in unique.values()],
+                                                      [r for _, r in unique.values()])))
+    accuracy = load_metric("pairwise_accuracy").compute(predictions=[scores[k] for k, _ in keyed],
+                                                        references=[scores[k] for _, k in keyed])
+    return accuracy["accuracy"], accuracy["n"]
+
+
+def rm_accuracy_between_policies(judge_scores: dict[str, list[float]], rm_scores: dict[str, list[float]]) -> dict:
+    """RM accuracy against the judge's order on pairs of two policies' responses to the same held-out prompt, per
+    pair of policies (``"sft vs ppo"``: accuracy, pairs; a prompt the judge scores alike makes no pair).
+
+    It costs no model call (both scores exist already) and its pairs come from every evaluation prompt, many more
+    than the held-out comparisons. Between policies the RM was not optimised against (base, SFT) it is a second
+    held-out accuracy; a pair with the PPO policy, which was optimised against the RM, shows over-optimisation
+    (Gao et al. 2023): a lower accuracy there means the RM prefers PPO's responses where the judge does not.
+    """
+    from itertools import combinations
+
+    from rlhf_kit.eval.metrics import load_metric
+
+    metric, out = load_metric("pairwise_accuracy"), {}
+    for a, b in combinations(judge_scores, 2):
+        pairs = [(ra, rb) if ga > gb else (rb, ra)  # (RM score of the judge's choice, RM score of the other)
+                 for ga, gb, ra, rb in zip(judge_scores[a], judge_scores[b], rm_scores[a], rm_scores[b]) if ga != gb]
+        if pairs:
+            accuracy = metric.compute(predictions=[w for w, _ in pairs], references=[lo for _, lo in pairs])
+            out[f"{a} vs {b}"] = {"accuracy": accuracy["accuracy"], "pairs": accuracy["n"]}
+    return out
+
+
+def stage_rows(stage_dir: str, card_stage: str) -> list[dict]:
+    """The rows a finished stage trained on (dataset file or data cards), read back through its resolved config."""
+    from types import SimpleNamespace
+
+    from rlhf_kit.core.runs import read_config
+    from rlhf_kit.data.cards import load_stage_rows
+
+    config = read_config(stage_dir)
+    source = SimpleNamespace(**{k: config.get(k) for k in ("dataset_path", "dataset_cards", "card_data_dir")},
+                             dataset_split=config.get("dataset_split") or "train")
+    return load_stage_rows(source, card_stage)[0].to_list()
+
+
+def prompt_texts(rows: list[dict]) -> set[str]:
+    """The user turns of prompt or conversation rows (what overlap is judged on)."""
+    texts = set()
+    for row in rows:
+        messages = row.get("prompt") or row.get("messages") or []
+        texts.update(m["content"] for m in messages if m["role"] == "user")
+    return texts
+
+
+def prompt_text(row: dict) -> str:
+    """The last user turn of a prompt row (how reports and sample files show a prompt)."""
+    return [m["content"] for m in row["prompt"] if m["role"] == "user"][-1]
+
+
+def require_disjoint(eval_rows: list[dict], others: dict[str, list[dict]]) -> None:
+    """Refuse evaluation prompts that also appear in training data (they would measure memorisation)."""
+    eval_texts = prompt_texts(eval_rows)
+    for name, rows in others.items():
+        shared = eval_texts & prompt_texts(rows)
+        if shared:
+            example = sorted(shared)[0]
+            raise UserError(f"{len(shared)} evaluation prompt(s) also appear in the {name} data (e.g. '{example}'); "
+                            "evaluate on held-out prompts")
+
+
+def _batches(seqs: list[list[int]], batch_size: int, progress: str | None):
+    """``length_batches`` of ``seqs``, behind a tqdm bar (responses done / total, time left) when ``progress``
+    names one: scoring a real model's answers takes minutes."""
+    batches = length_batches(seqs, batch_size)
+    if not progress:
+        yield from batches
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(seqs), desc=progress, unit="response", mininterval=2) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch))
+
+
+def score_with_reward_model(model, tokenizer, prompts: list[list[dict]], responses: list[str],
+                            batch_size: int = 128, progress: str | None = None) -> list[float]:
+    """r(x, y) for each (prompt, response), read at the last non-pad token as in training (``progress``: a bar's
+    label)."""
+    import torch
+
+    seqs = [reply_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
+    scores = [0.0] * len(seqs)
+    model.eval()
+    for batch in _batches(seqs, batch_size, progress):
+        input_ids, mask = pad_right([seqs[i] for i in batch], tokenizer.pad_token_id)
+        with torch.no_grad():
+            logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        for i, score in zip(batch, logits[:, 0].float().tolist()):
+            scores[i] = score
+    return scores
+
+
+def response_logprobs(model, tokenizer, prompts: list[list[dict]], responses: list[str],
+                      batch_size: int = 128, progress: str | None = None) -> list[list[float]]:
+    """Per-token log-probabilities of each response (its tokens and end-of-turn) given its prompt (``progress``: a
+    bar's label)."""
+    import torch
+
+    seqs = [reply_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
+    starts = [len(chat_ids(tokenizer, p, add_generation_prompt=True)) for p in prompts]
+    out: list[list[float]] = [[] for _ in seqs]
+    model.eval()
+    for batch in _batches(seqs, batch_size, progress):
+        input_ids, mask = pad_right([seqs[i] for i in batch], tokenizer.pad_token_id)
+        with torch.no_grad():
+            logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits
+            targets = input_ids[:, 1:, None].to(model.device)
+            # Row by row: a batch's float log-softmax over a 49k vocabulary is GBs (SmolLM2: 6 GB at 128 x 250).
+            for row, i in enumerate(batch):
+                logp = torch.log_softmax(logits[row, :-1].float(), -1).gather(-1, targets[row])[..., 0]
+                out[i] = logp[starts[i] - 1 : len(seqs[i]) - 1].tolist()
+    return out
+
+
+def per_token_kl(policy_logprobs: list[list[float]], ref_logprobs: list[list[float]]) -> float:
+    """Mean over tokens of log pi(y_t) - log pi_ref(y_t) on samples from pi: the k1 KL estimate per token."""
+    diffs = [a - b for pa, pr in zip(policy_logprobs, ref_logprobs) for a, b in zip(pa, pr)]
+    return sum(diffs) / len(diffs) if diffs else 0.0
+
+
+def heldout_judged_pairs(rankings: list[dict], judge) -> list[tuple[list[dict], str, str]]:
+    """(prompt, judge-preferred, judge-dispreferred) for every pair of distinct held-out responses the judge
+    separates (the order a reward model's accuracy is measured against)."""
+    pairs = []
+    for r in rankings:
+        score = {response: judge.judge(r, response).score for response in r["responses"]}  # each scored once
+        unique = list(score)
+        for i, a in enumerate(unique):
+            for b in unique[i + 1 :]:
+                ga, gb = score[a], score[b]
+                if ga != gb:
+                    pairs.append((r["prompt"], a, b) if ga > gb else (r["prompt"], b, a))
+    return pairs

@@ -1,0 +1,218 @@
+"""Hardware checks for a launch: an accelerate config that cannot run here, or a stage that cannot run under it.
+
+Each mistake is one line before any process starts or any model loads (accelerate itself would assert with a
+traceback, or a rank would fail minutes later inside a collective). Two entry points:
+
+- ``check_accelerate_config``: the launcher's config (``python -m rlhf_kit.run.launch`` / ``make <stage>``);
+- ``check_stage_hardware``: a recipe's parsed arguments against the sharding accelerate launched it with (read from
+  the environment ``accelerate launch`` gives its processes), so plain ``accelerate launch`` is checked too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from rlhf_kit.core.errors import UserError
+
+SHARDED = ("FSDP", "DEEPSPEED")
+CONFIG_ENV = "RLHF_KIT_ACCELERATE_CONFIG"  # set by rlhf_kit.run.launch so a rank's error can name the config file
+# Where the CPU's flags are read from; RLHF_KIT_CPUINFO points a whole run at a fake one (the precision tests run
+# the real track's configs as a CPU without AMX or AVX512-BF16 would).
+CPUINFO_ENV = "RLHF_KIT_CPUINFO"
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str] | None:
+    """The CPU's feature flags from ``cpuinfo`` (x86 ``flags``, Arm ``Features``), or None if it cannot be read."""
+    if cpuinfo == "/proc/cpuinfo":
+        cpuinfo = os.environ.get(CPUINFO_ENV) or cpuinfo
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return flags
+
+
+def cpu_supports_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes in bfloat16 natively (x86 AVX512-BF16 or AMX-BF16; Arm BF16).
+
+    Without it PyTorch emulates bf16 matmuls, which is many times slower than float32 and defeats mixed precision.
+    An unreadable cpuinfo (not Linux) counts as supported: we refuse only what we know cannot run well.
+    """
+    flags = cpu_flags(cpuinfo)
+    return flags is None or bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this x86 CPU has AMX-BF16 tiles, where bf16 matmuls run ~4x float32 (measured on this project's
+    Xeon: 317 vs 73 GFLOP/s); with AVX512-BF16 alone they run at about float32's speed (75 vs 80 GFLOP/s).
+    An unreadable cpuinfo counts as AMX (no advice is better than wrong advice)."""
+    flags = cpu_flags(cpuinfo)
+    return flags is None or "amx_bf16" in flags
+
+
+def train_on_cpu(parser, dataclass_types: tuple, env=None) -> None:
+    """Without a GPU, default TrainingArguments' ``use_cpu`` to true (what ``ACCELERATE_USE_CPU`` already says):
+    transformers accepts ``bf16: true`` on a CPU only then, and accelerate trains under CPU autocast in bf16.
+    :func:`check_bf16` refuses bf16 where the CPU lacks it. DeepSpeed on CPU keeps its own setting (it must not be
+    marked CPU, see trl_compat.enable_deepspeed_on_cpu)."""
+    env = os.environ if env is None else env
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return
+    if any("use_cpu" in getattr(dc, "__dataclass_fields__", {}) for dc in dataclass_types):
+        parser.set_defaults(use_cpu=True)
+
+
+def check_bf16(parsed: tuple) -> None:
+    """Refuse bf16 training (``bf16: true``) or bf16 models (``dtype: bfloat16``) on a CPU without native bf16, where
+    PyTorch emulates it many times slower than float32; for training on one with AVX512-BF16 but no AMX, say in one
+    note that float32 is the faster choice there (sampling in bf16 pays there: see :func:`auto_precision`)."""
+    asked = [(key, value, "training" if key == "bf16" else workload(args))
+             for args in parsed for key, value in (("bf16", True), ("dtype", "bfloat16"))
+             if getattr(args, key, None) == value]
+    if not asked or has_gpu():
+        return
+    fixes = {"bf16": "bf16: false", "dtype": "dtype: float32"}
+    key, value, _ = asked[0]
+    if not cpu_supports_bf16():
+        raise UserError(f"{key}: {str(value).lower()} needs a GPU or a CPU with native bf16 (AMX-BF16 or "
+                        f"AVX512-BF16 in /proc/cpuinfo), and this CPU has neither; set `{fixes[key]}` in the config")
+    training = [(k, v) for k, v, w in asked if w == "training"]
+    if training and not cpu_has_amx():  # runs, but gains nothing: the real track's PPO ran 0.17 episodes/s in bf16,
+        key, value = training[0]        # 0.20 in fp32
+        print(f"note: {key}: {str(value).lower()} on a CPU with AVX512-BF16 but no AMX runs no faster than float32 "
+              f"(and rounds more); `{fixes[key]}` is the faster choice here", file=sys.stderr)
+
+
+def workload(args) -> str:
+    """What a stage's arguments use precision for: ``precision_workload`` of their class (the sampling stages'
+    arguments say ``sampling``), else ``training`` (TRL's ModelConfig: a model trained or trained against)."""
+    return getattr(type(args), "precision_workload", "training")
+
+
+AUTO = "auto"
+
+
+def auto_precision(workload: str = "training", cpuinfo: str = "/proc/cpuinfo") -> tuple[bool, str]:
+    """What ``bf16: auto`` / ``dtype: auto`` mean here for a ``workload`` (``training`` or ``sampling``): (bf16?, why).
+    bf16 only where it is native *and* pays. On a CUDA GPU with bf16 (Ampere or later), always. On a CPU: for
+    training only with AMX-BF16 (bf16 matmuls ~4x float32 on this project's Xeon; with AVX512-BF16 alone they run at
+    float32's speed, and the real track's PPO ran 0.17 episodes/s in bf16, 0.20 in float32); for sampling with
+    AVX512-BF16 or AMX, since decoding one token at a time is bound by reading the weights, and bf16 reads half the
+    bytes (SmolLM2-135M, 32 prompts x 96 tokens, AVX512-BF16 without AMX: 151-187 tokens/s in bf16, 85-106 in
+    float32). Without native bf16, PyTorch emulates it, many times slower: float32."""
+    if has_gpu():
+        import torch
+
+        name = torch.cuda.get_device_name()
+        if torch.cuda.is_bf16_supported():
+            return True, f"CUDA GPU {name} computes in bf16 natively"
+        return False, f"CUDA GPU {name} has no native bf16 (before Ampere)"
+    flags = cpu_flags(cpuinfo)
+    if flags is None:
+        return False, f"cannot read {cpuinfo} to tell whether this CPU computes in bf16; float32 is the safe choice"
+    if "amx_bf16" in flags:
+        return True, "CPU with AMX-BF16: bf16 matmuls ~4x float32"
+    if flags & {"avx512_bf16", "bf16"}:
+        if workload == "sampling":
+            return True, "sampling on a CPU with AVX512-BF16: decoding reads half the bytes in bf16, ~1.5x float32"
+        return False, "training on a CPU with AVX512-BF16 but no AMX: bf16 matmuls run no faster than float32"
+    return False, "CPU without native bf16 (no AMX-BF16 or AVX512-BF16): bf16 would be emulated, many times slower"
+
+
+def resolve_auto_bf16(config: dict, argv: list[str]) -> tuple[list[str], str | None]:
+    """``bf16: auto`` (config file or ``--bf16 auto``) made a plain boolean flag before TrainingArguments (a bool
+    field: mixed-precision training) parses it: (argv to parse, what was chosen and why, or None when nothing was
+    auto). A ``--bf16`` given on the command line still overrides the config file."""
+    flag = next((i for i, a in enumerate(argv) if a == "--bf16" or a.startswith("--bf16=")), None)
+    if flag is not None:
+        value = argv[flag].partition("=")[2] if "=" in argv[flag] else (argv[flag + 1] if flag + 1 < len(argv)
+                                                                          else "")
+        if value.lower() != AUTO:
+            return argv, None
+        argv = argv[:flag] + argv[flag + (1 if "=" in argv[flag] else 2):]
+    elif str(config.get("bf16")).lower() != AUTO:
+        return argv, None
+    bf16, why = auto_precision("training")
+    return argv + ["--bf16", str(bf16).lower()], f"bf16: auto -> {str(bf16).lower()} ({why})"
+
+
+def resolve_auto_dtype(parsed: tuple) -> list[str]:
+    """Each parsed ``dtype: auto`` set to bfloat16 or float32 by :func:`auto_precision`, for the workload its
+    arguments declare (``precision_workload``: the sampling stages' arguments say ``sampling``; a model trained or
+    trained against, TRL's ModelConfig, is ``training``). rlhf_kit's meaning of auto is by hardware, not
+    transformers' "the checkpoint's dtype" (rlhf_kit's own checkpoints are float32 on disk). Returns what was chosen
+    and why, one entry per dtype set."""
+    chosen = []
+    for args in parsed:
+        if getattr(args, "dtype", None) == AUTO:
+            bf16, why = auto_precision(workload(args))
+            args.dtype = "bfloat16" if bf16 else "float32"
+            chosen.append(f"dtype: auto -> {args.dtype} ({why})")
+    return chosen
+
+
+def precision_line(choices: list[str]) -> str:
+    """``key: auto -> value (why)`` choices as one line, each reason said once: "bf16: auto -> false, dtype: auto ->
+    float32 (why)"."""
+    groups: dict[str, list[str]] = {}
+    for choice in choices:
+        what, _, why = choice.partition(" (")
+        groups.setdefault(why, []).append(what)
+    return "; ".join(f"{', '.join(whats)} ({why}" for why, whats in groups.items())
+
+
+def has_gpu() -> bool:
+    """Whether a CUDA GPU is visible (otherwise every process runs on the CPU)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_accelerate_config(config: dict, name: str) -> None:
+    """Refuse an accelerate config (file values with command-line overrides applied) that cannot launch here."""
+    kind = str(config.get("distributed_type", "NO"))
+    machines = int(config.get("num_machines") or 1)
+    processes = int(config.get("num_processes") or 1)
+    if processes % machines:
+        raise UserError(f"{name}: num_processes={processes} (all machines together) is not divisible by "
+                        f"num_machines={machines}; use processes per machine x num_machines")
+    if machines > 1 and not config.get("main_process_ip"):
+        raise UserError(f"{name}: num_machines={machines} but no main_process_ip; pass --main_process_ip <address of "
+                        "the machine_rank 0 node> (and the same --main_process_port) on every node")
+    on_cpu = bool(config.get("use_cpu")) or not has_gpu()
+    if kind in SHARDED and str(config.get("mixed_precision", "no")) == "bf16" and on_cpu and not cpu_supports_bf16():
+        raise UserError(f"{name}: mixed_precision bf16 with {kind} on a CPU without bf16 support (no avx512_bf16 or "
+                        "amx_bf16 in /proc/cpuinfo); set mixed_precision: \"no\" or pass --mixed_precision no")
+
+
+def launched_sharding(env=None) -> str | None:
+    """The sharding ``accelerate launch`` started this process with: 'FSDP', 'ZeRO-<stage>', or None."""
+    env = os.environ if env is None else env
+    if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "FSDP"
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return f"ZeRO-{env.get('ACCELERATE_DEEPSPEED_ZERO_STAGE', '?')}"
+    return None
+
+
+def check_stage_hardware(parsed: tuple, env=None) -> None:
+    """Refuse a stage the launched sharding cannot run (called on the parsed arguments, before any model loads)."""
+    from rlhf_kit.integrations.trl import ModelConfig
+
+    env = os.environ if env is None else env
+    sharding = launched_sharding(env)
+    if sharding is None:
+        return
+    config = env.get(CONFIG_ENV) or f"the accelerate config ({sharding})"
+    model_args = next((a for a in parsed if isinstance(a, ModelConfig)), None)
+    if sharding in ("FSDP", "ZeRO-3") and model_args is not None and model_args.load_in_4bit:
+        raise UserError(f"load_in_4bit (QLoRA) cannot run under {sharding} ({config}): bitsandbytes packs 4-bit "
+                        "weights into uint8 blocks that this sharding cannot split; use a data-parallel config "
+                        "(recipes/accelerate/multi_gpu.yaml or cpu_2proc.yaml) or drop load_in_4bit")

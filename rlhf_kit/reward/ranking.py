@@ -1,0 +1,203 @@
+"""InstructGPT's K-wise reward-model loss: all C(K, 2) comparisons of a prompt as one batch element.
+
+Ouyang et al. (2022), Sec. 3.5, Eq. 1: loss(theta) = -1/C(K,2) E[log sigma(r(x, y_w) - r(x, y_l))] over every pair of
+the K ranked responses of a prompt. Each completion is forwarded once (K passes instead of the K(K-1) of the
+expanded pairs) and the correlated pairs of one prompt stay in one element, which InstructGPT found stops the
+reward model over-fitting. Ties make no pair. Identical responses are forwarded once and their pairs weighted by
+multiplicity, so the loss equals the mean of the expanded pairwise losses exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from rlhf_kit.core.errors import UserError
+from rlhf_kit.data import rows as canonical
+from rlhf_kit.data.datasets import pad_right, reply_ids
+from rlhf_kit.integrations.trl import RewardTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def kwise_loss(rewards: torch.Tensor, group: torch.Tensor, ranks: torch.Tensor, weights: torch.Tensor | None = None,
+               margins: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean over prompts of the weighted mean over their ordered pairs of -log sigma(r_w - r_l - margin).
+
+    ``rewards``, ``group`` (prompt index), ``ranks`` (0 = best) and ``weights`` (multiplicity) are per completion;
+    ``margins`` (optional, per completion) gives a pair the margin ``margins_w - margins_l`` (graded scores).
+    Returns (loss, per-pair correctness, per-pair weight) for metrics.
+    """
+    rewards = rewards.float()  # the loss in fp32 whatever the model computes in (bf16 under QLoRA)
+    weights = torch.ones_like(rewards) if weights is None else weights.float()
+    better = (group[:, None] == group[None, :]) & (ranks[:, None] < ranks[None, :])  # [w, l] pairs of one prompt
+    w_idx, l_idx = better.nonzero(as_tuple=True)
+    diff = rewards[w_idx] - rewards[l_idx]
+    if margins is not None:
+        diff = diff - (margins[w_idx] - margins[l_idx])
+    pair_weight = weights[w_idx] * weights[l_idx]
+    pair_loss = -nn.functional.logsigmoid(diff) * pair_weight
+    n_groups = int(group.max().item()) + 1
+    group_loss = torch.zeros(n_groups, device=rewards.device, dtype=rewards.dtype).index_add(0, group[w_idx], pair_loss)
+    group_weight = torch.zeros(n_groups, device=rewards.device, dtype=rewards.dtype).index_add(
+        0, group[w_idx], pair_weight)
+    has_pairs = group_weight > 0
+    loss = (group_loss[has_pairs] / group_weight[has_pairs]).mean()
+    return loss, (rewards[w_idx] > rewards[l_idx]).float(), pair_weight
+
+
+class RankingCollator:
+    """Pads the completions of a batch of rankings into one [sum K, L] batch with group, rank and weight vectors."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        seqs, group, ranks, weights, margins = [], [], [], [], []
+        for g, ex in enumerate(examples):
+            for ids, rank, weight, margin in zip(ex["completion_ids"], ex["ranks"], ex["weights"],
+                                                 ex.get("margins") or [0.0] * len(ex["ranks"])):
+                seqs.append(ids)
+                group.append(g)
+                ranks.append(rank)
+                weights.append(weight)
+                margins.append(margin)
+        input_ids, attention_mask = pad_right(seqs, self.pad_token_id)
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "group": torch.tensor(group),
+            "ranks": torch.tensor(ranks),
+            "weights": torch.tensor(weights, dtype=torch.float),
+        }
+        if "margins" in examples[0]:
+            batch["margins"] = torch.tensor(margins, dtype=torch.float)
+        return batch
+
+
+def dedupe_ranking(responses: list[str], ranks: list[int], scores: list[float] | None = None) -> dict:
+    """Unique responses with their rank and multiplicity (identical responses always share a rank)."""
+    unique: dict[str, dict] = {}
+    for i, (r, k) in enumerate(zip(responses, ranks)):
+        if r in unique:
+            unique[r]["weight"] += 1.0
+        else:
+            unique[r] = {"rank": k, "weight": 1.0, "score": scores[i] if scores else 0.0}
+    return {
+        "responses": list(unique),
+        "ranks": [u["rank"] for u in unique.values()],
+        "weights": [u["weight"] for u in unique.values()],
+        "scores": [u["score"] for u in unique.values()],
+    }
+
+
+def spread_over_ranks(ranks: list[int], k_max: int) -> list[int]:
+    """Indices of at most ``k_max`` responses, spread evenly over the rank order so best and worst both stay."""
+    if len(ranks) <= k_max:
+        return list(range(len(ranks)))
+    order = sorted(range(len(ranks)), key=lambda i: ranks[i])
+    return sorted({order[round(j * (len(order) - 1) / (k_max - 1))] for j in range(k_max)})
+
+
+class RankingRewardTrainer(RewardTrainer):
+    """TRL's RewardTrainer on ranked lists: one element per prompt, the K-wise loss above.
+
+    Rows: ``prompt`` (messages), ``responses`` (strings), ``ranks`` (0 = best), optional ``scores`` (graded labels,
+    used as margins when ``use_margins``).
+    """
+
+    def __init__(self, *args, use_margins: bool = False, **kwargs):
+        self.use_margins = use_margins
+        tokenizer = kwargs.get("processing_class")
+        kwargs.setdefault("data_collator", RankingCollator(tokenizer.pad_token_id))
+        super().__init__(*args, **kwargs)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if "completion_ids" in dataset.column_names:
+            return dataset
+        use_margins = self.use_margins
+
+        def tokenize(row):
+            unique = dedupe_ranking(row["responses"], row["ranks"], row.get("scores"))
+            ids = [reply_ids(processing_class, row["prompt"], r) for r in unique["responses"]]
+            out = {"completion_ids": ids, "ranks": unique["ranks"], "weights": unique["weights"]}
+            if use_margins:
+                out["margins"] = unique["scores"]
+            return out
+
+        return dataset.map(tokenize, remove_columns=dataset.column_names)
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["completion_ids", "ranks", "weights", "margins"]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        rewards = outputs.logits.squeeze(-1)
+        loss, correct, pair_weight = kwise_loss(rewards, inputs["group"], inputs["ranks"], inputs["weights"],
+                                                inputs.get("margins"))
+        if self.args.center_rewards_coefficient is not None:
+            loss = loss + self.args.center_rewards_coefficient * torch.mean(rewards**2)
+        with torch.no_grad():
+            accuracy = (correct * pair_weight).sum() / pair_weight.sum().clamp(min=1)
+            self._metrics[mode]["accuracy"].append(self.accelerator.gather_for_metrics(accuracy).mean().item())
+            self._metrics[mode]["mean_reward"].append(rewards.mean().item())
+            self._metrics[mode]["completions"].append(float(len(rewards)))
+        return (loss, outputs) if return_outputs else loss
+
+
+def build_ranking_dataset(ds, tokenizer, max_length: int | None, path: str, k_max: int = 9,
+                          max_rows: int | None = None):
+    """Ranked lists for the K-wise loss; rankings with fewer than two distinct ranks are dropped and counted."""
+    from rlhf_kit.data.datasets import filter_counted
+
+    if "responses" not in ds.column_names or "ranks" not in ds.column_names:
+        raise UserError(f"ranking_loss kwise needs ranked responses (columns prompt, responses, ranks) but {path} "
+                        f"has {', '.join(ds.column_names)}; set ranking_loss: pairwise for a pairs-only dataset")
+    empty = sum(not r.strip() for rs in ds["responses"] for r in rs)
+    if empty:  # an empty response is a bad row of its ranking, not a reason to lose the ranking
+        print(f"[reward] removed {empty} empty responses from rankings in {path}")
+        ds = ds.map(canonical.drop_empty_responses)
+    over_k = sum(len(r) > k_max for r in ds["ranks"])
+    if over_k:
+        print(f"[reward] {over_k} rankings have more than k_max={k_max} responses; keeping {k_max} spread over "
+              "each ranking's order")
+        ds = ds.map(lambda r: canonical.select_responses(r, spread_over_ranks(r["ranks"], k_max)))
+
+    def keep(row):
+        reason = canonical.check_ranking(row)
+        if reason:
+            return reason
+        if max_length and max(len(reply_ids(tokenizer, row["prompt"], r)) for r in row["responses"]) > max_length:
+            return f"longer than max_length={max_length}"
+        return None
+
+    columns = [c for c in ("prompt", "responses", "ranks", "scores") if c in ds.column_names]
+    ds, _ = filter_counted(ds.select_columns(columns), keep, "reward", path)
+    return ds.select(range(min(max_rows, len(ds)))) if max_rows else ds
+
+
+def build_reward_trainer(ranking_loss: str, use_margins: bool = False, **kwargs):
+    """The reward trainer for ``ranking_loss``: :class:`RankingRewardTrainer` (K-wise) or TRL's pairwise one."""
+    if ranking_loss == "kwise":
+        return RankingRewardTrainer(use_margins=use_margins, **kwargs)
+    return RewardTrainer(**kwargs)
+
+
+def build_reward_dataset(ds, path: str, tokenizer, max_length: int | None, ranking_loss: str, k_max: int,
+                         max_rows: int | None = None):
+    """Comparisons for the chosen loss: ranked lists for ``kwise``; pairs for ``pairwise`` (expanding ranked lists
+    into their C(K, 2) pairs when the dataset has rankings). ``path`` names the data in messages."""
+    from datasets import Dataset
+
+    from rlhf_kit.data.datasets import build_preference_dataset
+
+    if ranking_loss == "kwise":
+        return build_ranking_dataset(ds, tokenizer, max_length, path, k_max, max_rows)
+    if "responses" in ds.column_names and "ranks" in ds.column_names:
+        ds = Dataset.from_list([p for row in build_ranking_dataset(ds, tokenizer, None, path, k_max)
+                                for p in canonical.expand_pairs(row)])
+    return build_preference_dataset(ds, tokenizer, max_length, path, max_rows)

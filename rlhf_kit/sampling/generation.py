@@ -1,0 +1,121 @@
+"""Sampling responses from a policy for a batch of chat prompts (demonstrations, comparisons and evaluation).
+
+A decode loop of its own on the model's forward and transformers' ``DynamicCache`` rather than ``model.generate``,
+for three savings ``generate`` does not make (SmolLM2-135M, 96 new tokens, IFEval prompts, 2 CPU cores, measured
+in the 2026-11-30 session, bf16 on a CPU without AMX): prompts are batched by length, so a batch pads little (IFEval
+prompts padded in file order cost 1.47x their tokens); each prompt's K samples share one prefill (``generate``
+repeats the prompt K times before it); and a response that has ended leaves the batch (``generate`` keeps decoding
+it until the batch's longest response ends, and at 96 tokens nearly every batch of 64 has one cut off). 128 eval
+prompts, K=1: 74 s -> 55 s; 32 comparison prompts, K=4: 71 s -> 39 s.
+"""
+
+from __future__ import annotations
+
+
+def sample_responses(model, tokenizer, prompts: list[list[dict]], k: int = 1, temperature: float = 1.0,
+                     max_new_tokens: int = 32, batch_size: int = 64, seed: int = 0, finished: list | None = None,
+                     progress: str | None = None) -> list[list[str]]:
+    """``k`` sampled responses per prompt (a list of messages), decoded without special tokens, in prompt order.
+
+    Plain sampling at ``temperature`` (no top-k, no top-p), ``batch_size`` prompts (``batch_size`` x ``k``
+    sequences) at a time; a response ends at the tokenizer's end token or after ``max_new_tokens``.
+    ``finished``: a list to extend with, per prompt, whether each response ended with the end token (False: cut
+    off at ``max_new_tokens``); ``progress``: a label for a progress bar (see :func:`sample_ids`)."""
+    import torch
+
+    from rlhf_kit.data.datasets import chat_ids
+
+    torch.manual_seed(seed)
+    ids = [chat_ids(tokenizer, p, add_generation_prompt=True) for p in prompts]
+    tokens = sample_ids(model, tokenizer, ids, k, temperature, max_new_tokens, batch_size, progress=progress)
+    if finished is not None:
+        finished.extend([tokenizer.eos_token_id in s for s in per_prompt] for per_prompt in tokens)
+    return [[tokenizer.decode(s, skip_special_tokens=True).strip() for s in per_prompt] for per_prompt in tokens]
+
+
+_EOS = object()  # sample_ids' default end token: the tokenizer's
+
+
+def sample_ids(model, tokenizer, ids: list[list[int]], k: int, temperature: float, max_new_tokens: int,
+               batch_size: int = 64, end_token_id=_EOS, seeds: list[int] | None = None,
+               progress: str | None = None) -> list[list[list[int]]]:
+    """Per prompt (token ids), ``k`` sampled token lists, each ending with ``end_token_id`` when it ended on its own
+    (default: the tokenizer's end token; None: every response runs to ``max_new_tokens``). ``batch_size`` prompts of
+    similar length are sampled together. Draws come from the global torch RNG, or with ``seeds`` (one per prompt)
+    from a generator per sampled sequence: then a prompt's samples do not depend on which prompts share its batch
+    or process (PPO's rollouts come out the same on any number of processes). ``progress``: a label; then a bar on
+    stderr counts prompts done / total with sampled tokens per second and the time left (tqdm; off with
+    ``TQDM_DISABLE=1``): sampling a real model's comparisons takes minutes, and silence looks like a hang."""
+    from rlhf_kit.data.datasets import length_batches
+
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 to sample, got {temperature}")
+    model.eval()
+    end = tokenizer.eos_token_id if end_token_id is _EOS else end_token_id
+    tokens: list[list[list[int]]] = [[] for _ in ids]
+    bar = None
+    if progress:
+        import time
+
+        from tqdm.auto import tqdm
+
+        bar, started, drawn = tqdm(total=len(ids), desc=progress, unit="prompt", mininterval=2), time.perf_counter(), 0
+    for batch in length_batches(ids, batch_size):  # similar lengths together: little padding
+        batch_seeds = None if seeds is None else [seeds[i] for i in batch]
+        for i, sampled in zip(batch, _sample_batch(model, tokenizer, [ids[i] for i in batch], k, temperature,
+                                                   max_new_tokens, end, batch_seeds)):
+            tokens[i] = sampled
+        if bar is not None:
+            drawn += sum(len(s) for i in batch for s in tokens[i])
+            bar.set_postfix_str(f"{drawn / (time.perf_counter() - started):.0f} tokens/s", refresh=False)
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    return tokens
+
+
+def _sample_batch(model, tokenizer, ids: list[list[int]], k: int, temperature: float,
+                  max_new_tokens: int, eos: int | None, seeds: list[int] | None = None) -> list[list[list[int]]]:
+    """Per prompt, ``k`` sampled token lists (each ending with ``eos`` when it ended on its own); ``seeds``: one
+    per prompt, sample j of prompt i drawn from a generator seeded with (seeds[i], j)."""
+    import torch
+    from transformers import DynamicCache
+
+    # Left padding: every prompt's last token is in the last column, where decoding continues.
+    padded = tokenizer.pad({"input_ids": ids}, padding_side="left", return_tensors="pt").to(model.device)
+    input_ids, mask = padded["input_ids"], padded["attention_mask"]
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                       logits_to_keep=1).logits[:, -1]
+        if k > 1:  # one prefill per prompt, then its k samples part ways
+            logits, mask, positions = (t.repeat_interleave(k, 0) for t in (logits, mask, positions))
+            cache.batch_repeat_interleave(k)
+        rows = list(range(len(ids) * k))  # the sequence each remaining batch row belongs to
+        generators = None if seeds is None else [
+            torch.Generator(device=logits.device).manual_seed(seeds[j // k] * 1009 + j % k) for j in rows]
+        sampled: list[list[int]] = [[] for _ in rows]
+        position = positions[:, -1]
+        for step in range(max_new_tokens):
+            probs = torch.softmax(logits.float() / temperature, dim=-1)
+            if generators is None:
+                next_tokens = torch.multinomial(probs, 1).squeeze(1)
+            else:
+                next_tokens = torch.cat([torch.multinomial(p, 1, generator=generators[row])
+                                         for p, row in zip(probs, rows)])
+            for row, token in zip(rows, next_tokens.tolist()):
+                sampled[row].append(token)
+            going = next_tokens != eos if eos is not None else torch.ones_like(next_tokens, dtype=torch.bool)
+            if step == max_new_tokens - 1 or not bool(going.any()):
+                break
+            if not bool(going.all()):  # ended responses leave the batch (and the cache) instead of decoding on
+                keep = going.nonzero().squeeze(1)
+                rows = [rows[j] for j in keep.tolist()]
+                next_tokens, mask, position = next_tokens[keep], mask[keep], position[keep]
+                cache.batch_select_indices(keep)
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+            position = position + 1
+            logits = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=position[:, None],
+                           cache=cache, use_cache=True).logits[:, -1]
+    return [sampled[j * k : (j + 1) * k] for j in range(len(ids))]
