@@ -18,8 +18,13 @@ STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install chromium test test-gpu lint demo rounds bench-rounds real import world demos base sft compare reward ppo eval bench-reward bench-ppo bench-label bench-alignment-tax ppo-golden push data-validate data-preview clean \
+.PHONY: help install chromium test test-gpu lint demo rounds bench-rounds real import world demos base sft compare reward ppo eval bench-reward bench-ppo bench-label bench-alignment-tax ppo-golden push data-validate data-preview clean \
 	label label-export label-screenshots
+
+# Every stage, from the one registry (rlhf_kit/core/stages.py): what it does, what it reads and writes.
+help:
+	@$(PYTHON) -m rlhf_kit.cli stages
+	@echo; echo "make demo (every demo stage), make real (the SmolLM2 track), make rounds, make test; README.md has the rest"
 
 install: $(STAMP)
 

@@ -42,7 +42,7 @@ def main(run_dirs: list[str]) -> None:
         logs = [r for r in json.loads((run / "ppo" / "log_history.json").read_text()) if "ppo/kl" in r]
         line += f"; last ppo/kl {logs[-1]['ppo/kl']:.3f}, ppo/kl_coef {logs[-1].get('ppo/kl_coef', float('nan')):.4f}"
         if (run / "summary.json").is_file():
-            gold = json.loads((run / "summary.json").read_text())["gold_score"]
+            gold = json.loads((run / "summary.json").read_text())["judge_score"]
             line += f"; gold sft {gold['sft']:.4f}, ppo {gold['ppo']:.4f}"
         print(line)
 

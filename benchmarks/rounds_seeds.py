@@ -13,7 +13,7 @@ from pathlib import Path
 FIGURES = [  # (key in a round's row, label)
     ("win_rate_vs_sft", "win rate vs SFT"),
     ("win_rate_vs_sft_ci_low", "  95% CI low"),
-    ("gold_score", "judge score"),
+    ("judge_score", "judge score"),
     ("rm_accuracy_after", "RM accuracy"),
     ("rm_accuracy_before", "RM accuracy before retraining"),
     ("rm_accuracy_round1_comparisons", "RM accuracy on round 1's comparisons"),

@@ -5,7 +5,7 @@ pretrained on the demo world's corpus (which this stage also writes), saved with
 """
 
 from rlhf_kit.integrations.trl import SFTConfig
-from rlhf_kit.run.configs import BaseArguments, make_stage_parser, run_recipe
+from rlhf_kit.run.configs import BaseArguments, run_recipe, stage_parser
 
 
 def main(script_args: BaseArguments, training_args: SFTConfig):
@@ -44,8 +44,9 @@ def main(script_args: BaseArguments, training_args: SFTConfig):
 
 
 def make_parser():
-    """The stage's config parser (TRL's TrlParser over its dataclasses); the same as `rlhf-kit base`."""
-    return make_stage_parser((BaseArguments, SFTConfig))
+    """The stage's config parser (TRL's TrlParser over the dataclasses of its entry in rlhf_kit.core.stages); the
+    same as `rlhf-kit base`."""
+    return stage_parser("base")
 
 
 if __name__ == "__main__":

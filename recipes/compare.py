@@ -9,7 +9,7 @@ queue instead (``rlhf-kit label``; README "Human labels").
         --label_db runs/labels/labels.db
 """
 
-from rlhf_kit.run.configs import CompareArguments, make_stage_parser, run_recipe
+from rlhf_kit.run.configs import CompareArguments, run_recipe, stage_parser
 
 
 def main(args: CompareArguments):
@@ -58,8 +58,9 @@ def main(args: CompareArguments):
 
 
 def make_parser():
-    """The stage's config parser (TRL's TrlParser over its dataclasses); the same as `rlhf-kit compare`."""
-    return make_stage_parser((CompareArguments,))
+    """The stage's config parser (TRL's TrlParser over the dataclasses of its entry in rlhf_kit.core.stages); the
+    same as `rlhf-kit compare`."""
+    return stage_parser("compare")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ rows) for the sft stage, and every sample, unranked, to ``samples.jsonl`` (the c
     python recipes/demos.py --config recipes/configs/smollm2-135m-ifeval/demos.yaml
 """
 
-from rlhf_kit.run.configs import DemosArguments, make_stage_parser, run_recipe
+from rlhf_kit.run.configs import DemosArguments, run_recipe, stage_parser
 
 
 def main(args: DemosArguments):
@@ -46,8 +46,9 @@ def main(args: DemosArguments):
 
 
 def make_parser():
-    """The stage's config parser (TRL's TrlParser over its dataclasses); the same as `rlhf-kit demos`."""
-    return make_stage_parser((DemosArguments,))
+    """The stage's config parser (TRL's TrlParser over the dataclasses of its entry in rlhf_kit.core.stages); the
+    same as `rlhf-kit demos`."""
+    return stage_parser("demos")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ the reward model and PPO never saw (InstructGPT judged its policies by held-out 
 (Named after the stage, not `evaluate.py`: a script of that name would shadow the `evaluate` library.)
 """
 
-from rlhf_kit.run.configs import EvalArguments, make_stage_parser, run_recipe
+from rlhf_kit.run.configs import EvalArguments, run_recipe, stage_parser
 
 
 def main(args: EvalArguments):
@@ -16,6 +16,7 @@ def main(args: EvalArguments):
     from pathlib import Path
 
     from rlhf_kit.core import runs
+    from rlhf_kit.core.stages import TRAINS_ON
     from rlhf_kit.data.datasets import load_rows
     from rlhf_kit.data.rows import write_jsonl
     from rlhf_kit.eval import evaluation as ev
@@ -45,8 +46,8 @@ def main(args: EvalArguments):
     rows = load_rows(args.eval_dataset_path).to_list()
     judge = load_judge(args.judge)
     judge.check_rows(rows, args.eval_dataset_path)
-    trained_on = {name: ev.stage_rows(path, ev.TRAINING_DATA[stage]) for name, path in stages.items()
-                  if (stage := runs.read_config(path).get("stage")) in ev.TRAINING_DATA}
+    trained_on = {name: ev.stage_rows(path, TRAINS_ON[stage]) for name, path in stages.items()
+                  if (stage := runs.read_config(path).get("stage")) in TRAINS_ON}
     ev.require_disjoint(rows, trained_on)
     run.start(args)
 
@@ -83,7 +84,6 @@ def main(args: EvalArguments):
         accuracy, n = ev.rm_accuracy(reward_model, tokenizer, ev.heldout_judged_pairs(reference, judge))
         summary["rm_accuracy_reference"] = {"comparisons": args.reference_comparisons, "accuracy": accuracy,
                                             "pairs": n}
-    report.add_legacy_keys(summary)
     summary["wall_seconds"] = {s: runs.read_marker(p)["wall_seconds"] for s, p in stages.items()}
     summary["wall_seconds"]["eval"] = round(time.time() - run.started, 2)
 
@@ -94,7 +94,8 @@ def main(args: EvalArguments):
     if "judge_report" in summary:
         report.plot_per_type(summary["judge_report"], out / "per_type.png")
     if rm_scores:
-        report.plot_gold_vs_rm({p: {"gold": scores[p], "rm": rm_scores[p]} for p in policies}, out / "gold_vs_rm.png")
+        per_policy = {p: {"judge": scores[p], "rm": rm_scores[p]} for p in policies}
+        report.plot_judge_vs_rm(per_policy, out / "judge_vs_rm.png")
     report.write_summary(out.parent, summary)  # next to the eval folder: <run_dir>/summary.json by default
     report.write_report(out.parent, summary, samples, out.name)
     write_jsonl(out / "samples.jsonl", [{"prompt": ev.prompt_text(row), **{p: responses[p][i] for p in policies}}
@@ -105,8 +106,9 @@ def main(args: EvalArguments):
 
 
 def make_parser():
-    """The stage's config parser (TRL's TrlParser over its dataclasses); the same as `rlhf-kit eval`."""
-    return make_stage_parser((EvalArguments,))
+    """The stage's config parser (TRL's TrlParser over the dataclasses of its entry in rlhf_kit.core.stages); the
+    same as `rlhf-kit eval`."""
+    return stage_parser("eval")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ the largest logit difference between the GGUF-loaded model and the saved one on 
     python recipes/import.py --model_name_or_path model.gguf --output_dir runs/mine/import
 """
 
-from rlhf_kit.run.configs import ImportArguments, make_stage_parser, run_recipe
+from rlhf_kit.run.configs import ImportArguments, run_recipe, stage_parser
 
 
 def main(args: ImportArguments):
@@ -27,8 +27,9 @@ def main(args: ImportArguments):
 
 
 def make_parser():
-    """The stage's config parser (TRL's TrlParser over its dataclasses); the same as `rlhf-kit import`."""
-    return make_stage_parser((ImportArguments,))
+    """The stage's config parser (TRL's TrlParser over the dataclasses of its entry in rlhf_kit.core.stages); the
+    same as `rlhf-kit import`."""
+    return stage_parser("import")
 
 
 if __name__ == "__main__":

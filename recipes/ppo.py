@@ -8,7 +8,7 @@ TRL 1.12's config keys): resumable after a kill, PPO-ptx, adaptive KL.
 
 from rlhf_kit.integrations.trl import ModelConfig
 from rlhf_kit.ppo.config import PPOConfig
-from rlhf_kit.run.configs import PPOArguments, make_stage_parser, run_recipe
+from rlhf_kit.run.configs import PPOArguments, run_recipe, stage_parser
 
 
 def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelConfig):
@@ -53,8 +53,9 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
 
 
 def make_parser():
-    """The stage's config parser (TRL's TrlParser over its dataclasses); the same as `rlhf-kit ppo`."""
-    return make_stage_parser((PPOArguments, PPOConfig, ModelConfig))
+    """The stage's config parser (TRL's TrlParser over the dataclasses of its entry in rlhf_kit.core.stages); the
+    same as `rlhf-kit ppo`."""
+    return stage_parser("ppo")
 
 
 if __name__ == "__main__":

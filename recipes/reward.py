@@ -7,7 +7,7 @@ what PPO loads.
 """
 
 from rlhf_kit.integrations.trl import ModelConfig, RewardConfig
-from rlhf_kit.run.configs import RewardArguments, make_stage_parser, run_recipe
+from rlhf_kit.run.configs import RewardArguments, run_recipe, stage_parser
 
 
 def main(script_args: RewardArguments, training_args: RewardConfig, model_args: ModelConfig):
@@ -62,8 +62,9 @@ def main(script_args: RewardArguments, training_args: RewardConfig, model_args: 
 
 
 def make_parser():
-    """The stage's config parser (TRL's TrlParser over its dataclasses); the same as `rlhf-kit reward`."""
-    return make_stage_parser((RewardArguments, RewardConfig, ModelConfig))
+    """The stage's config parser (TRL's TrlParser over the dataclasses of its entry in rlhf_kit.core.stages); the
+    same as `rlhf-kit reward`."""
+    return stage_parser("reward")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ assistant tokens only. Wraps TRL's ``SFTTrainer``; saves the merged model and th
 """
 
 from rlhf_kit.integrations.trl import ModelConfig, SFTConfig
-from rlhf_kit.run.configs import DataArguments, make_stage_parser, run_recipe
+from rlhf_kit.run.configs import DataArguments, run_recipe, stage_parser
 
 
 def main(script_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig):
@@ -49,8 +49,9 @@ def main(script_args: DataArguments, training_args: SFTConfig, model_args: Model
 
 
 def make_parser():
-    """The stage's config parser (TRL's TrlParser over its dataclasses); the same as `rlhf-kit sft`."""
-    return make_stage_parser((DataArguments, SFTConfig, ModelConfig))
+    """The stage's config parser (TRL's TrlParser over the dataclasses of its entry in rlhf_kit.core.stages); the
+    same as `rlhf-kit sft`."""
+    return stage_parser("sft")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ held-out-type prompts as canonical prompt rows (``prompt`` + ``meta``) for the c
     python recipes/world.py --config recipes/configs/smollm2-135m-ifeval/world.yaml
 """
 
-from rlhf_kit.run.configs import WorldArguments, make_stage_parser, run_recipe
+from rlhf_kit.run.configs import WorldArguments, run_recipe, stage_parser
 
 
 def main(args: WorldArguments):
@@ -26,8 +26,9 @@ def main(args: WorldArguments):
 
 
 def make_parser():
-    """The stage's config parser (TRL's TrlParser over its dataclasses); the same as `rlhf-kit world`."""
-    return make_stage_parser((WorldArguments,))
+    """The stage's config parser (TRL's TrlParser over the dataclasses of its entry in rlhf_kit.core.stages); the
+    same as `rlhf-kit world`."""
+    return stage_parser("world")
 
 
 if __name__ == "__main__":

@@ -15,14 +15,16 @@ from __future__ import annotations
 import argparse
 
 from rlhf_kit.core.errors import exit_on_user_error
+from rlhf_kit.core.stages import DEMO, STAGES, table
 from rlhf_kit.label import cli as label_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf-kit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for stage in STAGES:
-        sub.add_parser(stage, help=f"the {stage} stage's recipe (`rlhf-kit {stage} --help` lists its options)")
+    for stage, entry in STAGES.items():
+        sub.add_parser(stage, help=f"{entry.does} (`rlhf-kit {stage} --help` lists its options)")
+    sub.add_parser("stages", help="every stage: what it does, reads and writes (also `make help`)")
     sub.add_parser("rounds", help="RLHF rounds: compare, reward, ppo, eval, several times (`rlhf-kit rounds --help`)")
     demo = sub.add_parser("demo", help="run every demo stage with the shipped configs (outputs in ./runs/demo)")
     demo.add_argument("--accelerate-config", default=None, help="accelerate YAML for the training stages")
@@ -74,9 +76,7 @@ def data_command(args) -> None:
                 print(json.dumps(row, ensure_ascii=False))
 
 
-DEMO_STAGES = ("base", "sft", "compare", "reward", "ppo", "eval")
-STAGES = ("import", "world", "demos", *DEMO_STAGES)  # the real-model track: GGUF import, IFEval world, demos
-RECIPES = STAGES + ("rounds",)  # `rlhf-kit <recipe> --config ...`
+RECIPES = (*STAGES, "rounds")  # `rlhf-kit <recipe> --config ...`: every stage, and rounds of them
 
 
 def load_recipe(stage: str):
@@ -103,7 +103,7 @@ def demo_command(accelerate_config: str | None = None) -> int:
     from rlhf_kit.core.paths import demo_config
     from rlhf_kit.run.launch import stage_command
 
-    for stage in DEMO_STAGES:
+    for stage in DEMO:
         code = subprocess.call(stage_command(stage, str(demo_config(stage)), [], accelerate_config))
         if code:
             print(f"error: the demo stopped at the {stage} stage (exit {code}); fix what it printed and rerun "
@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
         run_recipe(recipe.main, recipe.make_parser, argv[1:])
         return
     args = build_parser().parse_args(argv)
+    if args.command == "stages":
+        print(table())
     if args.command == "demo":
         sys.exit(demo_command(args.accelerate_config))
     if args.command == "data":

@@ -45,8 +45,10 @@ def test_adapter_only_export_and_model_card_fields(pipeline, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(pipeline / "runs" / "sft", run / "sft")
     (run / "summary.json").write_text(json.dumps({
-        "gold_score": {"base": 0.5, "sft": 0.6, "ppo": 0.8}, "win_rate_ppo_vs_sft": 0.8, "win_rate_ci95": [0.75, 0.85],
-        "rm_accuracy": 0.9, "kl_ppo_sft": 0.2}))
+        "policies": ["base", "sft", "ppo"], "baseline": "sft", "judge_score": {"base": 0.5, "sft": 0.6, "ppo": 0.8},
+        "win_rate_vs_baseline": {"base": {"win_rate": 0.3, "ci95": [0.25, 0.35]},
+                                 "ppo": {"win_rate": 0.8, "ci95": [0.75, 0.85]}},
+        "kl_to_baseline": {"base": 0.3, "ppo": 0.2}, "rm_accuracy": 0.9}))
     out = export_stage(str(run / "sft"), str(tmp_path / "export"), "someone/tiny-sft", adapter_only=True)
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json"} <= {
         p.name for p in out.iterdir()}

@@ -150,6 +150,31 @@ def test_every_subpackage_ships_in_the_wheel():
     assert {"rlhf_kit.recipes", "rlhf_kit.data_cards"} <= listed
 
 
+def test_every_registered_stage_has_its_recipe_parser_and_make_target():
+    """The one registry (rlhf_kit/core/stages.py) against what uses it: each stage's recipe parses the dataclasses
+    its entry names and its main() takes them, the Makefile has its target, launched stages (and only they) go
+    through accelerate, `make demo` and `make real` run the registry's orders."""
+    import importlib
+    import inspect
+    import re
+
+    from rlhf_kit.cli import load_recipe
+    from rlhf_kit.core.stages import DEMO, REAL, ROUND, STAGES
+
+    makefile = (REPO / "Makefile").read_text()
+    for name, stage in STAGES.items():
+        named = [getattr(importlib.import_module(m), c) for m, _, c in (s.partition(":") for s in stage.configs)]
+        recipe = load_recipe(name)
+        assert list(recipe.make_parser().dataclass_types) == named, name
+        assert [p.annotation for p in inspect.signature(recipe.main).parameters.values()] == named, name
+        target = re.search(rf"^{name}: install\n\t(.*)$", makefile, re.M)
+        assert target, f"Makefile has no `{name}:` target"
+        assert ("$(LAUNCH)" in target.group(1)) == stage.launched, name
+    assert set(DEMO) | set(REAL) | set(ROUND) <= set(STAGES)
+    assert f"$(MAKE) --no-print-directory {' '.join(DEMO)}\n" in makefile
+    assert f"$(MAKE) --no-print-directory {' '.join(REAL)} RUN_CONFIGS=$(REAL_CONFIGS)\n" in makefile
+
+
 def test_rlhf_kit_stage_subcommand_runs_the_recipe():
     proc = subprocess.run([sys.executable, "-m", "rlhf_kit.cli", "sft", "--help"], capture_output=True, text=True,
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})

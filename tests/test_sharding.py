@@ -231,3 +231,28 @@ def test_every_accelerate_config_is_documented_with_what_ran_here():
     for path in ACCELERATE.glob("*.yaml"):
         assert f"`{path.name}`" in table, f"{path.name} missing from README's scale-out table"
         yaml.safe_load(path.read_text())
+
+
+def test_hardware_is_configured_once_by_the_runner_and_parsing_changes_nothing(monkeypatch, capsys):
+    """Side effects where they are seen: rlhf_kit.integrations.hardware.configure sets the launch's environment and
+    says so in one line (on rank 0 of a multi-process launch); parsing a stage's config leaves os.environ alone."""
+    import os
+
+    from rlhf_kit.integrations import hardware
+    from rlhf_kit.run.configs import parse_stage_args
+
+    monkeypatch.setattr(hardware, "has_gpu", lambda: False)
+    env = {"RANK": "0", "WORLD_SIZE": "2"}
+    line = hardware.configure(env)
+    assert env["ACCELERATE_USE_CPU"] == "true" and line == "hardware: no GPU; set ACCELERATE_USE_CPU=true"
+    assert capsys.readouterr().err == line + "\n"
+    zero = {"ACCELERATE_USE_DEEPSPEED": "true", "RANK": "1", "WORLD_SIZE": "2"}
+    assert "DS_ACCELERATOR=cpu" in hardware.configure(zero) and capsys.readouterr().err == ""  # rank 1: silent
+    assert zero["ACCELERATE_USE_CPU"] == "false" and zero["DS_ACCELERATOR"] == "cpu"
+    assert hardware.cpu_defaults((), zero) == {"ddp_backend": "gloo"}
+    monkeypatch.setattr(hardware, "has_gpu", lambda: True)
+    assert hardware.configure({}) is None and hardware.cpu_defaults((), {}) == {}
+
+    before = dict(os.environ)
+    parse_stage_args(recipe_dataclasses(load_recipe("ppo")), config_args("ppo"))
+    assert dict(os.environ) == before

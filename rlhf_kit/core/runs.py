@@ -10,18 +10,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import time
 from pathlib import Path
 
 import yaml
 
 from rlhf_kit.core.errors import UserError
+from rlhf_kit.core.stages import hint
 
 MARKER = "stage_complete.json"
 RESOLVED_CONFIG = "rlhf_kit_config.yaml"
-STAGES = ("base", "sft", "compare", "reward", "ppo", "eval")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
@@ -37,19 +35,22 @@ def is_complete(path: str | os.PathLike) -> bool:
     return (Path(path) / MARKER).is_file()
 
 
+def is_hub_id(name: str, owner: bool = False) -> bool:
+    """Whether ``name`` is a repository id as the Hub accepts it (``huggingface_hub``'s own check), ``owner/name``
+    when ``owner``, else ``name`` alone too."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return "/" in name or not owner
+
+
 def looks_like_hub_id(name: str) -> bool:
     """``org/name`` or ``name`` with no local meaning (not an existing path, not ``./`` or absolute)."""
-    return bool(_HUB_ID.match(name)) and not os.path.exists(name) and not name.startswith(("runs/", "."))
-
-
-REAL_STAGES = ("import", "world", "demos")  # the real-model track's own stages (recipes/configs/smollm2-135m-ifeval)
-
-
-def _stage_hint(path: str) -> str:
-    stage = Path(path).name
-    if stage in REAL_STAGES:
-        return f"run the {stage} stage first (`make real` runs every stage of the real-model track)"
-    return f"run `make {stage}` first" if stage in STAGES else "check the path"
+    return is_hub_id(name) and not os.path.exists(name) and not name.startswith(("runs/", "."))
 
 
 def require_stage_output(path: str, what: str) -> None:
@@ -60,14 +61,14 @@ def require_stage_output(path: str, what: str) -> None:
             raise UserError(f"{what} {path} is unfinished (no {MARKER}); rerun that stage to complete it")
         return
     if not looks_like_hub_id(path):
-        raise UserError(f"{what} {path} not found; {_stage_hint(path)}")
+        raise UserError(f"{what} {path} not found; {hint(Path(path).name)}")
 
 
 def require_complete_stage(path: str, what: str) -> None:
     """Refuse a stage folder that is missing or unfinished (``what`` leads the message)."""
     if not is_complete(path):
         state = "unfinished" if Path(path).exists() else "missing"
-        raise UserError(f"{what} {path} is {state}; {_stage_hint(path)}")
+        raise UserError(f"{what} {path} is {state}; {hint(Path(path).name)}")
 
 
 def skip_if_complete(output_dir: str, stage: str, force: bool) -> bool:

@@ -14,7 +14,6 @@ from rlhf_kit.data.datasets import chat_ids, length_batches, pad_right, reply_id
 from rlhf_kit.data.rows import prompt_key
 
 # The data each kind of stage trained on, by the card stage it was read as: evaluation prompts must avoid them all.
-TRAINING_DATA = {"sft": "sft", "reward": "comparisons", "ppo": "prompts"}
 
 
 def compare_policies(rows: list[dict], responses: dict[str, list[str]], models: dict, tokenizer, judge, baseline: str,
@@ -33,8 +32,8 @@ def compare_policies(rows: list[dict], responses: dict[str, list[str]], models: 
     summary = {
         "policies": policies,
         "baseline": baseline,
-        "gold_score": {p: mean(scores[p]) for p in policies},
-        "gold_rules": {p: {k: mean([j.rules[k] for j in judged[p]]) for k in judge.rule_names} for p in policies},
+        "judge_score": {p: mean(scores[p]) for p in policies},
+        "judge_rules": {p: {k: mean([j.rules[k] for j in judged[p]]) for k in judge.rule_names} for p in policies},
         "response_length": {p: mean([len(tokenizer(r)["input_ids"]) for r in responses[p]]) for p in policies},
         "eval_prompts": len(rows),
         "win_rate_vs_baseline": {},

@@ -13,20 +13,14 @@ def compared(summary: dict) -> tuple[str, str]:
 
 
 def headline(summary: dict) -> str:
-    """One line with the numbers that say whether RLHF helped (policies ordered by judge score). Summaries written
-    before evaluation took any policies (PPO vs SFT keys only) still read."""
-    if "win_rate_vs_baseline" not in summary:
-        summary = {**summary, "policies": list(summary["gold_score"]), "baseline": "sft",
-                   "win_rate_vs_baseline": {"ppo": {"win_rate": summary["win_rate_ppo_vs_sft"],
-                                                    "ci95": summary["win_rate_ci95"]}},
-                   "kl_to_baseline": {"ppo": summary["kl_ppo_sft"]}}
+    """One line with the numbers that say whether RLHF helped (policies ordered by judge score)."""
     policy, baseline = compared(summary)
     win = summary["win_rate_vs_baseline"][policy]
-    g, (lo, hi) = summary["gold_score"], win["ci95"]
+    g, (lo, hi) = summary["judge_score"], win["ci95"]
     order = " < ".join(f"{p} {g[p]:.3f}" for p in sorted(g, key=g.get))
     rm = f"; RM accuracy {summary['rm_accuracy']:.2f}" if "rm_accuracy" in summary else ""
     line = (f"{policy.upper()} beats {baseline.upper()} on {win['win_rate']:.0%} of held-out prompts "
-            f"(95% CI {lo:.0%}-{hi:.0%}); gold score {order}{rm}; KL({policy}||{baseline}) "
+            f"(95% CI {lo:.0%}-{hi:.0%}); judge score {order}{rm}; KL({policy}||{baseline}) "
             f"{summary['kl_to_baseline'][policy]:.3f}/token")
     reports = summary.get("judge_report") or {}
     if all("follows_and_task" in r for r in reports.values()) and reports:  # a judge that sees the whole answer
@@ -34,14 +28,6 @@ def headline(summary: dict) -> str:
                  f"{r['follows_and_task']['ci95'][1]:.3f}]" for p, r in reports.items()]
         line += f"; follows and does the task: {', '.join(cells)}"
     return line
-
-
-def add_legacy_keys(summary: dict) -> None:
-    """The PPO-vs-SFT keys of the first summaries (other tools read them), when the run has both policies."""
-    win = summary["win_rate_vs_baseline"].get("ppo")
-    if summary["baseline"] == "sft" and win:
-        summary |= {"win_rate_ppo_vs_sft": win["win_rate"], "win_rate_ci95": win["ci95"],
-                    "win_tie_loss": win["win_tie_loss"], "kl_ppo_sft": summary["kl_to_baseline"]["ppo"]}
 
 
 def plot_training(stage_dir: str, path: Path, selected: int | None = None) -> bool:
@@ -106,9 +92,9 @@ def _twin_panel(ax, records: list[dict], left: tuple, right: tuple, title: str) 
     ax.legend(handles=ax.get_lines() + twin.get_lines(), fontsize=8)
 
 
-def plot_gold_vs_rm(per_policy: dict[str, dict[str, list[float]]], path: Path) -> None:
-    """Per-policy gold vs reward-model score: a policy whose RM score rises more than its gold score is
-    over-optimising the reward model."""
+def plot_judge_vs_rm(per_policy: dict[str, dict[str, list[float]]], path: Path) -> None:
+    """Per-policy judge vs reward-model score: a policy whose RM score rises more than its judge score is
+    over-optimising the reward model (Gao et al. 2023, "Scaling Laws for Reward Model Overoptimization")."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,10 +102,10 @@ def plot_gold_vs_rm(per_policy: dict[str, dict[str, list[float]]], path: Path) -
 
     fig, ax = plt.subplots(figsize=(5, 4))
     for i, (name, scores) in enumerate(per_policy.items()):
-        ax.scatter(scores["rm"], scores["gold"], s=6, alpha=0.25, color=f"C{i}")
-        mean_rm, mean_gold = sum(scores["rm"]) / len(scores["rm"]), sum(scores["gold"]) / len(scores["gold"])
-        ax.scatter([mean_rm], [mean_gold], s=90, color=f"C{i}", edgecolor="black", label=f"{name} (responses, mean)")
-    ax.set(xlabel="reward-model score", ylabel="gold score", title="Gold vs reward model, per policy")
+        ax.scatter(scores["rm"], scores["judge"], s=6, alpha=0.25, color=f"C{i}")
+        mean_rm, mean_judge = sum(scores["rm"]) / len(scores["rm"]), sum(scores["judge"]) / len(scores["judge"])
+        ax.scatter([mean_rm], [mean_judge], s=90, color=f"C{i}", edgecolor="black", label=f"{name} (responses, mean)")
+    ax.set(xlabel="reward-model score", ylabel="judge score", title="Judge vs reward model, per policy")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -194,7 +180,7 @@ def write_report(run_dir: Path, summary: dict, samples: list[dict], eval_dir: st
     from rlhf_kit.core.runs import write_atomic
 
     policy, baseline = compared(summary)
-    g, rm, rules = summary["gold_score"], summary.get("rm_score", {}), summary["gold_rules"]
+    g, rm, rules = summary["judge_score"], summary.get("rm_score", {}), summary["judge_rules"]
     lines = [
         f"# RLHF report: {run_dir.name}",
         "",
@@ -245,8 +231,8 @@ def write_report(run_dir: Path, summary: dict, samples: list[dict], eval_dir: st
     lines += benchmark_lines(summary, eval_dir)
     if (run_dir / eval_dir / "ppo_training.png").is_file():
         lines += ["", "## PPO training", "", f"![PPO reward and KL]({eval_dir}/ppo_training.png)"]
-    if (run_dir / eval_dir / "gold_vs_rm.png").is_file():
-        lines += ["", "## Over-optimisation check", "", f"![gold vs reward model]({eval_dir}/gold_vs_rm.png)"]
+    if (run_dir / eval_dir / "judge_vs_rm.png").is_file():
+        lines += ["", "## Over-optimisation check", "", f"![judge vs reward model]({eval_dir}/judge_vs_rm.png)"]
     lines += ["", "## Samples (same prompts)", "", f"| prompt | {baseline.upper()} | {policy.upper()} |",
               "|---|---|---|"]
     for s in samples:

@@ -57,16 +57,85 @@ def cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return flags is None or "amx_bf16" in flags
 
 
-def train_on_cpu(parser, dataclass_types: tuple, env=None) -> None:
-    """Without a GPU, default TrainingArguments' ``use_cpu`` to true (what ``ACCELERATE_USE_CPU`` already says):
-    transformers accepts ``bf16: true`` on a CPU only then, and accelerate trains under CPU autocast in bf16.
-    :func:`check_bf16` refuses bf16 where the CPU lacks it. DeepSpeed on CPU keeps its own setting (it must not be
-    marked CPU, see trl_compat.enable_deepspeed_on_cpu)."""
+def configure(env=None) -> str | None:
+    """The process-wide settings a launch needs on this machine, made once by the recipe runner before parsing
+    (:func:`rlhf_kit.run.configs.run_recipe`): environment variables and accelerate workarounds that make CPU
+    process groups train as the accelerate config says. Returns the line it logged (rank 0, stderr), or None on a
+    GPU, where nothing is needed.
+
+    - ``ACCELERATE_USE_CPU=true``: accelerate's multi-process launcher does not pass ``use_cpu`` to the ranks (or
+      passes False for a GPU config); without it they see no GPU, pick ``DistributedType.NO`` and each trains alone,
+      with it they form a gloo data-parallel group.
+    - DeepSpeed instead: ``DS_ACCELERATOR=cpu`` and ``ACCELERATE_USE_CPU=false`` (accelerate 1.15 keeps DeepSpeed
+      only for a process not marked CPU); the parser then defaults ``ddp_backend`` to gloo (:func:`cpu_defaults`).
+    - FSDP: accelerate's state switched to FSDP for CPU process groups given an FSDP plugin (``_fsdp_on_cpu``).
+    """
     env = os.environ if env is None else env
+    if has_gpu():
+        return None
     if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        env.setdefault("DS_ACCELERATOR", "cpu")
+        env["ACCELERATE_USE_CPU"] = "false"
+        done = [f"DS_ACCELERATOR={env['DS_ACCELERATOR']}", "ACCELERATE_USE_CPU=false (DeepSpeed over gloo)"]
+    else:
+        env["ACCELERATE_USE_CPU"] = "true"
+        done = ["ACCELERATE_USE_CPU=true"]
+    if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        _fsdp_on_cpu()
+        done.append("accelerate's FSDP enabled for CPU process groups")
+    line = f"hardware: no GPU; set {', '.join(done)}"
+    if int(env.get("RANK", "0")) == 0 and int(env.get("WORLD_SIZE", "1")) > 1:  # only launches with ranks need it
+        print(line, file=sys.stderr)
+    return line
+
+
+def _fsdp_on_cpu() -> None:
+    """Let an FSDP accelerate config shard on CPU processes (gloo) instead of silently running DDP.
+
+    accelerate 1.15 turns on FSDP only for GPU-like process groups (``AcceleratorState`` checks for MULTI_GPU & co.),
+    so ``accelerate launch`` with an FSDP config and ``use_cpu: true`` trains plain DDP. PyTorch's FSDP2
+    (``fully_shard``) runs on CPU meshes with gloo, so once the state is built we switch a CPU process group that
+    was given an FSDP plugin to FSDP, as accelerate does on GPUs. Pinned by tests/test_fsdp.py.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    init = AcceleratorState.__init__
+    if getattr(init, "rlhf_kit_cpu_fsdp", False):
         return
+
+    def __init__(self, *args, fsdp_plugin=None, **kwargs):
+        init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP
+            self.fsdp_plugin = fsdp_plugin
+            PartialState._shared_state["distributed_type"] = self.distributed_type  # as AcceleratorState does
+            if self._mixed_precision != "no":
+                fsdp_plugin.set_mixed_precision(self._mixed_precision)
+
+    __init__.rlhf_kit_cpu_fsdp = True
+    AcceleratorState.__init__ = __init__
+
+
+def cpu_defaults(dataclass_types: tuple, env=None) -> dict:
+    """Parser defaults for a stage without a GPU (a config or flag still overrides them):
+
+    - ``use_cpu: true`` where the dataclasses have it (what ``ACCELERATE_USE_CPU`` already says): transformers
+      accepts ``bf16: true`` on a CPU only then, and accelerate trains under CPU autocast in bf16; :func:`check_bf16`
+      refuses bf16 where the CPU lacks it;
+    - under DeepSpeed instead ``ddp_backend: gloo``: accelerate 1.15 treats a DeepSpeed process without a GPU as
+      "no backend, no distribution" (one process of one), so DeepSpeed's batch check fails against the real world
+      size; gloo gives accelerate a backend, and DeepSpeed's CPU accelerator then trains the real group (it must not
+      be marked CPU: with ``use_cpu`` accelerate drops DeepSpeed for DDP).
+    """
+    env = os.environ if env is None else env
+    if has_gpu():
+        return {}
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return {"ddp_backend": "gloo"}
     if any("use_cpu" in getattr(dc, "__dataclass_fields__", {}) for dc in dataclass_types):
-        parser.set_defaults(use_cpu=True)
+        return {"use_cpu": True}
+    return {}
 
 
 def check_bf16(parsed: tuple) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 
 def setup_run(training_args=None, seed: int | None = None) -> None:
@@ -72,27 +73,42 @@ def gather_full_state_dict(accelerator, model, engine=None) -> dict | None:
     return get_model_state_dict(model, options=options)
 
 
-def last_checkpoint(output_dir: str) -> str | None:
-    """The newest complete ``checkpoint-N`` folder to resume from (an interrupted stage continues, never restarts).
-
-    The Trainer writes ``trainer_state.json`` last when it saves a checkpoint (transformers' ``_save_checkpoint``),
-    so a folder without a readable one was cut short by a kill; it is skipped, and said so, for the one before it.
-    """
-    import json
+def checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``checkpoint-N`` folders (transformers' naming, ``PREFIX_CHECKPOINT_DIR``), complete or not, oldest first:
+    ordered by step number, not by name (checkpoint-10 after checkpoint-9)."""
     import re
 
-    if not os.path.isdir(output_dir):
-        return None
-    found = [(int(m.group(1)), name) for name in os.listdir(output_dir)
-             if (m := re.fullmatch(r"checkpoint-(\d+)", name)) and os.path.isdir(os.path.join(output_dir, name))]
-    for _, name in sorted(found, reverse=True):
-        path = os.path.join(output_dir, name)
-        try:
-            with open(os.path.join(path, "trainer_state.json")) as f:
-                json.load(f)
-            return path
-        except (OSError, ValueError):
-            print(f"ignoring incomplete checkpoint {path} (no complete trainer_state.json: killed while saving)")
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    pattern = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
+    return sorted((int(m.group(1)), p) for p in out.iterdir() if (m := pattern.fullmatch(p.name)) and p.is_dir())
+
+
+def _trainer_state_written(path: Path) -> bool:
+    # The Trainer writes trainer_state.json last when it saves a checkpoint (transformers' `_save_checkpoint`), so a
+    # folder without a readable one was cut short by a kill.
+    import json
+
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def last_checkpoint(output_dir: str | os.PathLike, complete=_trainer_state_written, say=print) -> str | None:
+    """The newest complete ``checkpoint-N`` folder to resume from (an interrupted stage continues, never restarts).
+
+    ``complete(path)`` says whether a checkpoint was saved whole (default: the Trainer's ``trainer_state.json`` is
+    readable; PPO passes its own marker): a half-written one is skipped, and said so, for the one before it.
+    """
+    for _, path in reversed(checkpoints(output_dir)):
+        if complete(path):
+            return str(path)
+        say(f"ignoring incomplete checkpoint {path} (killed while saving); using the one before it")
     return None
 
 
@@ -124,6 +140,5 @@ def last_logged(trainer, keys: list[str]) -> dict:
 def save_log_history(trainer, output_dir: str) -> None:
     """Keep the trainer's logged metrics as ``log_history.json`` (the report plots PPO's from it)."""
     import json
-    from pathlib import Path
 
     Path(output_dir, "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))

@@ -5,7 +5,6 @@ own (rlhf_kit/ppo/: TRL removed its PPOTrainer in 1.13). When TRL moves a helper
 change; tests/test_trl_pins.py pins what is used here by behaviour.
 """
 
-import os
 from contextlib import contextmanager
 
 from trl import (  # noqa: F401  (re-exported)
@@ -19,47 +18,6 @@ from trl import (  # noqa: F401  (re-exported)
     get_quantization_config,
 )
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers  # noqa: F401
-
-
-def enable_fsdp_on_cpu() -> None:
-    """Let an FSDP accelerate config shard on CPU processes (gloo) instead of silently running DDP.
-
-    accelerate 1.15 turns on FSDP only for GPU-like process groups (``AcceleratorState`` checks for MULTI_GPU & co.),
-    so ``accelerate launch`` with an FSDP config and ``use_cpu: true`` trains plain DDP. PyTorch's FSDP2
-    (``fully_shard``) runs on CPU meshes with gloo, so once the state is built we switch a CPU process group that
-    was given an FSDP plugin to FSDP, as accelerate does on GPUs. Pinned by tests/test_fsdp.py.
-    """
-    from accelerate.state import AcceleratorState, PartialState
-    from accelerate.utils import DistributedType
-
-    init = AcceleratorState.__init__
-    if getattr(init, "rlhf_kit_cpu_fsdp", False):
-        return
-
-    def __init__(self, *args, fsdp_plugin=None, **kwargs):
-        init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
-        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
-            self.distributed_type = DistributedType.FSDP
-            self.fsdp_plugin = fsdp_plugin
-            PartialState._shared_state["distributed_type"] = self.distributed_type  # as AcceleratorState does
-            if self._mixed_precision != "no":
-                fsdp_plugin.set_mixed_precision(self._mixed_precision)
-
-    __init__.rlhf_kit_cpu_fsdp = True
-    AcceleratorState.__init__ = __init__
-
-
-def enable_deepspeed_on_cpu(parser) -> None:
-    """Let a DeepSpeed accelerate config run its ZeRO stage on CPU processes (gloo).
-
-    accelerate 1.15 treats a DeepSpeed process without a GPU as "no backend, no distribution" (one process of one),
-    so DeepSpeed's batch check fails against the real world size; and with ``use_cpu`` it drops DeepSpeed for DDP.
-    TrainingArguments' ``ddp_backend: gloo`` (the default set here; a config may still choose) gives accelerate a
-    backend, and DeepSpeed's CPU accelerator then trains the real group.
-    """
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    os.environ["ACCELERATE_USE_CPU"] = "false"  # accelerate keeps DeepSpeed only for a process not marked CPU
-    parser.set_defaults(ddp_backend="gloo")
 
 
 @contextmanager

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import shutil
 from pathlib import Path
 
@@ -24,9 +23,9 @@ import numpy as np
 import torch
 
 from rlhf_kit.core.errors import UserError
+from rlhf_kit.integrations.training import checkpoints, last_checkpoint
 
 COMPLETE = "checkpoint_complete.json"
-_NAME = re.compile(r"^checkpoint-(\d+)$")
 # Keys that may differ between a run and its resume: where and how it logs, saves, evaluates samples and pushes.
 # Any other difference (batch sizes, models, data, learning rate, seed, ...) changes the optimisation: refused.
 # Precision may change too: it is hardware (`bf16: auto` / `dtype: auto` resolve per machine, so a run resumed on
@@ -36,13 +35,6 @@ MAY_CHANGE = {"force", "report_to", "run_name", "project", "disable_tqdm", "push
 MAY_CHANGE_PREFIXES = ("logging_", "log_", "save_", "hub_", "eval_", "trackio_", "per_device_eval_batch_size")
 
 
-def checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
-    """``checkpoint-N`` folders (complete or not), oldest first."""
-    out = Path(output_dir)
-    found = [(int(m.group(1)), p) for p in out.glob("checkpoint-*") if (m := _NAME.match(p.name)) and p.is_dir()]
-    return sorted(found)
-
-
 def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete ``checkpoint-N`` folders, oldest first."""
     return [(n, p) for n, p in checkpoints(output_dir) if (p / COMPLETE).is_file()]
@@ -50,11 +42,8 @@ def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 
 def last_complete_checkpoint(output_dir: str | Path, say=print) -> Path | None:
     """The newest complete checkpoint; an incomplete one is skipped, and said so."""
-    for _, path in reversed(checkpoints(output_dir)):
-        if (path / COMPLETE).is_file():
-            return path
-        say(f"[ppo] ignoring incomplete checkpoint {path} (no {COMPLETE}); using the one before it")
-    return None
+    path = last_checkpoint(output_dir, complete=lambda p: (p / COMPLETE).is_file(), say=lambda m: say(f"[ppo] {m}"))
+    return Path(path) if path else None
 
 
 def changed_keys(saved: dict, current: dict) -> list[str]:

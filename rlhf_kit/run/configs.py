@@ -320,10 +320,25 @@ def make_stage_parser(dataclass_types: tuple):
     return TrlParser(dataclass_types, allow_abbrev=False)  # a typo must not match a longer flag
 
 
+def stage_parser(stage: str):
+    """The parser of a registered stage, over the dataclasses its registry entry names (rlhf_kit.core.stages)."""
+    import importlib
+
+    from rlhf_kit.core.stages import STAGES
+
+    types = []
+    for target in STAGES[stage].configs:
+        module, _, name = target.partition(":")
+        types.append(getattr(importlib.import_module(module), name))
+    return make_stage_parser(tuple(types))
+
+
 def run_recipe(main, make_parser, argv: list[str] | None = None) -> None:
     """A recipe's entry point: parse its config and flags, run ``main``; user mistakes end as one line, exit 2."""
     from rlhf_kit.core.errors import exit_on_user_error
+    from rlhf_kit.integrations import hardware
 
+    hardware.configure()  # once per process, before anything builds accelerate's state
     try:
         exit_on_user_error(lambda: main(*parse_stage_args(tuple(make_parser().dataclass_types), argv)))
     finally:
@@ -341,19 +356,8 @@ def _end_process_group() -> None:
 
 
 def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
-    """Parse ``--config file.yaml`` plus CLI overrides into the given dataclasses; user mistakes become UserError."""
-    import torch
-
-    if not torch.cuda.is_available():
-        from rlhf_kit.integrations.trl import enable_fsdp_on_cpu
-
-        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
-            # accelerate's multi-process launcher does not pass `use_cpu` to the ranks (or passes False for a GPU
-            # config), and without it they see no GPU, pick DistributedType.NO and each trains alone; with it they
-            # form a gloo data-parallel group.
-            os.environ["ACCELERATE_USE_CPU"] = "true"
-        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-            enable_fsdp_on_cpu()
+    """Parse ``--config file.yaml`` plus CLI overrides into the given dataclasses; user mistakes become UserError.
+    Reads the environment (the launch's hardware), never changes it: :func:`run_recipe` configures it first."""
     argv = list(sys.argv[1:] if argv is None else argv)
     config: dict = {}
     if "--config" in argv:
@@ -377,16 +381,11 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
             raise UserError(f"unknown key(s) {', '.join(unknown)} in {path}; check the spelling (see --help)")
     flags = [a[2:].split("=")[0] for a in argv if a.startswith("--")]
     refuse_removed_keys(dataclass_types, flags, "the command line")
+    from rlhf_kit.integrations import hardware
+
     parser = make_stage_parser(dataclass_types)
-    if not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-        from rlhf_kit.integrations.trl import enable_deepspeed_on_cpu
-
-        enable_deepspeed_on_cpu(parser)
-    from rlhf_kit.integrations import hardware as scaling
-
-    if not torch.cuda.is_available():
-        scaling.train_on_cpu(parser, dataclass_types)
-    argv, bf16_choice = scaling.resolve_auto_bf16(config, argv)
+    parser.set_defaults(**hardware.cpu_defaults(dataclass_types))
+    argv, bf16_choice = hardware.resolve_auto_bf16(config, argv)
     try:
         parsed = tuple(parser.parse_args_and_config(argv))
     except (ValueError, TypeError) as err:
@@ -396,11 +395,11 @@ def parse_stage_args(dataclass_types: tuple, argv: list[str] | None = None) -> t
         raise UserError(f"invalid configuration: {msg}")
     for args in parsed:
         check_values(args)
-    choices = [bf16_choice] * bool(bf16_choice) + scaling.resolve_auto_dtype(parsed)
+    choices = [bf16_choice] * bool(bf16_choice) + hardware.resolve_auto_dtype(parsed)
     if choices and int(os.environ.get("RANK", "0")) == 0:  # one line per stage, not one per process
-        print(f"precision: {scaling.precision_line(choices)}", file=sys.stderr)
-    scaling.check_bf16(parsed)
-    scaling.check_stage_hardware(parsed)
+        print(f"precision: {hardware.precision_line(choices)}", file=sys.stderr)
+    hardware.check_bf16(parsed)
+    hardware.check_stage_hardware(parsed)
     return parsed
 
 

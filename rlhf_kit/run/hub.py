@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
 import yaml
 
 from rlhf_kit.core.errors import UserError
-from rlhf_kit.core.runs import MARKER, is_complete, looks_like_hub_id, read_config, read_marker
+from rlhf_kit.core.runs import MARKER, is_complete, is_hub_id, looks_like_hub_id, read_config, read_marker
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "chat_template.jinja")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -27,7 +25,7 @@ HYPERPARAMETERS = ("learning_rate", "num_train_epochs", "max_steps", "per_device
 
 def validate_hub_id(hub_id: str | None) -> str:
     """``owner/name`` as the Hub accepts it; anything else is a one-line error."""
-    if not hub_id or not _HUB_ID.match(hub_id) or "--" in hub_id or ".." in hub_id or hub_id.endswith((".", "-")):
+    if not hub_id or not is_hub_id(hub_id, owner=True):
         raise UserError(f"'{hub_id}' is not a valid Hub id; use owner/name (letters, digits, '-', '_', '.')")
     return hub_id
 

@@ -15,13 +15,11 @@ import sys
 import yaml
 
 from rlhf_kit.core.errors import UserError, exit_on_user_error
+from rlhf_kit.core.stages import STAGES
 from rlhf_kit.integrations.hardware import CONFIG_ENV, check_accelerate_config
 
 # Command-line flags of `accelerate launch` that override the config file's value of the same name.
 OVERRIDES = ("num_processes", "num_machines", "machine_rank", "main_process_ip", "mixed_precision")
-
-
-TRAINING_STAGES = ("base", "sft", "reward", "ppo")  # run under accelerate (one process per device)
 
 
 def stage_command(stage: str, config: str, flags: list[str] = (), accelerate_config: str | None = None) -> list[str]:
@@ -31,7 +29,7 @@ def stage_command(stage: str, config: str, flags: list[str] = (), accelerate_con
     from rlhf_kit.core.paths import recipe_path, shipped
 
     launcher = []
-    if stage in TRAINING_STAGES:
+    if STAGES[stage].launched:
         hardware = accelerate_config or str(shipped("recipes") / "accelerate" / "cpu.yaml")
         launcher = ["-m", "rlhf_kit.run.launch", "--config_file", hardware]
     return [sys.executable, *launcher, str(recipe_path(stage)), "--config", str(config), *flags]

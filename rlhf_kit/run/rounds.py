@@ -32,9 +32,9 @@ import yaml
 from rlhf_kit.core import runs
 from rlhf_kit.core.errors import UserError
 from rlhf_kit.core.runs import write_atomic
+from rlhf_kit.core.stages import ROUND
 from rlhf_kit.data.rows import read_jsonl, write_jsonl
 
-ROUND_STAGES = ("compare", "reward", "ppo", "eval")
 RUN_CONFIG = "rounds_config.yaml"
 # Keys of the rounds configuration that may change between invocations of one run.
 MAY_CHANGE = ("rounds", "accelerate_config")
@@ -106,7 +106,7 @@ def plan(args, configs: dict[str, dict]) -> list[Step]:
     for r in range(1, args.rounds + 1):
         here, prev = round_dir(run, r), round_dir(run, r - 1)
         policy = sft if r == 1 else f"{prev}/ppo"
-        moved = {s: reroot(configs[s], source, run) | seeded(s) for s in ROUND_STAGES}
+        moved = {s: reroot(configs[s], source, run) | seeded(s) for s in ROUND}
         compare = moved["compare"] | {"model_name_or_path": policy, "output_dir": f"{here}/compare"}
         if args.comparison_prompts == "fresh":
             compare |= {"prompt_chunk": r - 1, "num_prompt_chunks": args.rounds}
@@ -131,7 +131,7 @@ def plan(args, configs: dict[str, dict]) -> list[Step]:
         elif r > 1:  # the previous RM on this round's samples; this RM on round 1's (SFT) samples as well
             evaluate["previous_reward_model"] = rel(f"{prev}/reward")
             evaluate["reference_comparisons"] = "round-1/compare"
-        for stage, overrides in zip(ROUND_STAGES, (compare, reward, ppo, evaluate)):
+        for stage, overrides in zip(ROUND, (compare, reward, ppo, evaluate)):
             steps.append(Step(r, stage, folder / f"{stage}.yaml", overrides["output_dir"], overrides))
     return steps
 
@@ -249,7 +249,7 @@ def command(step: Step, accelerate_config: str | None) -> list[str]:
 
 def run_rounds(args) -> int:
     """Run (or continue) a rounds run; the exit status of the first stage that fails, else 0."""
-    stages = list(dict.fromkeys(list(args.setup_stages) + list(ROUND_STAGES)))
+    stages = list(dict.fromkeys(list(args.setup_stages) + list(ROUND)))
     configs = read_stage_configs(args.stage_configs, stages)
     steps = plan(args, configs)
     check_run_config(args.run_dir, resolved(args, configs))
@@ -293,8 +293,8 @@ def collect(run_dir: str, n_rounds: int) -> dict:
         win = s["win_rate_vs_baseline"][policy]
         row = {
             "round": r,
-            "gold_score": s["gold_score"][policy],
-            f"gold_score_{baseline}": s["gold_score"][baseline],
+            "judge_score": s["judge_score"][policy],
+            f"judge_score_{baseline}": s["judge_score"][baseline],
             f"win_rate_vs_{baseline}": win["win_rate"], f"win_rate_vs_{baseline}_ci95": win["ci95"],
             f"kl_to_{baseline}": s["kl_to_baseline"][policy],
             "response_length": s["response_length"][policy],
@@ -305,7 +305,7 @@ def collect(run_dir: str, n_rounds: int) -> dict:
                                                                                      s.get("rm_accuracy")),
             # eval records each stage folder's time under the name it evaluated it by (PPO: round-<r>/ppo)
             "wall_seconds": {stage: s["wall_seconds"].get(policy if stage == "ppo" else stage)
-                             for stage in ROUND_STAGES},
+                             for stage in ROUND},
         }
         for name, h2h in s.get("head_to_head", {}).items():
             key = "previous" if name == earlier else name.split("/")[0].replace("-", "")
@@ -313,7 +313,7 @@ def collect(run_dir: str, n_rounds: int) -> dict:
         per_round.append(row)
     first = json.loads((Path(round_dir(run_dir, 1)) / "summary.json").read_text())
     return {"run_dir": run_dir, "baseline": first["baseline"], "rounds": per_round,
-            "setup_gold_score": {p: first["gold_score"][p] for p in first["policies"] if not p.startswith("round-")}}
+            "setup_judge_score": {p: first["judge_score"][p] for p in first["policies"] if not p.startswith("round-")}}
 
 
 def rounds_headline(summary: dict) -> str:
@@ -321,8 +321,8 @@ def rounds_headline(summary: dict) -> str:
     first, last, base = summary["rounds"][0], summary["rounds"][-1], summary["baseline"]
     lo, hi = last[f"win_rate_vs_{base}_ci95"]
     line = (f"after {last['round']} round(s): PPO beats {base.upper()} on {last[f'win_rate_vs_{base}']:.0%} of "
-            f"held-out prompts (95% CI {lo:.0%}-{hi:.0%}; round 1: {first[f'win_rate_vs_{base}']:.0%}); gold score "
-            f"{first['gold_score']:.3f} -> {last['gold_score']:.3f}")
+            f"held-out prompts (95% CI {lo:.0%}-{hi:.0%}; round 1: {first[f'win_rate_vs_{base}']:.0%}); judge score "
+            f"{first['judge_score']:.3f} -> {last['judge_score']:.3f}")
     if last["rm_accuracy_after"] is not None:
         line += f"; RM accuracy {last['rm_accuracy_after']:.2f}"
     if "win_rate_vs_round1" in last:
@@ -331,13 +331,13 @@ def rounds_headline(summary: dict) -> str:
 
 
 def write_rounds_report(run_dir: str, summary: dict) -> Path:
-    """``rounds.md`` with a per-round table and ``rounds.png`` (gold score, win rate, RM accuracy, KL by round)."""
+    """``rounds.md`` with a per-round table and ``rounds.png`` (judge score, win rate, RM accuracy, KL by round)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    base, rows, setup = summary["baseline"], summary["rounds"], summary["setup_gold_score"]
+    base, rows, setup = summary["baseline"], summary["rounds"], summary["setup_judge_score"]
     fmt = lambda v, d=3: "" if v is None else f"{v:.{d}f}"  # noqa: E731
     lines = [f"# RLHF rounds: {Path(run_dir).name}", "", f"**{rounds_headline(summary)}**", "",
              "Held-out prompts, scored by the judge that the reward models and PPO never see. RM accuracy is measured "
@@ -351,7 +351,7 @@ def write_rounds_report(run_dir: str, summary: dict) -> Path:
              "|---" * 11 + "|"]
     for row in rows:
         lo, hi = row[f"win_rate_vs_{base}_ci95"]
-        lines.append(f"| {row['round']} | {row['gold_score']:.3f} | {row[f'win_rate_vs_{base}']:.3f} [{lo:.3f}, "
+        lines.append(f"| {row['round']} | {row['judge_score']:.3f} | {row[f'win_rate_vs_{base}']:.3f} [{lo:.3f}, "
                      f"{hi:.3f}] | {fmt(row.get('win_rate_vs_previous'))} | {fmt(row.get('win_rate_vs_round1'))} | "
                      f"{row[f'kl_to_{base}']:.4f} | {row['response_length']:.1f} | "
                      f"{fmt(row['rm_accuracy_before'])} | {fmt(row['rm_accuracy_after'])} | "
@@ -359,7 +359,7 @@ def write_rounds_report(run_dir: str, summary: dict) -> Path:
                      f"{sum(row['wall_seconds'].values()):.0f} |")
     x = [row["round"] for row in rows]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
-    axes[0].plot(x, [row["gold_score"] for row in rows], "o-", label="judge score")
+    axes[0].plot(x, [row["judge_score"] for row in rows], "o-", label="judge score")
     axes[0].plot(x, [row[f"win_rate_vs_{base}"] for row in rows], "s-", label=f"win rate vs {base}")
     axes[0].set(xlabel="round", title="Policy")
     axes[0].legend(fontsize=8)
