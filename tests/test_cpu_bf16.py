@@ -184,7 +184,7 @@ def test_explicit_bf16_is_still_refused_where_auto_would_pick_float32(monkeypatc
 
 def test_a_ppo_resume_may_change_precision():
     """Precision is hardware: an ``auto`` run resumed on another CPU gets the other precision, and is resumed."""
-    from rlhf_kit.ppo.checkpoint import changed_keys
+    from rlhf_kit.core.runs import changed_keys
 
     saved = {"bf16": True, "dtype": "bfloat16", "learning_rate": 1e-5}
     assert changed_keys(saved, {"bf16": False, "dtype": "float32", "learning_rate": 1e-5}) == []

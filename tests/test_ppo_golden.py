@@ -71,7 +71,7 @@ def test_trainer_reproduces_trl_112(tmp_path):
 
     golden = json.loads(GOLDEN.read_text())
     # With TRL's thread count: matmuls block (and round) by it, and a near-zero loss shows a 1-thread run's rounding
-    # (policy loss -8.0613e-4 vs -8.0635e-4 under `make test`'s one thread per worker).
+    # (under `make test`'s one thread per worker; docs/benchmarks.md, *The PPO oracle*).
     threads = torch.get_num_threads()
     torch.set_num_threads(golden["torch_threads"])
     try:

@@ -102,7 +102,7 @@ def _ppo(pipeline, out, extra=()):
 def test_stub_reward_for_short_answers_fires_the_warning_and_keeps_an_earlier_checkpoint(pipeline, tmp_path):
     # The RM pays for short answers, the judge for long ones: PPO (no KL penalty; the whole tiny policy trained, as
     # LoRA r=4 on it barely moves its end-token odds) shortens the answers, the RM score on the probes rises and the
-    # judge's falls -- Gao et al.'s over-optimisation in miniature (measured: 19.2 -> 9.0 tokens, judge 0.95 -> 0.68).
+    # judge's falls -- Gao et al.'s over-optimisation in miniature (the figures: docs/benchmarks.md).
     script_args, training_args, inputs, build_extras, build_trainer, Checkpointer = _ppo(pipeline, tmp_path / "ppo", [
         "--total_episodes", "192", "--num_ppo_epochs", "4", "--learning_rate", "1e-3", "--kl_coef", "0",
         "--use_peft", "false", "--response_length", "24",

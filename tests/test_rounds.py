@@ -83,8 +83,14 @@ def test_a_run_made_with_other_settings_is_refused_by_name(tmp_path):
     with pytest.raises(UserError, match=r"ppo_init: 'previous' -> 'sft'"):
         check_run_config(str(tmp_path), resolved(RoundsArguments(**{**vars(args), "ppo_init": "sft"}), configs))
     changed = {**configs, "ppo": {**configs["ppo"], "kl_coef": 0.5}}
-    with pytest.raises(UserError, match=r"another configuration \(ppo.yaml\)"):
+    with pytest.raises(UserError, match=r"another configuration \(ppo.yaml: kl_coef\)"):
         check_run_config(str(tmp_path), resolved(args, changed))
+    added = {**configs, "reward": {**configs["reward"], "lora_r": 64}}  # a key the YAML did not set is a change too
+    with pytest.raises(UserError, match=r"another configuration \(reward.yaml: lora_r\)"):
+        check_run_config(str(tmp_path), resolved(args, added))
+    # precision is hardware (#26): another machine's `auto` choice, or a logging change, continues the run
+    other_machine = {s: {**c, "bf16": not c.get("bf16", False), "logging_steps": 7} for s, c in configs.items()}
+    check_run_config(str(tmp_path), resolved(args, other_machine))
 
 
 def test_a_later_round_started_before_an_earlier_one_finished_is_refused(tmp_path):

@@ -10,7 +10,7 @@ from conftest import REPO, TINY, cli_env, config_args, run_cli, run_inprocess, s
 
 # Stage -> (overrides giving the same global batch on any process count, tolerance on the trained adapter).
 # SFT and reward see the same examples in each global step either way (accelerate shards every global batch) and
-# DDP averages the ranks' gradients, so the adapters agree to float noise (measured: ~2e-8). PPO here changes its
+# DDP averages the ranks' gradients, so the adapters agree to float noise (docs/benchmarks.md). PPO here changes its
 # micro-batch size with the process count (16 vs 8 rows), and its losses are means over a micro-batch's tokens, so
 # the two runs agree in scale only; with one micro-batch size they agree to float noise (tests/test_ppo_sharding.py).
 DP = {

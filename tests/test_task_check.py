@@ -79,8 +79,8 @@ def test_each_reason_is_named():
 
 
 def test_a_synonym_of_the_topic_is_not_matched():
-    """The check's known miss (counted on the hand labels, README *Does it do the task?*): an answer that names its
-    topic only by a synonym ("bike" for "cycling") reads as off the topic."""
+    """The check's known miss (counted on the hand labels: docs/benchmarks.md, *The task check against hand
+    labels*): an answer that names its topic only by a synonym ("bike" for "cycling") reads as off the topic."""
     verdict = check_task("Explain the first steps for someone who wants to start cycling.", BULLETS,
                          "* Plan a safe route and try it on a weekend.\n* Get a bike that fits you and a good lock.",
                          [{"num_bullets": 2}])

@@ -30,6 +30,28 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
     tmp.replace(path)
 
 
+# Settings that may differ between a run and its continuation (a resumed PPO stage, a continued rounds run): where
+# and how it logs, saves, evaluates samples and pushes. Precision too: it is hardware (`bf16: auto` / `dtype: auto`
+# resolve per machine, so a run continued on another CPU may get the other one), and the weights and optimizer
+# state it continues from are float32 either way. Any other difference (batch sizes, models, data, learning rate,
+# seed, ...) changes the optimisation: refused.
+MAY_CHANGE = frozenset({"force", "report_to", "run_name", "project", "disable_tqdm", "push_to_hub",
+                        "num_sample_generations", "resume_from_checkpoint", "skip_memory_metrics", "ddp_timeout",
+                        "bf16", "dtype", "mixed_precision"})
+MAY_CHANGE_PREFIXES = ("logging_", "log_", "save_", "hub_", "eval_", "trackio_", "per_device_eval_batch_size")
+
+
+def changed_keys(saved: dict, current: dict, also_free=(), one_sided: bool = False) -> list[str]:
+    """Configuration keys whose change alters the optimisation, sorted; ``also_free`` adds keys that may change.
+
+    A key only one side has (e.g. added by a newer rlhf_kit to a resolved config) is compared only when
+    ``one_sided``: a rounds run compares the stage YAMLs people write, where an added key is a changed setting.
+    """
+    keys = set(saved) | set(current) if one_sided else set(saved) & set(current)
+    return sorted(k for k in keys - MAY_CHANGE - set(also_free)
+                  if not k.startswith(MAY_CHANGE_PREFIXES) and saved.get(k) != current.get(k))
+
+
 def is_complete(path: str | os.PathLike) -> bool:
     """Whether ``path`` holds a finished stage output."""
     return (Path(path) / MARKER).is_file()

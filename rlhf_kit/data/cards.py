@@ -57,18 +57,20 @@ def find_card(name_or_path: str) -> Path:
 
 
 def load_card(name_or_path: str) -> DataCard:
-    """Parse and check a card's front matter; a malformed card is a one-line error naming it."""
+    """Parse and check a card's front matter (read by ``huggingface_hub.DatasetCard``, as the Hub reads dataset
+    cards); a malformed card is a one-line error naming it."""
+    from huggingface_hub import DatasetCard
+
     path = find_card(name_or_path)
-    text = path.read_text(encoding="utf-8")
-    match = re.match(r"^---\n(.*?)\n---\n?(.*)$", text, re.S)
-    if not match:
+    if not path.read_text(encoding="utf-8").startswith("---\n"):
         raise UserError(f"data card {path} has no YAML front matter; start it with a --- block")
     try:
-        meta = yaml.safe_load(match.group(1))
+        card = DatasetCard.load(path)
     except yaml.YAMLError as err:
         raise UserError(f"data card {path}: front matter is not valid YAML ({str(err).splitlines()[0]})")
-    if not isinstance(meta, dict):
+    except ValueError:  # huggingface_hub: "repo card metadata block should be a dict"
         raise UserError(f"data card {path}: front matter must be a mapping of fields")
+    meta = card.data.to_dict()
     missing = [k for k in REQUIRED if k not in meta]
     if missing:
         raise UserError(f"data card {path} lacks required field(s) {', '.join(missing)}; see data_cards/README.md")
@@ -80,7 +82,7 @@ def load_card(name_or_path: str) -> DataCard:
     if not ("hub_id" in meta["source"] or "files" in meta["source"]):
         raise UserError(f"data card {path}: source needs hub_id (with revision) or files")
     fields = {k: meta[k] for k in REQUIRED} | {k: meta.get(k) or {} for k in ("adapter_args", "labels")}
-    return DataCard(**fields, path=path, prose=match.group(2).strip())
+    return DataCard(**fields, path=path, prose=card.text.strip())
 
 
 def read_split(card: DataCard, split: str, data_dir: str | None = None):

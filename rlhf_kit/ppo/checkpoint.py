@@ -23,16 +23,11 @@ import numpy as np
 import torch
 
 from rlhf_kit.core.errors import UserError
+from rlhf_kit.core.runs import changed_keys
 from rlhf_kit.integrations.training import checkpoints, last_checkpoint
 
 COMPLETE = "checkpoint_complete.json"
-# Keys that may differ between a run and its resume: where and how it logs, saves, evaluates samples and pushes.
-# Any other difference (batch sizes, models, data, learning rate, seed, ...) changes the optimisation: refused.
-# Precision may change too: it is hardware (`bf16: auto` / `dtype: auto` resolve per machine, so a run resumed on
-# another CPU may get the other one), and the weights and optimizer state it resumes are float32 either way.
-MAY_CHANGE = {"force", "report_to", "run_name", "project", "disable_tqdm", "push_to_hub", "num_sample_generations",
-              "resume_from_checkpoint", "skip_memory_metrics", "ddp_timeout", "bf16", "dtype", "mixed_precision"}
-MAY_CHANGE_PREFIXES = ("logging_", "log_", "save_", "hub_", "eval_", "trackio_", "per_device_eval_batch_size")
+
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
@@ -44,13 +39,6 @@ def last_complete_checkpoint(output_dir: str | Path, say=print) -> Path | None:
     """The newest complete checkpoint; an incomplete one is skipped, and said so."""
     path = last_checkpoint(output_dir, complete=lambda p: (p / COMPLETE).is_file(), say=lambda m: say(f"[ppo] {m}"))
     return Path(path) if path else None
-
-
-def changed_keys(saved: dict, current: dict) -> list[str]:
-    """Configuration keys whose change alters the optimisation (keys only one side has, e.g. added by a newer
-    rlhf_kit, are not compared)."""
-    keys = (set(saved) & set(current)) - MAY_CHANGE
-    return sorted(k for k in keys if not k.startswith(MAY_CHANGE_PREFIXES) and saved.get(k) != current.get(k))
 
 
 def _rng_states() -> dict:

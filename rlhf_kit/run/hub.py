@@ -9,8 +9,6 @@ import os
 import shutil
 from pathlib import Path
 
-import yaml
-
 from rlhf_kit.core.errors import UserError
 from rlhf_kit.core.runs import MARKER, is_complete, is_hub_id, looks_like_hub_id, read_config, read_marker
 
@@ -45,8 +43,11 @@ def require_token() -> str:
     return token
 
 
-def build_model_card(stage_dir: Path, hub_id: str, adapter_only: bool) -> str:
-    """README.md with Hub metadata: base model, stage, data, key hyperparameters, eval summary, tags."""
+def build_model_card(stage_dir: Path, hub_id: str, adapter_only: bool):
+    """The model card (``huggingface_hub.ModelCard``, saved as README.md) with Hub metadata (``ModelCardData``):
+    base model, stage, data, key hyperparameters, eval summary, tags."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     config = read_config(str(stage_dir))
     marker = read_marker(str(stage_dir))
     stage = config["stage"]
@@ -55,11 +56,11 @@ def build_model_card(stage_dir: Path, hub_id: str, adapter_only: bool) -> str:
     tags = ["trl", "rlhf", stage, "rlhf_kit"] + (["lora"] if config.get("use_peft") else [])
     tags += ["ppo"] if stage == "ppo" and "ppo" not in tags else []
     tags += ["reward-model"] if stage == "reward" else []
-    meta = {"library_name": "peft" if adapter_only else "transformers", "tags": tags,
-            "pipeline_tag": "text-classification" if stage == "reward" else "text-generation"}
-    if looks_like_hub_id(str(base)):  # the Hub's base_model field takes repo ids, not local paths
-        meta["base_model"] = base
-    lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "", f"# {hub_id.split('/')[-1]}", "",
+    meta = ModelCardData(library_name="peft" if adapter_only else "transformers", tags=tags,
+                         pipeline_tag="text-classification" if stage == "reward" else "text-generation",
+                         # the Hub's base_model field takes repo ids, not local paths
+                         base_model=base if looks_like_hub_id(str(base)) else None)
+    lines = ["---", meta.to_yaml(), "---", "", f"# {hub_id.split('/')[-1]}", "",
              f"The **{stage}** stage of an InstructGPT-style RLHF run (SFT -> reward model -> PPO) made with "
              "rlhf_kit on TRL.", "",
              f"- Base model: `{base}`",
@@ -81,7 +82,7 @@ def build_model_card(stage_dir: Path, hub_id: str, adapter_only: bool) -> str:
             f"\nmodel = AutoModelFor{'SequenceClassification' if stage == 'reward' else 'CausalLM'}"
             f".from_pretrained('{hub_id}')")
     lines += ["", "## Use", "", "```python", load, "```", ""]
-    return "\n".join(lines)
+    return ModelCard("\n".join(lines))
 
 
 def export_stage(stage_dir: str, export_dir: str, hub_id: str, adapter_only: bool = False) -> Path:
@@ -108,7 +109,7 @@ def export_stage(stage_dir: str, export_dir: str, hub_id: str, adapter_only: boo
             shutil.copy2(weights, tmp / weights.name)
     if adapter_only:
         (tmp / "config.json").unlink(missing_ok=True)  # the base model's config belongs to the base repo
-    (tmp / "README.md").write_text(build_model_card(src, hub_id, adapter_only))
+    build_model_card(src, hub_id, adapter_only).save(tmp / "README.md")
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)  # a half-written export never takes the place of a finished one
     return out

@@ -31,13 +31,13 @@ import yaml
 
 from rlhf_kit.core import runs
 from rlhf_kit.core.errors import UserError
-from rlhf_kit.core.runs import write_atomic
+from rlhf_kit.core.runs import changed_keys, write_atomic
 from rlhf_kit.core.stages import ROUND
 from rlhf_kit.data.rows import read_jsonl, write_jsonl
 
 RUN_CONFIG = "rounds_config.yaml"
-# Keys of the rounds configuration that may change between invocations of one run.
-MAY_CHANGE = ("rounds", "accelerate_config")
+# Keys of the rounds configuration that may change between invocations of one run (more rounds, other hardware).
+ROUNDS_FREE = ("rounds", "accelerate_config")
 
 
 @dataclass
@@ -144,20 +144,18 @@ def resolved(args, configs: dict[str, dict]) -> dict:
 
 
 def check_run_config(run_dir: str, current: dict) -> None:
-    """Refuse to continue a run made with another configuration, naming what differs (rounds may grow)."""
+    """Refuse to continue a run made with another configuration, naming what differs: rounds may grow, hardware
+    and precision may change (rlhf_kit.core.runs.MAY_CHANGE), nothing that changes the optimisation may."""
     path = Path(run_dir) / RUN_CONFIG
     if not path.is_file():
         return
     before = yaml.safe_load(path.read_text())
-    diffs = []
-    for section in ("rounds", "stage_configs"):
-        old, new = before.get(section, {}), current[section]
-        for key in sorted(set(old) | set(new)):
-            if section == "rounds" and key in MAY_CHANGE:
-                continue
-            if old.get(key) != new.get(key):
-                diffs.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}" if section == "rounds"
-                             else f"{key}.yaml")
+    old, new = before.get("rounds", {}), current["rounds"]
+    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed_keys(old, new, ROUNDS_FREE, one_sided=True)]
+    old_stages, new_stages = before.get("stage_configs", {}), current["stage_configs"]
+    for stage in sorted(set(old_stages) | set(new_stages)):
+        if keys := changed_keys(old_stages.get(stage) or {}, new_stages.get(stage) or {}, one_sided=True):
+            diffs.append(f"{stage}.yaml: {', '.join(keys)}")
     if diffs:
         raise UserError(f"{run_dir} was made with another configuration ({'; '.join(diffs)}); rerun with the same "
                         "settings, or choose a new run_dir")

@@ -1,12 +1,11 @@
 """Sampling responses from a policy for a batch of chat prompts (demonstrations, comparisons and evaluation).
 
 A decode loop of its own on the model's forward and transformers' ``DynamicCache`` rather than ``model.generate``,
-for three savings ``generate`` does not make (SmolLM2-135M, 96 new tokens, IFEval prompts, 2 CPU cores, measured
-in the 2026-11-30 session, bf16 on a CPU without AMX): prompts are batched by length, so a batch pads little (IFEval
-prompts padded in file order cost 1.47x their tokens); each prompt's K samples share one prefill (``generate``
+for three savings ``generate`` does not make: prompts are batched by length, so a batch pads little (prompts of mixed
+lengths in file order pad to the longest of each batch); each prompt's K samples share one prefill (``generate``
 repeats the prompt K times before it); and a response that has ended leaves the batch (``generate`` keeps decoding
-it until the batch's longest response ends, and at 96 tokens nearly every batch of 64 has one cut off). 128 eval
-prompts, K=1: 74 s -> 55 s; 32 comparison prompts, K=4: 71 s -> 39 s.
+it until the batch's longest response ends, and with short ``max_new_tokens`` nearly every batch has one cut off).
+The time each saves: docs/benchmarks.md, *Sampling and precision*.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ other attribute: a response does the task when
 
 Rule-based on purpose: the labeler ranks thousands of samples and the judge scores every probe, so the check must be
 cheap and deterministic, and a user can read why an answer failed (:func:`check_task` returns the reasons). The
-alternatives measured against the hand labels (``benchmarks/task_check.py``, ``tests/data/task_labels.jsonl``) and
-the choice are in the README, *Does it do the task?*.
+alternatives measured against the hand labels (``benchmarks/task_check.py``, ``tests/fixtures/task_labels/``) and
+the choice are in docs/benchmarks.md (the task check against hand labels).
 """
 
 from __future__ import annotations
