@@ -18,7 +18,7 @@ STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install chromium test test-gpu lint demo rounds bench-rounds real import world demos base sft compare reward ppo eval bench-reward bench-ppo bench-label bench-alignment-tax ppo-golden push data-validate data-preview clean \
+.PHONY: help install chromium test test-durations test-gpu lint demo rounds bench-rounds real import world demos base sft compare reward ppo eval bench-reward bench-ppo bench-label bench-alignment-tax ppo-golden push data-validate data-preview clean \
 	label label-export label-screenshots
 
 # Every stage, from the one registry (rlhf_kit/core/stages.py): what it does, what it reads and writes.
@@ -45,6 +45,14 @@ chromium:
 # every test that launches processes picks free ports, so two files' launches never collide.
 test: install chromium
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PYTHON) -m pytest -q -n auto --dist loadfile -m "not gpu" tests
+
+# Each test's call time from one full parallel run (on an idle machine): tests/durations.json, what `slow` is
+# marked from (tests/conftest.py). Re-record after adding or speeding up tests.
+test-durations: install chromium
+	mkdir -p runs
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PYTHON) -m pytest -q -n auto --dist loadfile -m "not gpu" tests \
+	  --durations=0 --junitxml=runs/test-durations.xml | tee runs/test-durations.txt
+	$(PYTHON) tests/record_durations.py runs/test-durations.xml --report runs/test-durations.txt > tests/durations.json
 
 # The stages on a CUDA GPU in bf16 (tests/test_gpu.py); CI has no GPU and never runs them.
 test-gpu: install

@@ -35,11 +35,24 @@ def offline_env():
         yield
 
 
+# Each test's measured call time in seconds (tests/durations.json, written by `make test-durations` from a full
+# `make test` run): a test over SLOW_S is marked `slow`. Marked from a measurement, never by guess; a new test is
+# not slow until the file is re-recorded.
+SLOW_S = 30.0
+DURATIONS = REPO / "tests" / "durations.json"
+
+
 def pytest_collection_modifyitems(items):
-    """Tests that need the tiny end-to-end pipeline are the slow ones (``pytest -m "not slow"`` skips them)."""
+    """``slow``: measured over 30 s (tests/durations.json). ``pipeline``: needs the tiny end-to-end pipeline, which
+    each worker builds once (about a minute). ``pytest -m "not slow and not pipeline"`` is the quick loop."""
+    import json
+
+    measured = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
     for item in items:
-        if "pipeline" in getattr(item, "fixturenames", ()):
+        if measured.get(item.nodeid, 0.0) > SLOW_S:
             item.add_marker(pytest.mark.slow)
+        if "pipeline" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.pipeline)
 
 # Per-stage overrides that make each stage a few steps on a very small model.
 TINY = {

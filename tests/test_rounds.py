@@ -223,6 +223,8 @@ def test_two_rounds_killed_in_round_two_reward_resume_to_the_same_figures(pipeli
             and time.time() < deadline:
         time.sleep(0.05)
     assert runner.poll() is None, "the run ended before round 2's reward stage could be killed"
+    first = sorted(reward2.glob("checkpoint-*/trainer_state.json"))[0].parent.name
+    print(f"[rounds kill] SIGKILL in round 2's reward stage as soon as its {first} was written")  # the kill point
     _kill_tree(runner)
     assert not (reward2 / "stage_complete.json").exists() and not (killed / "round-2" / "ppo").exists()
 

@@ -153,8 +153,8 @@ def check_bf16(parsed: tuple) -> None:
         raise UserError(f"{key}: {str(value).lower()} needs a GPU or a CPU with native bf16 (AMX-BF16 or "
                         f"AVX512-BF16 in /proc/cpuinfo), and this CPU has neither; set `{fixes[key]}` in the config")
     training = [(k, v) for k, v, w in asked if w == "training"]
-    if training and not cpu_has_amx():  # runs, but gains nothing: the real track's PPO ran 0.17 episodes/s in bf16,
-        key, value = training[0]        # 0.20 in fp32
+    if training and not cpu_has_amx():  # runs, but gains nothing (docs/benchmarks.md: bf16 vs float32 training)
+        key, value = training[0]
         print(f"note: {key}: {str(value).lower()} on a CPU with AVX512-BF16 but no AMX runs no faster than float32 "
               f"(and rounds more); `{fixes[key]}` is the faster choice here", file=sys.stderr)
 
@@ -171,11 +171,10 @@ AUTO = "auto"
 def auto_precision(workload: str = "training", cpuinfo: str = "/proc/cpuinfo") -> tuple[bool, str]:
     """What ``bf16: auto`` / ``dtype: auto`` mean here for a ``workload`` (``training`` or ``sampling``): (bf16?, why).
     bf16 only where it is native *and* pays. On a CUDA GPU with bf16 (Ampere or later), always. On a CPU: for
-    training only with AMX-BF16 (bf16 matmuls ~4x float32 on this project's Xeon; with AVX512-BF16 alone they run at
-    float32's speed, and the real track's PPO ran 0.17 episodes/s in bf16, 0.20 in float32); for sampling with
-    AVX512-BF16 or AMX, since decoding one token at a time is bound by reading the weights, and bf16 reads half the
-    bytes (SmolLM2-135M, 32 prompts x 96 tokens, AVX512-BF16 without AMX: 151-187 tokens/s in bf16, 85-106 in
-    float32). Without native bf16, PyTorch emulates it, many times slower: float32."""
+    training only with AMX-BF16 (with AVX512-BF16 alone bf16 matmuls run at float32's speed, so training gains
+    nothing); for sampling with AVX512-BF16 or AMX, since decoding one token at a time is bound by reading the weights,
+    and bf16 reads half the bytes. Without native bf16, PyTorch emulates it, many times slower: float32. The
+    measurements behind each choice are in docs/benchmarks.md (precision)."""
     if has_gpu():
         import torch
 
