@@ -119,12 +119,28 @@ def test_overlap_and_gold_reach_the_right_labelers(tmp_path):
                 progress = True
         if not progress:
             break
-    gold_id = store.query("SELECT id FROM items WHERE gold_ranks IS NOT NULL")[0]["id"]
+    gold_id = store.query("SELECT id FROM items WHERE known_ranks IS NOT NULL")[0]["id"]
     assert all(gold_id in ids for ids in claimed.values())  # gold goes to everyone
     normal = [i for ids in claimed.values() for i in ids if i != gold_id]
     assert len(normal) == 30 and len(set(normal)) == 30  # overlap 0: each item to exactly one labeler
     orders = {json.dumps(r["display_order"]) for r in store.query("SELECT display_order FROM assignments")}
     assert len(orders) > 1  # responses shuffled per labeler
+
+
+def test_a_database_from_before_the_known_ranks_rename_keeps_its_gold_items(tmp_path):
+    import sqlite3
+
+    from rlhf_kit.label.store import SCHEMA, Store
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA.replace("known_ranks", "gold" + "_ranks"))  # the column's name before the rename
+    old.execute("INSERT INTO items (kind, prompt, responses, gold_ranks, overlap, position, source, digest, created) "
+                "VALUES ('rank', '[]', '[\"a\", \"b\"]', '[0, 1]', 1, 0.5, 'x', 'd', 0)")
+    old.commit()
+    old.close()
+    store = Store(path)
+    assert [dict(r) for r in store.query("SELECT known_ranks FROM items")] == [{"known_ranks": "[0, 1]"}]
 
 
 def test_csrf_token_required(tmp_path):

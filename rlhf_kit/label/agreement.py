@@ -35,8 +35,8 @@ def labeler_agreement(labels: list[dict]) -> dict[str, dict]:
     stats = defaultdict(lambda: {"peers": [0, 0], "gold": [0, 0]})
     for item_labels in by_item.values():
         for lab in item_labels:
-            if lab["gold_ranks"]:
-                _add(stats[lab["labeler"]]["gold"], pair_agreement(lab["ranks"], lab["gold_ranks"]))
+            if lab["known_ranks"]:
+                _add(stats[lab["labeler"]]["gold"], pair_agreement(lab["ranks"], lab["known_ranks"]))
             for other in item_labels:
                 if other is not lab:
                     _add(stats[lab["labeler"]]["peers"], pair_agreement(lab["ranks"], other["ranks"]))

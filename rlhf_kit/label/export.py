@@ -31,7 +31,7 @@ def build_ranking_rows(labels: list[dict], merge: str) -> list[dict]:
         raise UserError(f"unknown merge rule {merge!r}; use one of {', '.join(MERGE_RULES)}")
     by_item = defaultdict(list)
     for lab in labels:
-        if lab["kind"] == "rank" and not lab["gold_ranks"]:
+        if lab["kind"] == "rank" and not lab["known_ranks"]:
             by_item[lab["item_id"]].append(lab)
     if merge == "none":
         return [merge_rankings([lab]) for item in by_item.values() for lab in item]
@@ -54,8 +54,8 @@ def export_labels(db_path: str, output_dir: str, merge: str = "mean-rank", heldo
     out.mkdir(parents=True, exist_ok=True)
     rankings = build_ranking_rows(labels, merge)
     demos = build_demonstration_rows(labels)
-    counts = {"rank_labels": sum(lab["kind"] == "rank" and not lab["gold_ranks"] for lab in labels),
-              "gold_labels": sum(bool(lab["gold_ranks"]) for lab in labels), "demonstrations": len(demos)}
+    counts = {"rank_labels": sum(lab["kind"] == "rank" and not lab["known_ranks"] for lab in labels),
+              "known_labels": sum(bool(lab["known_ranks"]) for lab in labels), "demonstrations": len(demos)}
     agreement = labeler_agreement(labels)
     if rankings:
         counts.update(write_comparisons(str(out), rankings, heldout_fraction, seed))

@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS users (
     is_admin INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY, kind TEXT NOT NULL CHECK (kind IN ('rank', 'demo')), prompt TEXT NOT NULL,
-    responses TEXT, suggestion TEXT, gold_ranks TEXT, overlap INTEGER NOT NULL, assigned INTEGER NOT NULL DEFAULT 0,
+    responses TEXT, suggestion TEXT, known_ranks TEXT, overlap INTEGER NOT NULL, assigned INTEGER NOT NULL DEFAULT 0,
     position REAL NOT NULL, source TEXT, digest TEXT NOT NULL UNIQUE, created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS items_position ON items (position);
 CREATE TABLE IF NOT EXISTS assignments (
@@ -59,7 +59,11 @@ class Store:
                             f"--admin --db {self.path}` or `rlhf-kit label import FILE --db {self.path}`")
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.connect().executescript(SCHEMA)  # idempotent; executescript runs outside a transaction
+        db = self.connect()
+        columns = {row[1] for row in db.execute("PRAGMA table_info(items)")}
+        if "gold_ranks" in columns:  # a database made before the column's rename keeps its gold items
+            db.execute("ALTER TABLE items RENAME COLUMN gold_ranks TO known_ranks")
+        db.executescript(SCHEMA)  # idempotent; executescript runs outside a transaction
         with self.write() as db:
             for key, value in {**DEFAULT_SETTINGS, "secret_key": secrets.token_urlsafe(32)}.items():
                 db.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)", (key, value))
@@ -128,13 +132,13 @@ class Store:
         with self.write() as db:
             for item in items:
                 digest = hashlib.sha256(json.dumps([item["kind"], item["prompt"], item.get("responses"),
-                                                    item.get("gold_ranks")]).encode()).hexdigest()
+                                                    item.get("known_ranks")]).encode()).hexdigest()
                 overlap = n_overlap if rng.random() < share else 1
                 cur = db.execute(
-                    "INSERT INTO items (kind, prompt, responses, suggestion, gold_ranks, overlap, position, source, "
+                    "INSERT INTO items (kind, prompt, responses, suggestion, known_ranks, overlap, position, source, "
                     "digest, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING",
                     (item["kind"], json.dumps(item["prompt"]), _dumps(item.get("responses")), item.get("suggestion"),
-                     _dumps(item.get("gold_ranks")), overlap, rng.random(), source, digest, time.time()))
+                     _dumps(item.get("known_ranks")), overlap, rng.random(), source, digest, time.time()))
                 added += cur.rowcount
         return added, len(items) - added
 
@@ -147,7 +151,7 @@ class Store:
             if row:
                 return row["id"]
             item = db.execute(
-                "SELECT id, responses FROM items i WHERE (i.gold_ranks IS NOT NULL OR i.assigned < i.overlap) "
+                "SELECT id, responses FROM items i WHERE (i.known_ranks IS NOT NULL OR i.assigned < i.overlap) "
                 "AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.id AND a.user_id = ?) "
                 "ORDER BY i.position LIMIT 1", (user_id,)).fetchone()
             if item is None:
@@ -207,12 +211,12 @@ class Store:
         """Every label with its item and labeler, JSON columns decoded (for agreement and export)."""
         rows = self.query(
             "SELECT l.id, l.item_id, l.user_id, u.name AS labeler, l.ranks, l.scores, l.flags, l.messages, l.seconds, "
-            "i.kind, i.prompt, i.responses, i.gold_ranks FROM labels l JOIN items i ON i.id = l.item_id "
+            "i.kind, i.prompt, i.responses, i.known_ranks FROM labels l JOIN items i ON i.id = l.item_id "
             "JOIN users u ON u.id = l.user_id ORDER BY l.item_id, l.id")
         out = []
         for r in rows:
             row = dict(r)
-            for key in ("ranks", "scores", "flags", "messages", "prompt", "responses", "gold_ranks"):
+            for key in ("ranks", "scores", "flags", "messages", "prompt", "responses", "known_ranks"):
                 row[key] = json.loads(row[key]) if row[key] else None
             out.append(row)
         return out
@@ -221,10 +225,10 @@ class Store:
         """Queue totals for the admin page."""
         q = lambda sql: self.query(sql)[0][0]  # noqa: E731
         return {
-            "items": q("SELECT count(*) FROM items WHERE gold_ranks IS NULL"),
-            "gold_items": q("SELECT count(*) FROM items WHERE gold_ranks IS NOT NULL"),
+            "items": q("SELECT count(*) FROM items WHERE known_ranks IS NULL"),
+            "known_items": q("SELECT count(*) FROM items WHERE known_ranks IS NOT NULL"),
             "items_labeled": q("SELECT count(DISTINCT l.item_id) FROM labels l JOIN items i ON i.id = l.item_id "
-                               "WHERE i.gold_ranks IS NULL"),
+                               "WHERE i.known_ranks IS NULL"),
             "labels": q("SELECT count(*) FROM labels"),
             "in_progress": q("SELECT count(*) FROM assignments a WHERE NOT EXISTS "
                              "(SELECT 1 FROM labels l WHERE l.assignment_id = a.id)"),

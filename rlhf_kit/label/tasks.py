@@ -71,7 +71,7 @@ def parse_item(row: dict, where: str, gold: bool = False) -> dict:
         if not (isinstance(ranks, list) and len(ranks) == len(responses) and all(isinstance(r, int) for r in ranks)
                 and len(set(ranks)) >= 2):
             raise UserError(f"{where}: a gold item needs `ranks` (0 = best, one per response, at least two levels)")
-        item["gold_ranks"] = dense_ranks(ranks)
+        item["known_ranks"] = dense_ranks(ranks)
     return item
 
 
