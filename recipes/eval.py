@@ -15,6 +15,7 @@ def main(args: EvalArguments):
     import time
     from pathlib import Path
 
+    from rlhf_kit.algorithms.best_of_n import best_of_n
     from rlhf_kit.core import runs
     from rlhf_kit.core.stages import TRAINS_ON
     from rlhf_kit.data.datasets import load_rows
@@ -61,15 +62,26 @@ def main(args: EvalArguments):
         responses[p] = [r[0] for r in sample_responses(models[p], tokenizer, prompts, 1, args.temperature,
                                                        args.max_new_tokens, args.batch_size, args.seed,
                                                        finished=finished[p], progress=f"eval {p}")]
+    kl_bounds = {}
+    if args.best_of_n:
+        started, name = time.time(), f"best-of-{args.best_of_n}"
+        bon = best_of_n(models[args.best_of_n_policy], reward_model, tokenizer, prompts, args.best_of_n,
+                        args.temperature, args.max_new_tokens, args.batch_size, args.seed)
+        responses[name], finished[name] = bon["responses"], [[f] for f in bon["finished"]]
+        kl_bounds[name] = bon["kl_bound"]
+        best = {"policy": name, "n": args.best_of_n, "from": args.best_of_n_policy, "wall_seconds":
+                round(time.time() - started, 2)} | {k: bon[k] for k in ("samples", "tokens_sampled", "rm_passes")}
     heldout = load_rows(f"{stages['compare']}/rankings_heldout.jsonl").to_list() if "compare" in stages else None
     summary, scores, rm_scores = ev.compare_policies(rows, responses, models, tokenizer, judge, baseline, reward_model,
-                                                     heldout, args.batch_size)
+                                                     heldout, args.batch_size, kl_bounds)
+    if args.best_of_n:
+        summary["best_of_n"] = best
     summary["judge"] = args.judge
     # A policy can "win" by stopping early or saying nothing (e.g. no commas): show both shares.
-    summary["cut_off_share"] = {p: 1 - sum(f[0] for f in finished[p]) / len(rows) for p in policies}
-    summary["empty_share"] = {p: sum(not r.strip() for r in responses[p]) / len(rows) for p in policies}
+    summary["cut_off_share"] = {p: 1 - sum(f[0] for f in finished[p]) / len(rows) for p in responses}
+    summary["empty_share"] = {p: sum(not r.strip() for r in responses[p]) / len(rows) for p in responses}
     if hasattr(judge, "report"):  # a benchmark's own metrics (e.g. IFEval's prompt/instruction-level accuracies)
-        summary["judge_report"] = {p: judge.report(rows, responses[p]) for p in policies}
+        summary["judge_report"] = {p: judge.report(rows, responses[p]) for p in responses}
     last = [p for p in policies if p != baseline][-1]  # the policy the headline and samples compare
     if args.versus:
         summary["head_to_head"] = ev.head_to_head(scores, last, args.versus)
@@ -94,7 +106,7 @@ def main(args: EvalArguments):
     if "judge_report" in summary:
         report.plot_per_type(summary["judge_report"], out / "per_type.png")
     if rm_scores:
-        per_policy = {p: {"judge": scores[p], "rm": rm_scores[p]} for p in policies}
+        per_policy = {p: {"judge": scores[p], "rm": rm_scores[p]} for p in rm_scores}
         report.plot_judge_vs_rm(per_policy, out / "judge_vs_rm.png")
     report.write_summary(out.parent, summary)  # next to the eval folder: <run_dir>/summary.json by default
     report.write_report(out.parent, summary, samples, out.name)

@@ -62,6 +62,7 @@ TINY = {
             "--save_steps", "10"],
     "compare": ["--num_responses", "4", "--max_new_tokens", "12"],
     "reward": ["--max_steps", "10", "--per_device_train_batch_size", "16", "--lora_r", "4", "--lora_alpha", "8"],
+    "dpo": ["--max_steps", "2", "--per_device_train_batch_size", "8", "--lora_r", "4", "--lora_alpha", "8"],
     "ppo": ["--total_episodes", "32", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2",
             "--num_ppo_epochs", "1", "--response_length", "12", "--lora_r", "4", "--lora_alpha", "8"],
 }
@@ -82,6 +83,9 @@ def stage_paths(root: Path, stage: str) -> list[str]:
         "ppo": ["--output_dir", runs / "ppo", "--model_name_or_path", runs / "sft",
                 "--reward_model_path", runs / "reward", "--dataset_path", data / "prompts.jsonl",
                 "--probe_dataset_path", data / "probe.jsonl"],
+        "dpo": ["--output_dir", runs / "dpo", "--model_name_or_path", runs / "sft",
+                "--dataset_path", runs / "compare" / "rankings.jsonl",
+                "--eval_dataset_path", runs / "compare" / "rankings_heldout.jsonl"],
     }
     return [str(x) for x in paths[stage]]
 

@@ -67,7 +67,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 # rlhf_kit's packages as floors, lowest first (each package's __init__ says what it holds). A module imports only
 # from its own floor and the floors below: the pipeline's order (data, then what samples it, then what trains and
 # judges on it), with the libraries underneath and the command line on top.
-FLOORS = ("core", "integrations", "data", "worlds", "sampling", "reward", "eval", "ppo", "run", "label", "cli")
+FLOORS = ("core", "integrations", "data", "worlds", "sampling", "reward", "eval", "ppo", "algorithms", "run", "label",
+          "cli")
 
 
 def floor(module: str) -> str:

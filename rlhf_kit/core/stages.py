@@ -51,6 +51,10 @@ STAGES = {s.name: s for s in (
     Stage("ppo", "PPO against the reward model with a KL penalty to SFT (rlhf_kit's trainer)", ("sft", "reward"),
           "policy, checkpoints, monitor", (f"{_RUN}:PPOArguments", "rlhf_kit.ppo.config:PPOConfig",
                                            f"{_TRL}:ModelConfig"), launched=True, trains_on="prompts"),
+    Stage("dpo", "DPO from SFT on the compare stage's rankings, reference = SFT (TRL's DPOTrainer, LoRA)",
+          ("sft", "compare"), "policy (LoRA adapter or model)", (f"{_RUN}:DPOArguments", f"{_TRL}:DPOConfig",
+                                                                 f"{_TRL}:ModelConfig"),
+          launched=True, trains_on="comparisons"),
     Stage("eval", "every policy on held-out prompts, scored by a judge the reward model never saw",
           ("sft", "reward", "ppo"), "summary.json, report.md, plots", (f"{_RUN}:EvalArguments",)),
 )}
@@ -73,7 +77,7 @@ def hint(stage: str) -> str:
 
 def table() -> str:
     """Every stage, one line each, in pipeline order: what ``rlhf-kit stages`` and ``make help`` print."""
-    order = list(dict.fromkeys(REAL[:3] + DEMO))
+    order = list(dict.fromkeys(REAL[:3] + DEMO[:-1] + tuple(STAGES)))
     width = max(map(len, order))
     lines = []
     for name in order:

@@ -17,12 +17,15 @@ from rlhf_kit.data.rows import prompt_key
 
 
 def compare_policies(rows: list[dict], responses: dict[str, list[str]], models: dict, tokenizer, judge, baseline: str,
-                     reward_model=None, heldout_rankings: list[dict] | None = None, batch_size: int = 128):
+                     reward_model=None, heldout_rankings: list[dict] | None = None, batch_size: int = 128,
+                     kl_bounds: dict[str, float] | None = None):
     """The summary's metrics for policies' ``responses`` to prompt ``rows`` (policies in ``responses`` order).
 
     Returns (summary, judge scores per policy, RM scores per policy or {}). Win rates count ties as half and carry
     a normal-approximation 95% CI; KL is the k1 estimate per token of each policy to the baseline on the policy's
-    own samples; RM accuracy is measured on held-out rankings against the judge's order.
+    own samples, except for a policy in ``kl_bounds`` (no model to score its samples, e.g. best-of-n): its bound
+    in nats per response, spread over its mean response length; RM accuracy is measured on held-out rankings
+    against the judge's order.
     """
     policies = list(responses)
     prompts = [r["prompt"] for r in rows]
@@ -43,6 +46,9 @@ def compare_policies(rows: list[dict], responses: dict[str, list[str]], models: 
         if p == baseline:
             continue
         summary["win_rate_vs_baseline"][p] = head_to_head(scores, p, [baseline])[baseline]
+        if p in (kl_bounds or {}):
+            summary["kl_to_baseline"][p] = kl_bounds[p] / max(summary["response_length"][p], 1.0)
+            continue
         own = response_logprobs(models[p], tokenizer, prompts, responses[p], progress=f"KL {p}: log pi_{p}")
         ref = response_logprobs(models[baseline], tokenizer, prompts, responses[p],
                                 progress=f"KL {p}: log pi_{baseline}")

@@ -9,7 +9,8 @@ from pathlib import Path
 def compared(summary: dict) -> tuple[str, str]:
     """(policy, baseline) of the headline: the last policy that is not the baseline."""
     baseline = summary["baseline"]
-    return [p for p in summary["policies"] if p != baseline][-1], baseline
+    untrained = (summary.get("best_of_n") or {}).get("policy")  # compared in the table, not the headline
+    return [p for p in summary["policies"] if p not in (baseline, untrained)][-1], baseline
 
 
 def headline(summary: dict) -> str:

@@ -187,6 +187,15 @@ class RewardArguments(DataArguments):
 
 
 @dataclass
+class DPOArguments(DataArguments):
+    """DPO's data: the compare stage's rankings (every untied pair) or pair rows, and held-out ones (optional)."""
+
+    eval_dataset_path: str | None = field(default=None, metadata={
+        "help": "Held-out comparisons: DPO's implicit-reward accuracy on them is reported (optional)."})
+    k_max: int = field(default=9, metadata={"help": "Most responses per ranking (InstructGPT: K = 4..9)."})
+
+
+@dataclass
 class PPOArguments(DataArguments):
     """PPO prompts and their length limit."""
 
@@ -265,6 +274,10 @@ class EvalArguments(SamplingArguments):
         "help": "An earlier reward model (e.g. the previous round's) whose accuracy on the same held-out comparisons "
                 "is reported too: how far the policy's samples drifted from that model's data."})
 
+    best_of_n: int = field(default=0, metadata={
+        "help": "n >= 2 adds the policy best-of-<n>: n samples per prompt from best_of_n_policy, the reward model's "
+                "favourite kept (no training; Llama 2's rejection sampling); 0: none."})
+    best_of_n_policy: str = field(default="sft", metadata={"help": "The policy best-of-n samples from."})
     reference_comparisons: str | None = field(default=None, metadata={
         "help": "Another comparison stage whose held-out rankings the reward model is also measured on (rounds: "
                 "round 1's, i.e. SFT samples, one yardstick for every round's reward model)."})
@@ -277,6 +290,16 @@ class EvalArguments(SamplingArguments):
             raise UserError(f"policies {self.policies} must name two or more distinct stage folders, e.g. [sft, ppo]")
         if self.baseline not in self.policies:
             raise UserError(f"baseline {self.baseline!r} is not among policies {self.policies}; add it or pick one")
+        if self.best_of_n:
+            if self.best_of_n < 2:
+                raise UserError(f"best_of_n={self.best_of_n}: best-of-n needs n >= 2 samples per prompt (16 is the "
+                                "usual choice), or 0 for none")
+            if self.best_of_n_policy not in self.policies:
+                raise UserError(f"best_of_n_policy {self.best_of_n_policy!r} is not among policies "
+                                f"{self.policies}; add it or pick one")
+            if not self.reward_model:
+                raise UserError("best_of_n needs a reward_model to pick each prompt's best sample; set "
+                                "reward_model: reward (the reward stage's folder)")
 
 
 @dataclass

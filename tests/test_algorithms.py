@@ -1,0 +1,165 @@
+"""The methods next to PPO (rlhf_kit/algorithms/): DPO on the compare stage's rankings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlhf_kit.core.errors import UserError
+
+from conftest import TINY, config_args, run_cli, run_inprocess, stage_paths
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from rlhf_kit.worlds.demo import tiny, world
+
+    return tiny.build_tiny_tokenizer(world.vocabulary())
+
+
+def _ranking(responses, ranks):
+    return {"prompt": [{"role": "user", "content": "name a fruit"}], "responses": responses, "ranks": ranks}
+
+
+def test_dpo_pairs_of_a_ranking_with_ties_are_every_untied_pair(tokenizer):
+    """By hand: a > b = c > d gives a>b, a>c, a>d, b>d, c>d; the tie b = c gives none."""
+    from datasets import Dataset
+
+    from rlhf_kit.algorithms.dpo import preference_pairs
+
+    rows = Dataset.from_list([_ranking(["apple", "pear", "plum", "dog"], [0, 1, 1, 2])])
+    pairs = preference_pairs(rows, "rankings", tokenizer, None, k_max=9)
+    got = sorted((p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs)
+    assert got == sorted([("apple", "pear"), ("apple", "plum"), ("apple", "dog"), ("pear", "dog"), ("plum", "dog")])
+
+
+def test_dpo_on_rankings_without_an_untied_pair_is_refused(tokenizer):
+    from datasets import Dataset
+
+    from rlhf_kit.algorithms.dpo import preference_pairs
+
+    rows = Dataset.from_list([_ranking(["apple", "pear"], [0, 0]), _ranking(["dog", "dog"], [0, 1])])
+    with pytest.raises(UserError, match="ties all its responses: DPO needs at least one untied pair"):
+        preference_pairs(rows, "rankings.jsonl", tokenizer, None, k_max=9)
+
+
+def test_dpo_tokenizes_a_reply_as_every_stage_does(tokenizer):
+    """The pairs reach TRL as prompt / reply ids that end at the end token (rlhf_kit.data.datasets.reply_ids)."""
+    from datasets import Dataset
+
+    from rlhf_kit.algorithms.dpo import RankedDPOTrainer
+    from rlhf_kit.data.datasets import chat_ids, reply_ids
+
+    prompt = _ranking([], [])["prompt"]
+    row = {"prompt": prompt, "chosen": [{"role": "assistant", "content": "apple"}],
+           "rejected": [{"role": "assistant", "content": "dog"}]}
+    out = RankedDPOTrainer._prepare_dataset(None, Dataset.from_list([row]), tokenizer, None, "train")[0]
+    start = chat_ids(tokenizer, prompt, add_generation_prompt=True)
+    assert out["prompt_ids"] == start
+    assert start + out["chosen_ids"] == reply_ids(tokenizer, prompt, "apple")
+    assert out["chosen_ids"][-1] == out["rejected_ids"][-1] == tokenizer.eos_token_id
+
+
+def test_dpo_two_steps_from_sft_change_the_adapter(pipeline, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "dpo"
+    proc = run_cli("dpo", config_args("dpo") + stage_paths(pipeline, "dpo") + TINY["dpo"] + ["--output_dir", str(out)],
+                   launcher="accelerate")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    marker = json.loads((out / "stage_complete.json").read_text())
+    assert marker["pairs"] > 0 and 0.0 <= marker["heldout_accuracy"] <= 1.0
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    lora_b = [t for name, t in adapter.items() if "lora_B" in name]
+    assert lora_b and any(t.abs().max() > 0 for t in lora_b)  # peft starts B at zero: two steps moved it
+    assert (out / "model.safetensors").is_file()  # the merged policy eval loads
+
+
+def test_dpo_refuses_rankings_without_a_preference_and_writes_nothing(pipeline, tmp_path):
+    tied = tmp_path / "tied.jsonl"
+    tied.write_text(json.dumps(_ranking(["apple", "pear"], [0, 0])) + "\n")
+    out = tmp_path / "dpo"
+    with pytest.raises(UserError, match="DPO needs at least one untied pair"):
+        run_inprocess("dpo", config_args("dpo") + stage_paths(pipeline, "dpo") + TINY["dpo"] + [
+            "--dataset_path", str(tied), "--eval_dataset_path", "", "--output_dir", str(out)])
+    assert not out.exists()
+
+
+def test_best_of_n_keeps_the_reward_models_argmax(tokenizer):
+    """With a stub reward model whose scores are known (a response's length), best-of-n keeps each prompt's longest
+    sample, the first of equals; the cost counts every sample."""
+    from rlhf_kit.algorithms.best_of_n import best_of_n, kl_bound, pick_best
+    from rlhf_kit.sampling.generation import sample_responses
+    from rlhf_kit.worlds.demo import tiny
+
+    assert pick_best([[0.1, 0.7, 0.7], [2.0, -1.0]]) == [1, 0]
+    assert kl_bound(2) == pytest.approx(0.6931 - 0.5, abs=1e-4) and kl_bound(16) == pytest.approx(1.8351, abs=1e-4)
+    policy = tiny.build_tiny_model(tokenizer, 16, 32, 1, 2, 64)
+    prompts = [[{"role": "user", "content": "name a fruit"}], [{"role": "user", "content": "say hello"}]]
+    out = best_of_n(policy, None, tokenizer, prompts, 4, 1.0, 6, 8, seed=3,
+                    score=lambda ps, rs: [float(len(r)) for r in rs])
+    samples = sample_responses(policy, tokenizer, prompts, 4, 1.0, 6, 2, 3)  # the same draws: seed, batch of 8 // 4
+    assert out["responses"] == [max(s, key=len) for s in samples]
+    assert out["samples"] == out["rm_passes"] == 8 and out["kl_bound"] == kl_bound(4)
+    with pytest.raises(UserError, match="needs n >= 2"):
+        best_of_n(policy, None, tokenizer, prompts, 1, 1.0, 6, 8, seed=3, score=lambda ps, rs: [0.0] * len(rs))
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--best_of_n", "1"], "best-of-n needs n >= 2"),
+    (["--best_of_n", "16", "--best_of_n_policy", "dpo"], "best_of_n_policy 'dpo' is not among policies"),
+    (["--best_of_n", "16", "--reward_model", ""], "best_of_n needs a reward_model"),
+])
+def test_eval_refuses_a_bad_best_of_n_in_one_line(flags, match):
+    from rlhf_kit.run.configs import EvalArguments, parse_stage_args
+
+    with pytest.raises(UserError, match=match):
+        parse_stage_args((EvalArguments,), config_args("eval") + flags)
+
+
+def _eval_flags(run_dir, data_dir):
+    return config_args("eval") + ["--run_dir", str(run_dir), "--max_new_tokens", "8",
+                                  "--eval_dataset_path", str(data_dir / "eval.jsonl")]
+
+
+def test_eval_adds_best_of_n_with_its_cost_and_kl_bound(pipeline, tmp_path):
+    import shutil
+
+    from rlhf_kit.algorithms.best_of_n import kl_bound
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(pipeline / "runs", run_dir)
+    run_inprocess("eval", _eval_flags(run_dir, pipeline / "data") + ["--best_of_n", "4"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = summary["eval_prompts"]
+    assert summary["policies"] == ["base", "sft", "ppo", "best-of-4"]
+    assert summary["best_of_n"]["samples"] == summary["best_of_n"]["rm_passes"] == 4 * rows
+    assert summary["best_of_n"]["from"] == "sft" and summary["best_of_n"]["tokens_sampled"] > 0
+    assert summary["kl_to_baseline"]["best-of-4"] == pytest.approx(
+        kl_bound(4) / max(summary["response_length"]["best-of-4"], 1.0))
+    assert 0 <= summary["win_rate_vs_baseline"]["best-of-4"]["win_rate"] <= 1
+    # kept by the reward model: its mean RM score is at least SFT's own single sample's on average
+    assert summary["rm_score"]["best-of-4"] >= summary["rm_score"]["sft"]
+    assert "PPO beats SFT" in (run_dir / "report.md").read_text()  # the headline stays the trained policy's
+
+
+def test_eval_refuses_a_dpo_policy_trained_on_eval_prompts(pipeline, tmp_path):
+    """The leak check knows what DPO trains on (its comparisons, rlhf_kit.core.stages): refused before any model
+    loads."""
+    import shutil
+
+    import yaml
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(pipeline / "runs", run_dir)
+    eval_row = json.loads((pipeline / "data" / "eval.jsonl").read_text().splitlines()[0])
+    leaked = tmp_path / "leaked.jsonl"
+    leaked.write_text(json.dumps(_ranking(["a", "b"], [0, 1]) | {"prompt": eval_row["prompt"]}) + "\n")
+    dpo = run_dir / "dpo"
+    shutil.copytree(run_dir / "sft", dpo)
+    config = yaml.safe_load((dpo / "rlhf_kit_config.yaml").read_text()) | {"stage": "dpo",
+                                                                           "dataset_path": str(leaked)}
+    (dpo / "rlhf_kit_config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(UserError, match="dpo"):
+        run_inprocess("eval", _eval_flags(run_dir, pipeline / "data") + ["--policies", "sft", "dpo"])
