@@ -18,7 +18,7 @@ STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install chromium test test-durations test-gpu lint demo rounds bench-rounds real import world demos base sft compare reward ppo dpo eval bench-reward bench-ppo bench-label bench-alignment-tax ppo-golden push data-validate data-preview clean \
+.PHONY: help install chromium test test-durations test-gpu lint demo rounds bench-rounds real import world demos base sft compare reward ppo dpo rloo grpo eval bench-reward bench-ppo bench-label bench-alignment-tax ppo-golden push data-validate data-preview clean \
 	label label-export label-screenshots
 
 # Every stage, from the one registry (rlhf_kit/core/stages.py): what it does, what it reads and writes.
@@ -106,6 +106,13 @@ ppo: install
 # DPO from SFT on the compare stage's rankings (no reward model, no sampling): a policy eval takes like PPO's.
 dpo: install
 	$(LAUNCH) recipes/dpo.py --config $(RUN_CONFIGS)/dpo.yaml
+
+# RLOO and GRPO from SFT against the reward model (no value model), on PPO's prompts and budget.
+rloo: install
+	$(LAUNCH) recipes/rloo.py --config $(RUN_CONFIGS)/rloo.yaml
+
+grpo: install
+	$(LAUNCH) recipes/grpo.py --config $(RUN_CONFIGS)/grpo.yaml
 
 eval: install
 	$(PYTHON) recipes/eval.py --config $(RUN_CONFIGS)/eval.yaml

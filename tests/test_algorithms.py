@@ -163,3 +163,39 @@ def test_eval_refuses_a_dpo_policy_trained_on_eval_prompts(pipeline, tmp_path):
     (dpo / "rlhf_kit_config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(UserError, match="dpo"):
         run_inprocess("eval", _eval_flags(run_dir, pipeline / "data") + ["--policies", "sft", "dpo"])
+
+
+@pytest.mark.parametrize("stage", ["rloo", "grpo"])
+def test_online_method_two_steps_from_sft_change_the_adapter(pipeline, tmp_path, stage):
+    from safetensors.torch import load_file
+
+    out = tmp_path / stage
+    proc = run_cli(stage, config_args(stage) + stage_paths(pipeline, stage) + TINY[stage] + ["--output_dir", str(out)],
+                   launcher="accelerate")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    marker = json.loads((out / "stage_complete.json").read_text())
+    assert marker["prompts"] > 0 and "reward" in marker
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert any(t.abs().max() > 0 for name, t in adapter.items() if "lora_B" in name)  # B starts at zero
+    assert (out / "model.safetensors").is_file()
+
+
+def test_online_reward_is_the_reward_model_read_as_ppo_reads_it(pipeline):
+    """The reward function TRL calls gives exactly the scores eval and PPO compute for the same answers."""
+    from rlhf_kit.algorithms.online import reward_function
+    from rlhf_kit.eval.evaluation import score_with_reward_model
+    from rlhf_kit.integrations import modeling
+
+    rm_path = str(pipeline / "runs" / "reward")
+    tokenizer, rm = modeling.load_tokenizer(rm_path), modeling.load_reward_model(rm_path, require_head=True)
+    prompts = [[{"role": "user", "content": "name a fruit"}]] * 2
+    completions = [[{"role": "assistant", "content": "apple"}], [{"role": "assistant", "content": "dog dog"}]]
+    got = reward_function(rm, tokenizer)(prompts=prompts, completions=completions, trainer_state=None)
+    assert got == score_with_reward_model(rm, tokenizer, prompts, ["apple", "dog dog"])
+
+
+def test_online_method_refuses_a_reward_model_without_a_trained_head(pipeline, tmp_path):
+    with pytest.raises(UserError, match="no trained reward head"):
+        run_inprocess("rloo", config_args("rloo") + stage_paths(pipeline, "rloo") + TINY["rloo"] + [
+            "--reward_model_path", str(pipeline / "runs" / "sft"), "--output_dir", str(tmp_path / "rloo")])
+    assert not (tmp_path / "rloo").exists()

@@ -1,8 +1,8 @@
 """The one place that imports TRL pieces that move between releases.
 
-rlhf_kit wraps TRL's maintained trainers (SFT, reward, DPO) and its parser and model-config helpers; PPO is rlhf_kit's
-own (rlhf_kit/ppo/: TRL removed its PPOTrainer in 1.13). When TRL moves a helper, this file is the only one to
-change; tests/test_trl_pins.py pins what is used here by behaviour.
+rlhf_kit wraps TRL's maintained trainers (SFT, reward, DPO, RLOO, GRPO) and its parser and model-config helpers;
+PPO is rlhf_kit's own (rlhf_kit/ppo/: TRL removed its PPOTrainer in 1.13). When TRL moves a helper, this file is the
+only one to change; tests/test_trl_pins.py pins what is used here by behaviour.
 """
 
 from contextlib import contextmanager
@@ -10,9 +10,13 @@ from contextlib import contextmanager
 from trl import (  # noqa: F401  (re-exported)
     DPOConfig,
     DPOTrainer,
+    GRPOConfig,
+    GRPOTrainer,
     ModelConfig,
     RewardConfig,
     RewardTrainer,
+    RLOOConfig,
+    RLOOTrainer,
     SFTConfig,
     SFTTrainer,
     TrlParser,

@@ -196,6 +196,15 @@ class DPOArguments(DataArguments):
 
 
 @dataclass
+class OnlineArguments(DataArguments):
+    """RLOO's and GRPO's inputs: PPO's prompts (and their length limit) and the reward stage's model."""
+
+    reward_model_path: str = field(default="runs/demo/reward", metadata={
+        "help": "The reward stage's output: scores each sampled response (refused without a trained head)."})
+    max_prompt_length: int = field(default=64, metadata={"help": "Prompts longer than this are dropped (PPO's)."})
+
+
+@dataclass
 class PPOArguments(DataArguments):
     """PPO prompts and their length limit."""
 
