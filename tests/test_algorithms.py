@@ -199,3 +199,52 @@ def test_online_method_refuses_a_reward_model_without_a_trained_head(pipeline, t
         run_inprocess("rloo", config_args("rloo") + stage_paths(pipeline, "rloo") + TINY["rloo"] + [
             "--reward_model_path", str(pipeline / "runs" / "sft"), "--output_dir", str(tmp_path / "rloo")])
     assert not (tmp_path / "rloo").exists()
+
+
+def _fake_stage(folder, config: dict, steps: int):
+    import yaml
+
+    folder.mkdir(parents=True)
+    (folder / "rlhf_kit_config.yaml").write_text(yaml.safe_dump(config))
+    (folder / "log_history.json").write_text(json.dumps([{"step": s, "loss": 0.1} for s in range(1, steps + 1)]))
+
+
+def test_the_comparison_table_counts_each_methods_cost_and_marks_more_compute(tmp_path):
+    """From an eval summary and the stage folders: one row per policy with the judge's figures and intervals, the
+    responses each method sampled and its optimizer steps; a method given more compute than PPO is marked."""
+    from rlhf_kit.algorithms.compare import comparison_rows, summary_dir, write_comparison
+
+    run = tmp_path / "run"
+    _fake_stage(run / "ppo", {"stage": "ppo", "total_episodes": 4096, "num_ppo_epochs": 4, "num_mini_batches": 1}, 64)
+    _fake_stage(run / "dpo", {"stage": "dpo"}, 832)
+    _fake_stage(run / "rloo", {"stage": "rloo", "max_steps": 64, "per_device_train_batch_size": 16,
+                                "gradient_accumulation_steps": 4}, 64)
+    policies = ["sft", "ppo", "dpo", "rloo", "best-of-16"]
+    win = {"win_rate": 0.6, "ci95": [0.55, 0.65], "win_tie_loss": [1, 0, 0]}
+    summary = {"policies": policies, "baseline": "sft", "judge": "gold", "eval_prompts": 256, "run_dir": str(run),
+               "judge_score": dict.fromkeys(policies, 0.7), "judge_score_ci95": dict.fromkeys(policies, [0.68, 0.72]),
+               "win_rate_vs_baseline": {p: win for p in policies[1:]},
+               "kl_to_baseline": dict.fromkeys(policies[1:], 0.2), "response_length": dict.fromkeys(policies, 9.0),
+               "cut_off_share": dict.fromkeys(policies, 0.1), "empty_share": dict.fromkeys(policies, 0.0),
+               "wall_seconds": {"sft": 28, "ppo": 95, "dpo": 300, "rloo": 120},
+               "rm_accuracy_between_policies": {"sft vs ppo": {"accuracy": 0.55, "pairs": 100}},
+               "best_of_n": {"policy": "best-of-16", "n": 16, "samples": 4096, "wall_seconds": 30.0,
+                             "tokens_sampled": 1, "rm_passes": 4096}}
+    out = tmp_path / "algorithms"
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps(summary))
+    rows = {r["policy"]: r for r in comparison_rows(run, summary)}
+    assert (rows["ppo"]["responses_sampled"], rows["ppo"]["optimizer_steps"]) == (4096, 256)  # 64 updates x 4 epochs
+    assert (rows["dpo"]["responses_sampled"], rows["dpo"]["optimizer_steps"]) == (0, 832)
+    assert (rows["rloo"]["responses_sampled"], rows["rloo"]["optimizer_steps"]) == (4096, 64)
+    assert rows["best-of-16"]["responses_sampled"] == 4096 and rows["best-of-16"]["wall_seconds"] == 30.0
+    assert rows["ppo"]["rm_accuracy_vs_baseline"] == 0.55
+    assert [p for p, r in rows.items() if r["more_compute_than_ppo"]] == ["dpo"]  # 832 steps > 64
+    text = write_comparison(out).read_text()
+    assert "| dpo † | 0.700 [0.680, 0.720] | 0.600 [0.550, 0.650] |" in text and "| rloo |" in text
+    assert (out / "algorithms.png").read_bytes()[:4] == b"\x89PNG" and (out / "cost_vs_gain.png").is_file()
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"run_dir: {run}\noutput_dir: {out}/eval\n")
+    assert summary_dir(str(config)) == out and summary_dir(str(out)) == out
+    with pytest.raises(UserError, match="run the comparison's eval first"):
+        write_comparison(tmp_path / "nothing")
