@@ -54,7 +54,8 @@ def main(args: EvalArguments):
 
     prompts = [r["prompt"] for r in rows]
     tokenizer = modeling.load_tokenizer(stages[baseline])
-    reward_model = modeling.load_reward_model(stages["reward"], dtype=args.dtype) if "reward" in stages else None
+    reward_model = (modeling.load_reward_model(stages["reward"], dtype=args.dtype, require_head=bool(args.best_of_n))
+                    if "reward" in stages else None)  # best-of-n picks by it: a random head would pick noise
     models, responses, finished = {}, {}, {}
     for p in policies:
         models[p] = modeling.load_causal_lm(stages[p], what=f"{p} policy", dtype=args.dtype)
@@ -76,7 +77,7 @@ def main(args: EvalArguments):
                                                      heldout, args.batch_size, kl_bounds)
     if args.best_of_n:
         summary["best_of_n"] = best
-    summary["judge"], summary["run_dir"] = args.judge, args.run_dir
+    summary["judge"] = args.judge
     # A policy can "win" by stopping early or saying nothing (e.g. no commas): show both shares.
     summary["cut_off_share"] = {p: 1 - sum(f[0] for f in finished[p]) / len(rows) for p in responses}
     summary["empty_share"] = {p: sum(not r.strip() for r in responses[p]) / len(rows) for p in responses}

@@ -212,7 +212,7 @@ def _fake_stage(folder, config: dict, steps: int):
 def test_the_comparison_table_counts_each_methods_cost_and_marks_more_compute(tmp_path):
     """From an eval summary and the stage folders: one row per policy with the judge's figures and intervals, the
     responses each method sampled and its optimizer steps; a method given more compute than PPO is marked."""
-    from rlhf_kit.algorithms.compare import comparison_rows, summary_dir, write_comparison
+    from rlhf_kit.algorithms.compare import comparison_rows, locate, write_comparison
 
     run = tmp_path / "run"
     _fake_stage(run / "ppo", {"stage": "ppo", "total_episodes": 4096, "num_ppo_epochs": 4, "num_mini_batches": 1}, 64)
@@ -221,7 +221,7 @@ def test_the_comparison_table_counts_each_methods_cost_and_marks_more_compute(tm
                                 "gradient_accumulation_steps": 4}, 64)
     policies = ["sft", "ppo", "dpo", "rloo", "best-of-16"]
     win = {"win_rate": 0.6, "ci95": [0.55, 0.65], "win_tie_loss": [1, 0, 0]}
-    summary = {"policies": policies, "baseline": "sft", "judge": "gold", "eval_prompts": 256, "run_dir": str(run),
+    summary = {"policies": policies, "baseline": "sft", "judge": "gold", "eval_prompts": 256,
                "judge_score": dict.fromkeys(policies, 0.7), "judge_score_ci95": dict.fromkeys(policies, [0.68, 0.72]),
                "win_rate_vs_baseline": {p: win for p in policies[1:]},
                "kl_to_baseline": dict.fromkeys(policies[1:], 0.2), "response_length": dict.fromkeys(policies, 9.0),
@@ -230,7 +230,7 @@ def test_the_comparison_table_counts_each_methods_cost_and_marks_more_compute(tm
                "rm_accuracy_between_policies": {"sft vs ppo": {"accuracy": 0.55, "pairs": 100}},
                "best_of_n": {"policy": "best-of-16", "n": 16, "samples": 4096, "wall_seconds": 30.0,
                              "tokens_sampled": 1, "rm_passes": 4096}}
-    out = tmp_path / "algorithms"
+    out = run / "algorithms"
     out.mkdir()
     (out / "summary.json").write_text(json.dumps(summary))
     rows = {r["policy"]: r for r in comparison_rows(run, summary)}
@@ -240,11 +240,22 @@ def test_the_comparison_table_counts_each_methods_cost_and_marks_more_compute(tm
     assert rows["best-of-16"]["responses_sampled"] == 4096 and rows["best-of-16"]["wall_seconds"] == 30.0
     assert rows["ppo"]["rm_accuracy_vs_baseline"] == 0.55
     assert [p for p, r in rows.items() if r["more_compute_than_ppo"]] == ["dpo"]  # 832 steps > 64
-    text = write_comparison(out).read_text()
+    text = write_comparison(out, run).read_text()
     assert "| dpo † | 0.700 [0.680, 0.720] | 0.600 [0.550, 0.650] |" in text and "| rloo |" in text
     assert (out / "algorithms.png").read_bytes()[:4] == b"\x89PNG" and (out / "cost_vs_gain.png").is_file()
     config = tmp_path / "eval.yaml"
     config.write_text(f"run_dir: {run}\noutput_dir: {out}/eval\n")
-    assert summary_dir(str(config)) == out and summary_dir(str(out)) == out
+    assert locate(str(config)) == (out, run) and locate(str(out)) == (out, run)
     with pytest.raises(UserError, match="run the comparison's eval first"):
-        write_comparison(tmp_path / "nothing")
+        write_comparison(tmp_path / "nothing", run)
+
+
+def test_comparison_names_the_command_of_a_missing_method_and_refuses_an_untrained_reward_head(pipeline, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(pipeline / "runs", run_dir)
+    with pytest.raises(UserError, match=r"dpo .* is missing; run `make dpo` first"):
+        run_inprocess("eval", _eval_flags(run_dir, pipeline / "data") + ["--policies", "sft", "ppo", "dpo"])
+    with pytest.raises(UserError, match="no trained reward head"):  # best-of-n would pick by a random head
+        run_inprocess("eval", _eval_flags(run_dir, pipeline / "data") + ["--best_of_n", "4", "--reward_model", "sft"])

@@ -91,15 +91,16 @@ def _num(x, fmt="{:.3f}") -> str:
     return "-" if x is None else fmt.format(x)
 
 
-def write_comparison(run_dir: str | Path) -> Path:
+def write_comparison(out_dir: str | Path, run_dir: str | Path) -> Path:
     """``algorithms.md``, ``algorithms.png`` (judge score per method with its 95% interval) and
-    ``cost_vs_gain.png`` (win rate over SFT against wall time) next to the eval's ``summary.json``."""
-    run_dir = Path(run_dir)
-    path = run_dir / "summary.json"
+    ``cost_vs_gain.png`` (win rate over SFT against wall time) in ``out_dir``, next to the eval's ``summary.json``;
+    the policies' stage folders are in ``run_dir``."""
+    out_dir = Path(out_dir)
+    path = out_dir / "summary.json"
     if not path.is_file():
         raise UserError(f"{path} not found; run the comparison's eval first (make compare-algorithms)")
     summary = json.loads(path.read_text())
-    rows = comparison_rows(Path(summary.get("run_dir", run_dir)), summary)
+    rows = comparison_rows(Path(run_dir), summary)
     ifeval = any("follows_and_task" in r for r in rows)
     head = ["policy", "judge score [95% CI]", f"win rate vs {summary['baseline']} [95% CI]"]
     head += ["follows and does the task [95% CI]", "IFEval strict [95% CI]", "degenerate"] if ifeval else []
@@ -121,10 +122,10 @@ def write_comparison(run_dir: str | Path) -> Path:
                   _num(r["optimizer_steps"], "{:,}")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![judge score per method](algorithms.png)", "", "![cost vs gain](cost_vs_gain.png)", ""]
-    _plots(rows, run_dir)
-    out = run_dir / "algorithms.md"
+    _plots(rows, out_dir)
+    out = out_dir / "algorithms.md"
     write_atomic(out, "\n".join(lines))
-    write_atomic(run_dir / "algorithms.json", json.dumps(rows, indent=1))
+    write_atomic(out_dir / "algorithms.json", json.dumps(rows, indent=1))
     return out
 
 
@@ -160,18 +161,20 @@ def _plots(rows: list[dict], run_dir: Path) -> None:
     plt.close(fig)
 
 
-def summary_dir(config_or_dir: str) -> Path:
-    """Where an eval wrote its summary.json: the folder itself, or for an eval config the parent of its
-    ``output_dir`` (default ``<run_dir>/eval``), as the eval stage writes it."""
+def locate(config_or_dir: str) -> tuple[Path, Path]:
+    """(where the eval wrote summary.json, the run folder holding the policies' stages): from an eval config, the
+    parent of its ``output_dir`` (default ``<run_dir>/eval``) and its ``run_dir``, as the eval stage resolves them;
+    from a folder, the folder and its parent (``runs/demo/algorithms`` in ``runs/demo``)."""
     import yaml
 
     path = Path(config_or_dir)
     if path.suffix not in (".yaml", ".yml"):
-        return path
+        return path, path.parent
     if not path.is_file():
         raise UserError(f"eval config {path} not found; pass the comparison's eval YAML or its output folder")
     config = yaml.safe_load(path.read_text()) or {}
-    return Path(config.get("output_dir") or f"{config.get('run_dir', 'runs/demo')}/eval").parent
+    run_dir = config.get("run_dir", "runs/demo")
+    return Path(config.get("output_dir") or f"{run_dir}/eval").parent, Path(run_dir)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("eval", help="the comparison's eval config (recipes/configs/demo/algorithms/eval.yaml) or "
                                      "the folder holding its summary.json (runs/demo/algorithms)")
     args = parser.parse_args(argv)
-    print(f"wrote {exit_on_user_error(lambda: write_comparison(summary_dir(args.eval)))}")
+    print(f"wrote {exit_on_user_error(lambda: write_comparison(*locate(args.eval)))}")
 
 
 if __name__ == "__main__":
