@@ -65,13 +65,13 @@ def main(args: EvalArguments):
                                                        finished=finished[p], progress=f"eval {p}")]
     kl_bounds = {}
     if args.best_of_n:
-        started, name = time.time(), f"best-of-{args.best_of_n}"
+        name = f"best-of-{args.best_of_n}"
         bon = best_of_n(models[args.best_of_n_policy], reward_model, tokenizer, prompts, args.best_of_n,
                         args.temperature, args.max_new_tokens, args.batch_size, args.seed)
         responses[name], finished[name] = bon["responses"], [[f] for f in bon["finished"]]
         kl_bounds[name] = bon["kl_bound"]
-        best = {"policy": name, "n": args.best_of_n, "from": args.best_of_n_policy, "wall_seconds":
-                round(time.time() - started, 2)} | {k: bon[k] for k in ("samples", "tokens_sampled", "rm_passes")}
+        best = {"policy": name, "n": args.best_of_n, "from": args.best_of_n_policy} | {
+            k: bon[k] for k in ("samples", "tokens_sampled", "rm_passes", "wall_seconds")}
     heldout = load_rows(f"{stages['compare']}/rankings_heldout.jsonl").to_list() if "compare" in stages else None
     summary, scores, rm_scores = ev.compare_policies(rows, responses, models, tokenizer, judge, baseline, reward_model,
                                                      heldout, args.batch_size, kl_bounds)

@@ -17,13 +17,9 @@ import sys
 import xml.etree.ElementTree as ET
 
 
-def junit_nodeids(path: str) -> list[str]:
-    """Every test case of the report as a pytest node id (tests/test_x.py::test_name[param])."""
-    ids = []
-    for case in ET.parse(path).getroot().iter("testcase"):
-        module = case.get("classname", "").replace(".", "/")
-        ids.append(f"{module}.py::{case.get('name')}")
-    return ids
+def nodeid(case) -> str:
+    """A JUnit test case as a pytest node id (tests/test_x.py::test_name[param])."""
+    return f"{case.get('classname', '').replace('.', '/')}.py::{case.get('name')}"
 
 
 def call_times(report: str) -> dict[str, float]:
@@ -38,12 +34,11 @@ def main() -> None:
     parser.add_argument("--report", required=True, help="the same run's output with --durations=0")
     args = parser.parse_args()
     times = call_times(open(args.report).read())
-    ids = junit_nodeids(args.junit)
-    failed = [c for c in ET.parse(args.junit).getroot().iter("testcase") if c.find("failure") is not None
-              or c.find("error") is not None]
+    cases = list(ET.parse(args.junit).getroot().iter("testcase"))
+    failed = [c for c in cases if c.find("failure") is not None or c.find("error") is not None]
     if failed:
         sys.exit(f"error: {len(failed)} test(s) failed in {args.junit}; record durations from a green run")
-    json.dump({i: round(times.get(i, 0.0), 2) for i in sorted(ids)}, sys.stdout, indent=1)
+    json.dump({i: round(times.get(i, 0.0), 2) for i in sorted(map(nodeid, cases))}, sys.stdout, indent=1)
     print()
 
 

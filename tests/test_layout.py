@@ -155,7 +155,6 @@ def test_every_registered_stage_has_its_recipe_parser_and_make_target():
     """The one registry (rlhf_kit/core/stages.py) against what uses it: each stage's recipe parses the dataclasses
     its entry names and its main() takes them, the Makefile has its target, launched stages (and only they) go
     through accelerate, `make demo` and `make real` run the registry's orders."""
-    import importlib
     import inspect
     import re
 
@@ -164,7 +163,7 @@ def test_every_registered_stage_has_its_recipe_parser_and_make_target():
 
     makefile = (REPO / "Makefile").read_text()
     for name, stage in STAGES.items():
-        named = [getattr(importlib.import_module(m), c) for m, _, c in (s.partition(":") for s in stage.configs)]
+        named = list(stage.dataclasses())
         recipe = load_recipe(name)
         assert list(recipe.make_parser().dataclass_types) == named, name
         assert [p.annotation for p in inspect.signature(recipe.main).parameters.values()] == named, name

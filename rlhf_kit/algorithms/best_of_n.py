@@ -28,10 +28,14 @@ def best_of_n(policy, reward_model, tokenizer, prompts: list[list[dict]], n: int
               max_new_tokens: int, batch_size: int, seed: int, score=None) -> dict:
     """n samples per prompt from ``policy``, the reward model's favourite kept. Returns ``responses`` (one per
     prompt), ``finished`` (whether each kept one ended on its own), and the cost: ``samples`` and
-    ``tokens_sampled`` (every sample's tokens, kept or not) and ``rm_passes``. ``score(prompts, responses)``
-    replaces the reward model (tests pass a stub whose scores are known)."""
+    ``tokens_sampled`` (every sample's tokens, kept or not), ``rm_passes`` and ``wall_seconds``.
+    ``score(prompts, responses)`` replaces the reward model (tests pass a stub whose scores are known)."""
+    import time
+
     from rlhf_kit.eval.evaluation import score_with_reward_model
     from rlhf_kit.sampling.generation import sample_responses
+
+    started = time.time()
 
     if n < 2:
         raise UserError(f"best_of_n={n}: best-of-n needs n >= 2 samples per prompt (16 is the usual choice)")
@@ -50,4 +54,4 @@ def best_of_n(policy, reward_model, tokenizer, prompts: list[list[dict]], n: int
             "finished": [f[b] for f, b in zip(finished, best)],
             "samples": len(flat), "rm_passes": len(flat),
             "tokens_sampled": sum(len(tokenizer(r)["input_ids"]) for r in flat),
-            "kl_bound": kl_bound(n)}
+            "kl_bound": kl_bound(n), "wall_seconds": round(time.time() - started, 2)}

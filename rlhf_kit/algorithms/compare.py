@@ -27,11 +27,11 @@ def _steps(stage_dir: Path) -> int | None:
     return max(steps) if steps else None
 
 
-def training_cost(stage_dir: Path) -> dict:
+def training_cost(stage_dir: Path, config: dict) -> dict:
     """What a trained method spent: responses sampled while training (0 for DPO) and optimizer steps. PPO logs one
     step per update (a batch of rollouts) and takes num_ppo_epochs x num_mini_batches optimizer steps in each (TRL
-    1.12's loop); TRL's trainers log optimizer steps. Counts are per process."""
-    config = read_config(str(stage_dir))
+    1.12's loop); TRL's trainers log optimizer steps. Counts are per process. ``config``: the stage's resolved
+    config."""
     steps, stage = _steps(stage_dir), config.get("stage")
     if stage == "ppo":
         sampled = config.get("total_episodes")
@@ -72,8 +72,9 @@ def comparison_rows(run_dir: Path, summary: dict) -> list[dict]:
         stage_dir = run_dir / p
         if p == best.get("policy"):
             row |= {"responses_sampled": best["samples"], "wall_seconds": best["wall_seconds"], "optimizer_steps": 0}
-        elif (stage_dir / "rlhf_kit_config.yaml").is_file() and read_config(str(stage_dir)).get("stage") in TRAINED:
-            row |= training_cost(stage_dir)
+        elif (stage_dir / "rlhf_kit_config.yaml").is_file():
+            config = read_config(str(stage_dir))
+            row |= training_cost(stage_dir, config) if config.get("stage") in TRAINED else {}
         rows.append(row)
     ppo = next((r for r in rows if r["policy"] == "ppo"), None)
     for r in rows:

@@ -27,6 +27,13 @@ class Stage:
     trains_on: str | None = None  # the kind of rows it trains on (a data card's stage), for the eval's leak check
     track: str = "every"  # "every" track, or "real": the real-model track's own (recipes/configs/smollm2-135m-ifeval)
 
+    def dataclasses(self) -> tuple:
+        """The config dataclasses, imported now (the recipe is about to parse)."""
+        import importlib
+
+        return tuple(getattr(importlib.import_module(module), name)
+                     for module, _, name in (target.partition(":") for target in self.configs))
+
 
 _RUN = "rlhf_kit.run.configs"
 _TRL = "rlhf_kit.integrations.trl"
@@ -70,7 +77,6 @@ STAGES = {s.name: s for s in (
 DEMO = ("base", "sft", "compare", "reward", "ppo", "eval")  # `make demo`, `rlhf-kit demo`
 REAL = ("import", "world", "demos", "sft", "compare", "reward", "ppo", "eval")  # `make real`
 ROUND = ("compare", "reward", "ppo", "eval")  # what each RLHF round repeats (rlhf_kit.run.rounds)
-LAUNCHED = tuple(name for name, s in STAGES.items() if s.launched)
 TRAINS_ON = {name: s.trains_on for name, s in STAGES.items() if s.trains_on}
 
 
@@ -85,11 +91,9 @@ def hint(stage: str) -> str:
 
 def table() -> str:
     """Every stage, one line each, in pipeline order: what ``rlhf-kit stages`` and ``make help`` print."""
-    order = list(dict.fromkeys(REAL[:3] + DEMO[:-1] + tuple(STAGES)))
-    width = max(map(len, order))
+    width = max(map(len, STAGES))
     lines = []
-    for name in order:
-        s = STAGES[name]
+    for name, s in STAGES.items():  # listed in pipeline order
         reads = ", ".join(s.reads) or "-"
         how = "accelerate" if s.launched else "python"
         lines.append(f"{name:<{width}}  {s.does}\n{'':<{width}}  reads: {reads}; writes: {s.writes}; runs with {how}"

@@ -62,10 +62,11 @@ def load_card(name_or_path: str) -> DataCard:
     from huggingface_hub import DatasetCard
 
     path = find_card(name_or_path)
-    if not path.read_text(encoding="utf-8").startswith("---\n"):
+    text = path.read_text(encoding="utf-8")
+    if not text.startswith("---\n"):
         raise UserError(f"data card {path} has no YAML front matter; start it with a --- block")
     try:
-        card = DatasetCard.load(path)
+        card = DatasetCard(text)
     except yaml.YAMLError as err:
         raise UserError(f"data card {path}: front matter is not valid YAML ({str(err).splitlines()[0]})")
     except ValueError:  # huggingface_hub: "repo card metadata block should be a dict"

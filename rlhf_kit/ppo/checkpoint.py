@@ -30,14 +30,18 @@ COMPLETE = "checkpoint_complete.json"
 
 
 
+def _complete(path: Path) -> bool:
+    return (path / COMPLETE).is_file()  # written last, when the checkpoint is whole
+
+
 def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete ``checkpoint-N`` folders, oldest first."""
-    return [(n, p) for n, p in checkpoints(output_dir) if (p / COMPLETE).is_file()]
+    return [(n, p) for n, p in checkpoints(output_dir) if _complete(p)]
 
 
 def last_complete_checkpoint(output_dir: str | Path, say=print) -> Path | None:
     """The newest complete checkpoint; an incomplete one is skipped, and said so."""
-    path = last_checkpoint(output_dir, complete=lambda p: (p / COMPLETE).is_file(), say=lambda m: say(f"[ppo] {m}"))
+    path = last_checkpoint(output_dir, complete=_complete, say=lambda m: say(f"[ppo] {m}"))
     return Path(path) if path else None
 
 

@@ -354,15 +354,9 @@ def make_stage_parser(dataclass_types: tuple):
 
 def stage_parser(stage: str):
     """The parser of a registered stage, over the dataclasses its registry entry names (rlhf_kit.core.stages)."""
-    import importlib
-
     from rlhf_kit.core.stages import STAGES
 
-    types = []
-    for target in STAGES[stage].configs:
-        module, _, name = target.partition(":")
-        types.append(getattr(importlib.import_module(module), name))
-    return make_stage_parser(tuple(types))
+    return make_stage_parser(STAGES[stage].dataclasses())
 
 
 def run_recipe(main, make_parser, argv: list[str] | None = None) -> None:
