@@ -25,7 +25,6 @@ def main(args: EvalArguments):
     from rlhf_kit.integrations import modeling
     from rlhf_kit.integrations.training import setup_run
     from rlhf_kit.run.stage import StageRun
-    from rlhf_kit.sampling.generation import sample_responses
     from rlhf_kit.worlds import load_judge
 
     setup_run(seed=args.seed)
@@ -56,18 +55,19 @@ def main(args: EvalArguments):
     tokenizer = modeling.load_tokenizer(stages[baseline])
     reward_model = (modeling.load_reward_model(stages["reward"], dtype=args.dtype, require_head=bool(args.best_of_n))
                     if "reward" in stages else None)  # best-of-n picks by it: a random head would pick noise
+    draws = ev.KeptDraws(out / "parts", stages, prompts, args, fresh=args.force)
     models, responses, finished = {}, {}, {}
     for p in policies:
         models[p] = modeling.load_causal_lm(stages[p], what=f"{p} policy", dtype=args.dtype)
-        finished[p] = []
-        responses[p] = [r[0] for r in sample_responses(models[p], tokenizer, prompts, 1, args.temperature,
-                                                       args.max_new_tokens, args.batch_size, args.seed,
-                                                       finished=finished[p], progress=f"eval {p}")]
+        got = draws.get(p, p, models[p], lambda p=p: draws.sample(models[p], tokenizer, p))
+        responses[p], finished[p] = got["responses"], got["finished"]
     kl_bounds = {}
     if args.best_of_n:
-        name = f"best-of-{args.best_of_n}"
-        bon = best_of_n(models[args.best_of_n_policy], reward_model, tokenizer, prompts, args.best_of_n,
-                        args.temperature, args.max_new_tokens, args.batch_size, args.seed)
+        name, source = f"best-of-{args.best_of_n}", args.best_of_n_policy
+        bon = draws.get(name, source, models[source],
+                        lambda: best_of_n(models[source], reward_model, tokenizer, prompts, args.best_of_n,
+                                          args.temperature, args.max_new_tokens, args.batch_size, args.seed),
+                        {"n": args.best_of_n, "reward": runs.read_marker(stages["reward"])})
         responses[name], finished[name] = bon["responses"], [[f] for f in bon["finished"]]
         kl_bounds[name] = bon["kl_bound"]
         best = {"policy": name, "n": args.best_of_n, "from": args.best_of_n_policy} | {
@@ -98,7 +98,7 @@ def main(args: EvalArguments):
         summary["rm_accuracy_reference"] = {"comparisons": args.reference_comparisons, "accuracy": accuracy,
                                             "pairs": n}
     summary["wall_seconds"] = {s: runs.read_marker(p)["wall_seconds"] for s, p in stages.items()}
-    summary["wall_seconds"]["eval"] = round(time.time() - run.started, 2)
+    summary["wall_seconds"]["eval"] = round(time.time() - run.started + draws.reused_seconds, 2)
 
     samples = [{"prompt": ev.prompt_text(rows[i]), "baseline": responses[baseline][i], "policy": responses[last][i],
                 "score_baseline": scores[baseline][i], "score_policy": scores[last][i]}

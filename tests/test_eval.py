@@ -98,6 +98,38 @@ def test_eval_stage_summary_matches_its_samples(pipeline, tmp_path):
         assert f"eval/{png}" in report
 
 
+
+def test_a_killed_eval_resumes_with_the_responses_it_had_drawn(pipeline, tmp_path, monkeypatch):
+    """A kill after two policies' sampling: the rerun draws only the third, and its figures equal an unbroken
+    run's; a changed sampling setting draws every policy again; --force drops the kept draws."""
+    import rlhf_kit.sampling.generation as generation
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(pipeline / "runs", run_dir)
+    run_inprocess("eval", _eval_args(run_dir, pipeline / "data"))
+    unbroken = json.loads((run_dir / "summary.json").read_text())
+    samples = (run_dir / "eval" / "samples.jsonl").read_text()
+    assert sorted(p.name for p in (run_dir / "eval" / "parts").iterdir()) == ["base.json", "ppo.json", "sft.json"]
+
+    drawn, sample = [], generation.sample_responses
+    monkeypatch.setattr(generation, "sample_responses", lambda *a, **k: drawn.append(k["progress"]) or sample(*a, **k))
+    for name in ("stage_complete.json", "samples.jsonl"):  # killed while sampling ppo: no marker, no outputs
+        (run_dir / "eval" / name).unlink()
+    (run_dir / "eval" / "parts" / "ppo.json").unlink()
+    (run_dir / "summary.json").unlink()
+    run_inprocess("eval", _eval_args(run_dir, pipeline / "data"))
+    assert drawn == ["eval ppo"]
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    assert (run_dir / "eval" / "samples.jsonl").read_text() == samples
+    assert resumed.pop("wall_seconds").keys() == unbroken.pop("wall_seconds").keys()
+    assert resumed == unbroken
+
+    (run_dir / "eval" / "stage_complete.json").unlink()
+    run_inprocess("eval", _eval_args(run_dir, pipeline / "data") + ["--temperature", "0.5"])
+    assert drawn == ["eval ppo", "eval base", "eval sft", "eval ppo"]
+    run_inprocess("eval", _eval_args(run_dir, pipeline / "data") + ["--temperature", "0.5", "--force", "true"])
+    assert drawn[4:] == ["eval base", "eval sft", "eval ppo"]
+
 def test_eval_takes_any_policies_and_baseline(pipeline, tmp_path):
     """Stage-generic evaluation: round-style folders, another baseline, no reward model."""
     run_dir = tmp_path / "run"

@@ -30,6 +30,25 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
     tmp.replace(path)
 
 
+
+def resumable(path: str | os.PathLike, key: dict, make, what: str) -> tuple[object, bool]:
+    """``make()``'s result (plain JSON values), kept in ``path`` with ``key`` so that a stage killed after making it
+    reads it back on its rerun instead of making it again: a long stage's finished parts survive a kill (the eval
+    stage's sampling, an hour per policy on a CPU). Only a file whose ``key`` equals this one is reused; anything
+    else (another policy checkpoint, prompt set, sampling setting) is made afresh and replaces it. Returns the
+    value and whether it was reused."""
+    path = Path(path)
+    key = json.loads(json.dumps(key))  # as the file holds it: tuples become lists
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            print(f"{what}: reused from {path} (made before the stage was stopped)")
+            return saved["value"], True
+    value = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps({"key": key, "value": value}))
+    return value, False
+
 # Settings that may differ between a run and its continuation (a resumed PPO stage, a continued rounds run): where
 # and how it logs, saves, evaluates samples and pushes. Precision too: it is hardware (`bf16: auto` / `dtype: auto`
 # resolve per machine, so a run continued on another CPU may get the other one), and the weights and optimizer

@@ -66,6 +66,50 @@ def compare_policies(rows: list[dict], responses: dict[str, list[str]], models: 
     return summary, scores, rm_scores
 
 
+
+class KeptDraws:
+    """A policy's eval responses, kept in ``parts/<name>.json`` as soon as they are drawn, so that a killed eval
+    (an hour per policy on the real track's CPU) resumes at the policy it was on. The draws equal an unbroken run's:
+    each policy's sampling is seeded on its own (``sample_responses``). A kept file is reused only for the same
+    prompts, sampling settings, precision and policy checkpoint (its stage's completion record); ``fresh``
+    (``--force``) draws everything again."""
+
+    def __init__(self, parts, stages: dict[str, str], prompts: list[list[dict]], args, fresh: bool = False):
+        import hashlib
+        import json
+        import shutil
+        from pathlib import Path
+
+        self.parts, self.stages, self.prompts, self.args = Path(parts), stages, prompts, args
+        if fresh:
+            shutil.rmtree(self.parts, ignore_errors=True)
+        self.key = {"prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(), "seed": args.seed,
+                    "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
+                    "batch_size": args.batch_size}
+        self.reused_seconds = 0.0  # what the killed attempt spent on the parts reused: the stage's cost includes it
+
+    def get(self, name: str, policy: str, model, draw, key: dict | None = None) -> dict:
+        """``draw()`` (a dict with ``wall_seconds``) for ``name`` from ``policy``'s ``model``, or its kept copy."""
+        from rlhf_kit.core import runs
+
+        key = self.key | (key or {}) | {"policy": self.stages[policy], "dtype": str(model.dtype),
+                                        "trained": runs.read_marker(self.stages[policy])}
+        value, reused = runs.resumable(self.parts / f"{name}.json", key, draw, f"[eval] {name}'s responses")
+        self.reused_seconds += value["wall_seconds"] if reused else 0.0
+        return value
+
+    def sample(self, model, tokenizer, name: str) -> dict:
+        """One response per prompt from ``model``: ``responses``, ``finished`` ([ended on its own] per prompt)."""
+        import time
+
+        from rlhf_kit.sampling.generation import sample_responses
+
+        a, started, finished = self.args, time.time(), []
+        got = sample_responses(model, tokenizer, self.prompts, 1, a.temperature, a.max_new_tokens, a.batch_size,
+                               a.seed, finished=finished, progress=f"eval {name}")
+        return {"responses": [r[0] for r in got], "finished": finished,
+                "wall_seconds": round(time.time() - started, 2)}
+
 def mean_ci95(xs: list[float]) -> list[float]:
     """95% normal-approximation interval of the mean of per-prompt scores (t would widen it by <1% at n >= 200)."""
     import math
