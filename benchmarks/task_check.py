@@ -65,12 +65,14 @@ def draw(args) -> None:
 
 
 VARIANTS = {
-    "task check (topic, length floor, no repeat)": lambda v, r: v.does_task,
+    "task check (topic, length floor, no repeat, not about the answer)": lambda v, r: v.does_task,
+    "task check without the about-the-answer rule": lambda v, r: not set(v.reasons) - {"about_the_answer"},
     "topic word alone": lambda v, r: "off_task" not in v.reasons,
     "topic word and >= 8 words (the issue's crude check)": lambda v, r: "off_task" not in v.reasons
     and len(words(r)) >= 8,
     "length floor alone": lambda v, r: "too_short" not in v.reasons,
     "no repeated instruction alone": lambda v, r: "instruction_repeated" not in v.reasons,
+    "not about the answer alone": lambda v, r: "about_the_answer" not in v.reasons,
 }
 
 

@@ -70,7 +70,27 @@ NGRAM = 4  # words of the instruction text repeated in a row that count as repea
 COPIED_SHARE = 3
 # Instruction arguments whose text the instruction makes the response contain (IFEval's kwargs names).
 REQUIRED_TEXT = ("end_phrase", "keywords", "postscript_marker", "first_word")
-REASONS = ("off_task", "too_short", "instruction_repeated")
+REASONS = ("off_task", "too_short", "instruction_repeated", "about_the_answer")
+# A line that talks about the requested text instead of being it: "The first point is about the impact of a broken
+# umbrella", "This is point 1, which is about ...", "The letter to the local newspaper should be simple yet
+# impactful", "The blog post is about a broken umbrella" -- what the real track's PPO learned once the check asked for
+# the topic (tests/fixtures/task_labels/README.md); and a line that is only a template's placeholder ("[Title]",
+# "[Your Name]"). "The first point is to feed the puppy well" is advice, not talk about it: the verb decides.
+_KINDS = (r"letter|blog post|post|poem|story|email|e-mail|note|paragraph|postcard|advertisement|ad|description|"
+          r"invitation|announcement|summary|list|answer|response")
+_PARTS = r"point|tip|bullet|section|paragraph|line|stanza|verse|sentence|part"
+_TALK = (r"is about|is the mention|is a mention|mentions|is point|highlights|represents|emphasi[sz]es|describes|"
+         r"discusses|concludes|focuses on|refers to|is meant")  # "the first tip should be to ..." is a tip
+_KIND_TALK = _TALK + r"|should|will|would"  # "the letter should be simple yet impactful" is not the letter
+ABOUT_THE_ANSWER = re.compile(
+    rf"^(?:this is |the |my |our )?(?:(?:first|second|third|fourth|fifth|next|last|final) )?(?:{_PARTS})(?: \d+)?\b"
+    rf".{{0,24}}?\b(?:{_TALK})\b"
+    rf"|^(?:the|this|my|our) (?:{_KINDS})\b[^.\n]{{0,48}}?\b(?:{_KIND_TALK})\b"
+    r"|^\[[^\]\n]{1,40}\]\W*$")
+LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022#>]+|\d+[.)])\s*|\*+")
+# An answer is talk about the answer when such lines are at least half of its lines and sentences: a real letter
+# signed "[Your Name]", or a poem that ends "This poem is about the passage of time", is still the letter or poem.
+ABOUT_SHARE = 2
 
 
 @dataclass(frozen=True)
@@ -155,6 +175,24 @@ def repeated_instruction(response_words: list[str], instruction_words: list[str]
     return copied
 
 
+def segments(text: str) -> list[str]:
+    """The response's lines and sentences, lower-cased, list markers and emphasis off, empty ones dropped."""
+    out = []
+    for line in text.splitlines():
+        for sentence in re.split(r"(?<=[.!?])\s+", line):
+            sentence = LIST_MARKER.sub("", sentence).strip().lower()
+            if words(sentence) or sentence.startswith("["):
+                out.append(sentence)
+    return out
+
+
+def about_the_answer(response: str) -> bool:
+    """Whether at least half of the response's lines and sentences talk about the requested text or are a
+    template's placeholders (:data:`ABOUT_THE_ANSWER`) instead of being that text."""
+    parts = segments(response)
+    return bool(parts) and sum(bool(ABOUT_THE_ANSWER.search(p)) for p in parts) * ABOUT_SHARE >= len(parts)
+
+
 def check_task(task: str, instructions: str, response: str, kwargs_list: list[dict] = ()) -> TaskVerdict:
     """Whether ``response`` does ``task`` (see the module docstring); ``instructions`` is the prompt's text after the
     task and ``kwargs_list`` the instructions' arguments (IFEval's), whose required strings count for nothing."""
@@ -172,6 +210,8 @@ def check_task(task: str, instructions: str, response: str, kwargs_list: list[di
         reasons.append("too_short")
     if len(copied) * COPIED_SHARE >= max(len(response_words), 1) and copied:
         reasons.append("instruction_repeated")
+    if about_the_answer(_without(response, required)):
+        reasons.append("about_the_answer")
     return TaskVerdict(not reasons, tuple(reasons), len(own))
 
 
