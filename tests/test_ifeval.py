@@ -246,7 +246,7 @@ def test_report_gives_ifevals_prompt_and_instruction_level_accuracies():
     assert report["does_task"]["accuracy"] == pytest.approx(2 / 3)  # the empty answer does no task
     assert report["follows_and_task"]["accuracy"] == pytest.approx(1 / 3)
     assert report["degenerate"] == {"off_task": pytest.approx(1 / 3), "too_short": pytest.approx(1 / 3),
-                                    "instruction_repeated": 0.0,
+                                    "instruction_repeated": 0.0, "about_the_answer": 0.0,
                                     "any": pytest.approx(1 / 3)}
     assert "empty_share" not in report  # the eval stage's, for every judge (tests/test_eval.py)
 

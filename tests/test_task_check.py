@@ -149,15 +149,53 @@ def test_the_labeler_ranks_every_on_task_answer_above_every_off_task_one_and_tie
 LABELS = Path(__file__).parent / "fixtures" / "task_labels"
 
 
-def test_the_check_agrees_with_the_hand_labels():
-    """150 held-out answers of the base model, SFT and PPO (50 each, mixed) labelled by hand "does it do the task?"
-    (tests/fixtures/task_labels/README.md: the rule and the draws). The check agrees with at least 85%.
-    (ppo_labels.jsonl, 100 more of the final PPO's answers, is not held here: the check agrees with 0.840 of them,
-    under the helpfulness issue's 0.85; the README there says what PPO learned that the check misses.)"""
+def _agreement(name: str, size: int, policies: set[str]) -> float:
     from rlhf_kit.data.rows import read_jsonl
 
-    labels = read_jsonl(LABELS / "labels.jsonl")
-    assert len(labels) == 150 and {x["policy"] for x in labels} == {"import", "sft", "ppo"}
+    labels = read_jsonl(LABELS / name)
+    assert len(labels) == size and {x["policy"] for x in labels} == policies
     assert all(isinstance(x["does_task"], bool) for x in labels)
-    agree = sum(check_row(x, x["response"]).does_task == x["does_task"] for x in labels) / len(labels)
+    return sum(check_row(x, x["response"]).does_task == x["does_task"] for x in labels) / len(labels)
+
+
+def test_the_check_agrees_with_the_hand_labels():
+    """150 held-out answers of the base model, SFT and PPO (50 each, mixed) labelled by hand "does it do the task?"
+    (tests/fixtures/task_labels/README.md: the rule and the draws). The check agrees with at least 85%."""
+    agree = _agreement("labels.jsonl", 150, {"import", "sft", "ppo"})
     assert agree >= 0.85, f"the task check agrees with {agree:.3f} of the hand labels"
+
+
+@pytest.mark.parametrize("name, size", [("ppo_labels.jsonl", 100), ("ppo_labels_fresh.jsonl", 100),
+                                        ("ppo_labels_clean.jsonl", 70)])
+def test_the_check_agrees_with_the_final_ppo_policys_labels(name, size):
+    """The final PPO policy's held-out answers, each file from prompts no other file has: a policy trained against
+    the check games it where it can, so it is held to the same 85% there (the README says which file was labelled
+    before which rule was written: ppo_labels_clean.jsonl after all of them)."""
+    agree = _agreement(name, size, {"ppo"})
+    assert agree >= 0.85, f"the task check agrees with {agree:.3f} of {name}"
+
+
+ABOUT = [  # (talks about the answer instead of giving it?, response)
+    (True, "* This is point 1, which is about the importance of the right route.\n* This is point 2, which is about "
+           "the view."),
+    (True, "* The first point is about the impact of a broken umbrella.\n* The second point highlights the cost."),
+    (True, "The letter to the local newspaper should be simple yet impactful, showcasing the need for bike lanes."),
+    (True, "<<letter to the mayor>>\n\n[Title]\n\n[Date]\n\n[City]\n\nFix the Broken Street Light"),
+    (False, "* The first point is to feed the puppy well.\n* The second point is to walk it twice a day."),
+    (False, "* The first tip should be to set an alarm.\n* The second tip should be to sleep earlier."),
+    (False, "Dear Editor,\n\nOur town needs more bike lanes. Cyclists are at risk on Main Street. Please act.\n\n"
+            "Sincerely,\n[Your Name]"),
+    (False, "The sand sleeps,\nthe sun burns,\nthe wind sings,\nthis poem is about the heat."),
+]
+
+
+@pytest.mark.parametrize("about, response", ABOUT)
+def test_talk_about_the_answer_is_not_the_answer(about, response):
+    """Half or more of the lines talk about the requested text or are placeholders: not the task; a line or two of
+    it (a signature placeholder, a closing remark) in a real answer is still the answer; advice phrased as "the
+    first point is to ..." is advice."""
+    from rlhf_kit.worlds.ifeval.task_check import about_the_answer
+
+    assert about_the_answer(response) is about
+    verdict = check_task("Write a letter to a local newspaper about the need for more bike lanes.", "", response)
+    assert ("about_the_answer" in verdict.reasons) is about

@@ -15,7 +15,10 @@ other attribute: a response does the task when
   explanation; :data:`MIN_WORDS`), the end phrase and any instruction text repeated back not counted;
 - **not the instruction repeated back**: runs of four words of the instruction text with two content words in them
   ("refrain from the use of commas", "This is point 1") make up less than a third of its words, the end phrase and
-  keywords aside.
+  keywords aside;
+- **not talk about the answer**: fewer than half of its lines and sentences talk about the requested text instead
+  of being it ("The first point is about ...", "The letter ... should be simple yet impactful") or are a template's
+  placeholders ("[Title]", "[Date]").
 
 Rule-based on purpose: the labeler ranks thousands of samples and the judge scores every probe, so the check must be
 cheap and deterministic, and a user can read why an answer failed (:func:`check_task` returns the reasons). The
