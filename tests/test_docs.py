@@ -195,3 +195,22 @@ def test_readme_opens_with_the_two_commands_and_reaches_ppo_on_your_checkpoint_e
     first = [tokens for _, tokens in shell_commands(readme, "README.md")[:2]]
     assert first == [["make", "demo"], ["make", "test"]]
     assert "PPO on my own checkpoint" in "\n".join(readme.splitlines()[:80])
+
+
+def test_plain_make_prints_help_and_an_empty_stage_list_runs_no_stage():
+    """`make` alone is `make help` (not the first target in the file), and `make compare-algorithms
+    COMPARE_STAGES=` runs the comparison on what exists: a recursive `$(MAKE)` with no target would run the default
+    goal again, without end."""
+    import subprocess
+
+    def dry(*args):
+        make = ["make", "-n", "--no-print-directory", "-o", ".install.stamp", "PYTHON=python3"]
+        proc = subprocess.run([*make, *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.splitlines()
+
+    assert dry()[0] == "python3 -m rlhf_kit.cli stages"
+    lines = dry("compare-algorithms", "COMPARE_STAGES=", "RUN_CONFIGS=recipes/configs/smollm2-135m-ifeval")
+    assert lines[0] == "python3 recipes/eval.py --config recipes/configs/smollm2-135m-ifeval/algorithms/eval.yaml"
+    assert lines[-1].endswith("heldout-types/eval.yaml")  # the held-out types' comparison, where the track has one
+    assert not any("make" in line for line in lines)
