@@ -28,7 +28,7 @@ STAMP := .install.stamp
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install chromium test test-durations test-gpu lint demo compare-algorithms rounds bench-rounds real import world demos base sft compare reward ppo dpo rloo grpo eval bench-reward bench-ppo bench-label bench-alignment-tax ppo-golden push data-validate data-preview clean \
+.PHONY: help install chromium test test-durations test-gpu lint demo compare-algorithms rounds bench-rounds real import world demos base sft compare reward ppo dpo rloo grpo eval bench-reward bench-ppo bench-track bench-label bench-alignment-tax ppo-golden push data-validate data-preview clean \
 	label label-export label-screenshots
 
 # Every stage, from the one registry (rlhf_kit/core/stages.py): what it does, what it reads and writes.
@@ -133,6 +133,13 @@ bench-rounds: install
 	$(MAKE) --no-print-directory rounds SEED=1
 	$(MAKE) --no-print-directory rounds SEED=2
 	$(PYTHON) benchmarks/rounds_seeds.py runs/rounds-seed0 runs/rounds-seed1 runs/rounds-seed2
+
+# Where the real track's time goes: this CPU's float32/bf16 matmul throughput, `make real` (from an empty runs/real:
+# finished stages are skipped), then per stage its wall time and the tokens it sampled, scored and trained.
+bench-track: install
+	$(PYTHON) benchmarks/track.py cpu --out runs/real/cpu.json
+	$(MAKE) --no-print-directory real
+	$(PYTHON) benchmarks/track.py table runs/real --cpu runs/real/cpu.json
 
 # K-wise vs pairwise reward training on the same rankings (needs `make sft`).
 bench-reward: install

@@ -137,3 +137,38 @@ def test_scoring_passes_show_progress(tiny, capsys):
     bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
     assert bar.startswith("KL ppo: 100%") and "2/2" in bar, bar
     assert [len(x) for x in logps] == [len(tokenizer(r)["input_ids"]) + 1 for r in ("dog", "moon tree")]  # + end
+
+
+def test_work_is_counted_where_it_happens(tiny):
+    """Sampled tokens are the decoded ones (end tokens included), scored tokens every token a scoring pass reads;
+    a stage's start resets the count and its completion record carries it (benchmarks/track.py reads it)."""
+    from rlhf_kit.core import work
+    from rlhf_kit.data.datasets import chat_ids
+    from rlhf_kit.eval.evaluation import response_logprobs
+    from rlhf_kit.sampling.generation import sample_ids
+
+    model, tokenizer = tiny
+    work.reset()
+    ids = [chat_ids(tokenizer, _chat(t), add_generation_prompt=True) for t in ("red cat", "blue sea moon")]
+    drawn = sample_ids(model, tokenizer, ids, 3, 1.0, 5, batch_size=1)
+    assert work.record() == {"tokens_sampled": sum(len(s) for p in drawn for s in p), "tokens_scored": 0,
+                             "tokens_trained": 0}
+    logps = response_logprobs(model, tokenizer, [_chat("red cat")], ["dog moon"])
+    prompt = len(chat_ids(tokenizer, _chat("red cat"), add_generation_prompt=True))
+    assert work.record()["tokens_scored"] == prompt + len(logps[0])  # prompt + the response and its end token
+    with pytest.raises(ValueError, match="unknown kind of work"):
+        work.count("decoded", 1)
+
+
+def test_a_stage_record_carries_its_own_work_only(tmp_path):
+    import json
+    import time
+
+    from rlhf_kit.core import runs, work
+
+    work.count("sampled", 99)  # an earlier stage's, in the same process
+    runs.start_stage(str(tmp_path / "s"), "eval", ())
+    work.count("scored", 7)
+    runs.finish_stage(str(tmp_path / "s"), "eval", time.time(), {"x": 1})
+    record = json.loads((tmp_path / "s" / runs.MARKER).read_text())
+    assert (record["tokens_sampled"], record["tokens_scored"], record["tokens_trained"], record["x"]) == (0, 7, 0, 1)

@@ -122,6 +122,9 @@ def skip_if_complete(output_dir: str, stage: str, force: bool) -> bool:
 
 def start_stage(output_dir: str, stage: str, configs: tuple, is_main: bool = True) -> None:
     """Create ``output_dir``, drop an old marker (a forced rerun is unfinished until it ends), write the config."""
+    from rlhf_kit.core import work
+
+    work.reset()
     if not is_main:
         return
     out = Path(output_dir)
@@ -145,7 +148,10 @@ def finish_stage(output_dir: str, stage: str, started: float, summary: dict, is_
     wall = time.time() - started
     if not is_main:
         return
-    record = {"stage": stage, "wall_seconds": round(wall, 2), "world_size": PartialState().num_processes, **summary}
+    from rlhf_kit.core import work
+
+    record = {"stage": stage, "wall_seconds": round(wall, 2), "world_size": PartialState().num_processes,
+              **work.record(), **summary}
     write_atomic(Path(output_dir) / MARKER, json.dumps(record, indent=2))
     parts = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
     print(f"[{stage}] done in {wall:.1f}s: {parts} -> {output_dir}")

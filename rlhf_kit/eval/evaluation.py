@@ -216,14 +216,19 @@ def require_disjoint(eval_rows: list[dict], others: dict[str, list[dict]]) -> No
 def _batches(seqs: list[list[int]], batch_size: int, progress: str | None):
     """``length_batches`` of ``seqs``, behind a tqdm bar (responses done / total, time left) when ``progress``
     names one: scoring a real model's answers takes minutes."""
+    from rlhf_kit.core import work
+
     batches = length_batches(seqs, batch_size)
     if not progress:
-        yield from batches
+        for batch in batches:
+            work.count("scored", sum(len(seqs[i]) for i in batch))
+            yield batch
         return
     from tqdm.auto import tqdm
 
     with tqdm(total=len(seqs), desc=progress, unit="response", mininterval=2) as bar:
         for batch in batches:
+            work.count("scored", sum(len(seqs[i]) for i in batch))
             yield batch
             bar.update(len(batch))
 

@@ -194,6 +194,25 @@ def auto_precision(workload: str = "training", cpuinfo: str = "/proc/cpuinfo") -
     return False, "CPU without native bf16 (no AMX-BF16 or AVX512-BF16): bf16 would be emulated, many times slower"
 
 
+def matmul_gflops(dtype: str = "float32", n: int = 1024, seconds: float = 1.0) -> float:
+    """This machine's measured throughput for ``n`` x ``n`` matmuls in ``dtype`` (GFLOP/s, the median of a
+    ``seconds``-long run after a warm-up): the yardstick that makes a stage's tokens per second comparable across
+    the CPUs this project runs on (AMX, AVX512-BF16 only, neither), whose flags alone do not say how fast they are."""
+    import statistics
+    import time
+
+    import torch
+
+    a, b = (torch.randn(n, n, dtype=getattr(torch, dtype)) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    times, deadline = [], time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < 5:
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
 def resolve_auto_bf16(config: dict, argv: list[str]) -> tuple[list[str], str | None]:
     """``bf16: auto`` (config file or ``--bf16 auto``) made a plain boolean flag before TrainingArguments (a bool
     field: mixed-precision training) parses it: (argv to parse, what was chosen and why, or None when nothing was

@@ -124,6 +124,12 @@ def train_with_resume(trainer, output_dir: str, force: bool = False, checkpoint:
     if checkpoint:
         print(f"resuming from {checkpoint}")
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    from rlhf_kit.core import work
+
+    # TRL's trainers log the tokens they trained on as num_tokens (from the start, a resumed run's too); a plain
+    # Trainer counts them when asked (include_num_input_tokens_seen); rlhf_kit's PPO counts its own.
+    seen = last_logged(trainer, ["num_tokens"]).get("num_tokens") or getattr(trainer.state, "num_input_tokens_seen", 0)
+    work.count("trained", seen or 0)
     return dict(result.metrics)
 
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from rlhf_kit.core import work
 from rlhf_kit.ppo.core import (
     INVALID_LOGPROB,
     first_true_indices,
@@ -453,6 +454,9 @@ class PPOTrainer:
             sequence_length = first_true_indices(postprocessed == tok.pad_token_id) - 1
             _, score, _ = get_reward(self.reward_model, torch.cat((query, postprocessed), 1), tok.pad_token_id,
                                      context_length)
+            # policy, value, reference and reward model each read the rollouts (the RM up to the stop token)
+            real = int((query_response != tok.pad_token_id).sum())
+            work.count("scored", 3 * real + int((torch.cat((query, postprocessed), 1) != tok.pad_token_id).sum()))
             for key, value in zip(out, (response, postprocessed, logprob, ref_logprob, sequence_length, score,
                                         full_value[:, :-1].squeeze(-1))):
                 out[key].append(value)
@@ -526,6 +530,7 @@ class PPOTrainer:
         padding_mask, padding_mask_p1 = b["padding_mask"][inds], b["padding_mask_p1"][inds]
         mb_values, mb_return, mb_advantage = b["values"][inds], b["returns"][inds], b["advantages"][inds]
         output, vpred_temp = forward(self.model, b["query_responses"][inds], self.processing_class.pad_token_id, ctx)
+        work.count("trained", int((b["query_responses"][inds] != self.processing_class.pad_token_id).sum()))
         logits = output.logits[:, :-1]
         logits /= args.temperature + 1e-7
         new_logprobs = selective_log_softmax(logits, b["responses"][inds])

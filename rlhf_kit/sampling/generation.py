@@ -45,6 +45,7 @@ def sample_ids(model, tokenizer, ids: list[list[int]], k: int, temperature: floa
     or process (PPO's rollouts come out the same on any number of processes). ``progress``: a label; then a bar on
     stderr counts prompts done / total with sampled tokens per second and the time left (tqdm; off with
     ``TQDM_DISABLE=1``): sampling a real model's comparisons takes minutes, and silence looks like a hang."""
+    from rlhf_kit.core import work
     from rlhf_kit.data.datasets import length_batches
 
     if temperature <= 0:
@@ -64,6 +65,7 @@ def sample_ids(model, tokenizer, ids: list[list[int]], k: int, temperature: floa
         for i, sampled in zip(batch, _sample_batch(model, tokenizer, [ids[i] for i in batch], k, temperature,
                                                    max_new_tokens, end, batch_seeds)):
             tokens[i] = sampled
+        work.count("sampled", sum(len(s) for i in batch for s in tokens[i]))
         if bar is not None:
             drawn += sum(len(s) for i in batch for s in tokens[i])
             bar.set_postfix_str(f"{drawn / (time.perf_counter() - started):.0f} tokens/s", refresh=False)
