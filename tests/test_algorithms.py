@@ -194,6 +194,32 @@ def test_online_reward_is_the_reward_model_read_as_ppo_reads_it(pipeline):
     assert got == score_with_reward_model(rm, tokenizer, prompts, ["apple", "dog dog"])
 
 
+def test_online_reward_from_sampled_ids_is_ppos_reward_with_its_missing_eos_penalty(pipeline):
+    """With the completions' sampled ids (what TRL passes), the reward is PPO's: the RM's score of prompt + response
+    up to its end token read as PPO's rollout reads it (get_reward), less the missing-EOS penalty for the one cut
+    off; tokens after the end token count for nothing."""
+    import torch
+
+    from rlhf_kit.algorithms.online import reward_function
+    from rlhf_kit.data.datasets import chat_ids
+    from rlhf_kit.integrations import modeling
+    from rlhf_kit.ppo.core import get_reward
+
+    rm_path = str(pipeline / "runs" / "reward")
+    tokenizer, rm = modeling.load_tokenizer(rm_path), modeling.load_reward_model(rm_path, require_head=True)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    prompt = [{"role": "user", "content": "name a fruit"}]
+    words = tokenizer("apple dog", add_special_tokens=False)["input_ids"]
+    ended, cut = words + [eos], words + words
+    got = reward_function(rm, tokenizer, missing_eos_penalty=1.0)(
+        prompts=[prompt] * 3, completions=["", "", ""], completion_ids=[ended, cut, ended + words])
+    query = torch.tensor([chat_ids(tokenizer, prompt, add_generation_prompt=True)] * 2)
+    responses = torch.tensor([ended + [pad] * (len(cut) - len(ended)), cut])
+    _, ppo, _ = get_reward(rm, torch.cat((query, responses), 1), pad, query.shape[1])
+    assert got == pytest.approx([ppo[0].item(), ppo[1].item() - 1.0, ppo[0].item()], abs=1e-5)
+    assert got[1] + 1.0 != pytest.approx(got[0])  # the two responses score differently before the penalty
+
+
 def test_online_method_refuses_a_reward_model_without_a_trained_head(pipeline, tmp_path):
     with pytest.raises(UserError, match="no trained reward head"):
         run_inprocess("rloo", config_args("rloo") + stage_paths(pipeline, "rloo") + TINY["rloo"] + [

@@ -23,14 +23,29 @@ from __future__ import annotations
 TRAINERS = ("rloo", "grpo")
 
 
-def reward_function(reward_model, tokenizer, batch_size: int = 64):
-    """A TRL reward function (``prompts``, ``completions`` as messages -> one float each) scoring with
-    ``reward_model`` as PPO does."""
-    from rlhf_kit.eval.evaluation import score_with_reward_model
+def reward_function(reward_model, tokenizer, batch_size: int = 64, missing_eos_penalty: float | None = None):
+    """A TRL reward function (``prompts`` as messages, ``completions``, ``completion_ids`` -> one float each) giving
+    PPO's reward: the reward model reads the prompt with its generation prompt and the completion's tokens as
+    sampled, up to and including the end token, and scores at the last one (``rlhf_kit.ppo.core.get_reward`` on a
+    rollout); a completion cut off before the end token loses ``missing_eos_penalty`` (PPO's, Huang et al. 2024,
+    detail 14). Without the penalty a policy learns nothing from running out of tokens: the real track's first RLOO
+    run, whose cut-off answers were scored as if they had ended, ended its training at 96 of 96 tokens. A caller
+    with text only (no ``completion_ids``) is scored as every stage scores text (the end token appended)."""
+    from rlhf_kit.data.datasets import chat_ids
+    from rlhf_kit.eval.evaluation import score_ids, score_with_reward_model
 
-    def reward_model_score(prompts, completions, **kwargs) -> list[float]:
-        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return score_with_reward_model(reward_model, tokenizer, prompts, texts, batch_size)
+    eos = tokenizer.eos_token_id
+
+    def reward_model_score(prompts, completions, completion_ids=None, **kwargs) -> list[float]:
+        if completion_ids is None:
+            texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+            return score_with_reward_model(reward_model, tokenizer, prompts, texts, batch_size)
+        ended = [eos in ids for ids in completion_ids]
+        seqs = [chat_ids(tokenizer, p, add_generation_prompt=True) + list(ids[: ids.index(eos) + 1] if e else ids)
+                for p, ids, e in zip(prompts, completion_ids, ended)]
+        scores = score_ids(reward_model, seqs, tokenizer.pad_token_id, batch_size)
+        penalty = missing_eos_penalty or 0.0
+        return [s if e else s - penalty for s, e in zip(scores, ended)]
 
     return reward_model_score
 
@@ -45,13 +60,14 @@ def prompt_dataset(ds, tokenizer, max_prompt_length: int, label: str, stage: str
     return rows.remove_columns("input_ids")
 
 
-def build_online_trainer(kind: str, model, reward_model, tokenizer, args, train_dataset, peft_config, batch_size):
+def build_online_trainer(kind: str, model, reward_model, tokenizer, args, train_dataset, peft_config, batch_size,
+                         missing_eos_penalty: float | None = None):
     """TRL's RLOOTrainer (``kind`` rloo) or GRPOTrainer (grpo) on ``model`` with the reward model as function."""
     from rlhf_kit.integrations.trl import GRPOTrainer, RLOOTrainer
 
     trainer = {"rloo": RLOOTrainer, "grpo": GRPOTrainer}[kind]
-    return trainer(model=model, reward_funcs=reward_function(reward_model, tokenizer, batch_size), args=args,
-                   train_dataset=train_dataset, processing_class=tokenizer, peft_config=peft_config)
+    return trainer(model=model, reward_funcs=reward_function(reward_model, tokenizer, batch_size, missing_eos_penalty),
+                   args=args, train_dataset=train_dataset, processing_class=tokenizer, peft_config=peft_config)
 
 
 def train_online(kind: str, run, script_args, training_args, model_args) -> None:
@@ -84,7 +100,7 @@ def train_online(kind: str, run, script_args, training_args, model_args) -> None
     run.start(script_args, training_args, model_args)
     trainer = build_online_trainer(kind, model, reward_model, tokenizer, training_args, dataset,
                                    modeling.build_peft_config(model_args, "CAUSAL_LM"),
-                                   training_args.per_device_train_batch_size)
+                                   training_args.per_device_train_batch_size, script_args.missing_eos_penalty)
     metrics = run.train(trainer)
     report_rank(trainer, kind)
     summary = {"prompts": len(dataset), "train_loss": metrics.get("train_loss")}

@@ -237,13 +237,19 @@ def score_with_reward_model(model, tokenizer, prompts: list[list[dict]], respons
                             batch_size: int = 128, progress: str | None = None) -> list[float]:
     """r(x, y) for each (prompt, response), read at the last non-pad token as in training (``progress``: a bar's
     label)."""
+    seqs = [reply_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
+    return score_ids(model, seqs, tokenizer.pad_token_id, batch_size, progress)
+
+
+def score_ids(model, seqs: list[list[int]], pad_token_id: int, batch_size: int = 128,
+              progress: str | None = None) -> list[float]:
+    """The reward model's score of each token sequence, read at its last token."""
     import torch
 
-    seqs = [reply_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
     scores = [0.0] * len(seqs)
     model.eval()
     for batch in _batches(seqs, batch_size, progress):
-        input_ids, mask = pad_right([seqs[i] for i in batch], tokenizer.pad_token_id)
+        input_ids, mask = pad_right([seqs[i] for i in batch], pad_token_id)
         with torch.no_grad():
             logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits
         for i, score in zip(batch, logits[:, 0].float().tolist()):

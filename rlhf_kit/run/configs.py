@@ -202,6 +202,9 @@ class OnlineArguments(DataArguments):
     reward_model_path: str = field(default="runs/demo/reward", metadata={
         "help": "The reward stage's output: scores each sampled response (refused without a trained head)."})
     max_prompt_length: int = field(default=64, metadata={"help": "Prompts longer than this are dropped (PPO's)."})
+    missing_eos_penalty: float | None = field(default=None, metadata={
+        "help": "PPO's: subtracted from the reward of a completion cut off before the end token (Huang et al. 2024, "
+                "detail 14); unset, a cut-off completion is scored as it stands."})
 
 
 @dataclass
