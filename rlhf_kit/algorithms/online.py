@@ -29,8 +29,8 @@ def reward_function(reward_model, tokenizer, batch_size: int = 64, missing_eos_p
     sampled, up to and including the end token, and scores at the last one (``rlhf_kit.ppo.core.get_reward`` on a
     rollout); a completion cut off before the end token loses ``missing_eos_penalty`` (PPO's, Huang et al. 2024,
     detail 14). Without it a policy learns nothing from running out of tokens: the real track's first RLOO run,
-    whose cut-off answers were scored as if they had ended, had half or more of its batches' answers cut off at
-    96 tokens in 9 of its 14 logged steps, all of them in the last. A caller
+    whose cut-off answers were scored as if they had ended, had half or more of its batch's answers cut off at
+    96 tokens in 26 of its 40 steps, all of them in the last. A caller
     with text only (no ``completion_ids``) is scored as every stage scores text (the end token appended)."""
     from rlhf_kit.data.datasets import chat_ids
     from rlhf_kit.eval.evaluation import score_ids, score_with_reward_model
