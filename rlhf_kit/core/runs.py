@@ -30,7 +30,6 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
     tmp.replace(path)
 
 
-
 def resumable(path: str | os.PathLike, key: dict, make, what: str) -> tuple[object, bool]:
     """``make()``'s result (plain JSON values), kept in ``path`` with ``key`` so that a stage killed after making it
     reads it back on its rerun instead of making it again: a long stage's finished parts survive a kill (the eval
@@ -48,6 +47,7 @@ def resumable(path: str | os.PathLike, key: dict, make, what: str) -> tuple[obje
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps({"key": key, "value": value}))
     return value, False
+
 
 # Settings that may differ between a run and its continuation (a resumed PPO stage, a continued rounds run): where
 # and how it logs, saves, evaluates samples and pushes. Precision too: it is hardware (`bf16: auto` / `dtype: auto`

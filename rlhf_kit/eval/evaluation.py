@@ -66,7 +66,6 @@ def compare_policies(rows: list[dict], responses: dict[str, list[str]], models: 
     return summary, scores, rm_scores
 
 
-
 class KeptDraws:
     """A policy's eval responses, kept in ``parts/<name>.json`` as soon as they are drawn, so that a killed eval
     (an hour per policy on the real track's CPU) resumes at the policy it was on. The draws equal an unbroken run's:
@@ -109,6 +108,7 @@ class KeptDraws:
                                a.seed, finished=finished, progress=f"eval {name}")
         return {"responses": [r[0] for r in got], "finished": finished,
                 "wall_seconds": round(time.time() - started, 2)}
+
 
 def mean_ci95(xs: list[float]) -> list[float]:
     """95% normal-approximation interval of the mean of per-prompt scores (t would widen it by <1% at n >= 200)."""
@@ -216,18 +216,13 @@ def require_disjoint(eval_rows: list[dict], others: dict[str, list[dict]]) -> No
 def _batches(seqs: list[list[int]], batch_size: int, progress: str | None):
     """``length_batches`` of ``seqs``, behind a tqdm bar (responses done / total, time left) when ``progress``
     names one: scoring a real model's answers takes minutes."""
-    from rlhf_kit.core import work
-
-    batches = length_batches(seqs, batch_size)
-    if not progress:
-        for batch in batches:
-            work.count("scored", sum(len(seqs[i]) for i in batch))
-            yield batch
-        return
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(seqs), desc=progress, unit="response", mininterval=2) as bar:
-        for batch in batches:
+    from rlhf_kit.core import work
+
+    off = {} if progress else {"disable": True}  # a labelled bar leaves TQDM_DISABLE to tqdm
+    with tqdm(total=len(seqs), desc=progress, unit="response", mininterval=2, **off) as bar:
+        for batch in length_batches(seqs, batch_size):
             work.count("scored", sum(len(seqs[i]) for i in batch))
             yield batch
             bar.update(len(batch))
