@@ -32,11 +32,11 @@ def best_of_n(policy, reward_model, tokenizer, prompts: list[list[dict]], n: int
     ``score(prompts, responses)`` replaces the reward model (tests pass a stub whose scores are known)."""
     import time
 
+    from rlhf_kit.core import work
     from rlhf_kit.eval.evaluation import score_with_reward_model
     from rlhf_kit.sampling.generation import sample_responses
 
-    started = time.time()
-
+    started, sampled_before = time.time(), work.record()["tokens_sampled"]
     if n < 2:
         raise UserError(f"best_of_n={n}: best-of-n needs n >= 2 samples per prompt (16 is the usual choice)")
     finished: list[list[bool]] = []
@@ -53,5 +53,5 @@ def best_of_n(policy, reward_model, tokenizer, prompts: list[list[dict]], n: int
     return {"responses": [s[b] for s, b in zip(samples, best)],
             "finished": [f[b] for f, b in zip(finished, best)],
             "samples": len(flat), "rm_passes": len(flat),
-            "tokens_sampled": sum(len(tokenizer(r)["input_ids"]) for r in flat),
+            "tokens_sampled": work.record()["tokens_sampled"] - sampled_before,  # as drawn, end tokens included
             "kl_bound": kl_bound(n), "wall_seconds": round(time.time() - started, 2)}

@@ -452,11 +452,11 @@ class PPOTrainer:
             if self.stop_token_id is not None:
                 postprocessed = truncate_response(self.stop_token_id, tok.pad_token_id, response)
             sequence_length = first_true_indices(postprocessed == tok.pad_token_id) - 1
-            _, score, _ = get_reward(self.reward_model, torch.cat((query, postprocessed), 1), tok.pad_token_id,
-                                     context_length)
+            scored = torch.cat((query, postprocessed), 1)
+            _, score, _ = get_reward(self.reward_model, scored, tok.pad_token_id, context_length)
             # policy, value, reference and reward model each read the rollouts (the RM up to the stop token)
             real = int((query_response != tok.pad_token_id).sum())
-            work.count("scored", 3 * real + int((torch.cat((query, postprocessed), 1) != tok.pad_token_id).sum()))
+            work.count("scored", 3 * real + int((scored != tok.pad_token_id).sum()))
             for key, value in zip(out, (response, postprocessed, logprob, ref_logprob, sequence_length, score,
                                         full_value[:, :-1].squeeze(-1))):
                 out[key].append(value)
