@@ -15,7 +15,7 @@ def main(args: EvalArguments):
     import time
     from pathlib import Path
 
-    from rlhf_kit.algorithms.best_of_n import best_of_n
+    from rlhf_kit.algorithms.best_of_n import CHUNK, best_of_n
     from rlhf_kit.core import runs
     from rlhf_kit.core.stages import TRAINS_ON
     from rlhf_kit.data.datasets import load_rows
@@ -64,10 +64,12 @@ def main(args: EvalArguments):
     kl_bounds = {}
     if args.best_of_n:
         name, source = f"best-of-{args.best_of_n}", args.best_of_n_policy
+        key = {"n": args.best_of_n, "reward": runs.read_marker(stages["reward"]), "chunk": CHUNK}
         bon = draws.get(name, source, models[source],
                         lambda: best_of_n(models[source], reward_model, tokenizer, prompts, args.best_of_n,
-                                          args.temperature, args.max_new_tokens, args.batch_size, args.seed),
-                        {"n": args.best_of_n, "reward": runs.read_marker(stages["reward"])})
+                                          args.temperature, args.max_new_tokens, args.batch_size, args.seed,
+                                          keep=lambda i, make: draws.get(f"{name}/{i:03d}", source, models[source],
+                                                                         make, key)), key)
         responses[name], finished[name] = bon["responses"], [[f] for f in bon["finished"]]
         kl_bounds[name] = bon["kl_bound"]
         best = {"policy": name, "n": args.best_of_n, "from": args.best_of_n_policy} | {

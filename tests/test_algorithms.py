@@ -99,11 +99,42 @@ def test_best_of_n_keeps_the_reward_models_argmax(tokenizer):
     prompts = [[{"role": "user", "content": "name a fruit"}], [{"role": "user", "content": "say hello"}]]
     out = best_of_n(policy, None, tokenizer, prompts, 4, 1.0, 6, 8, seed=3,
                     score=lambda ps, rs: [float(len(r)) for r in rs])
-    samples = sample_responses(policy, tokenizer, prompts, 4, 1.0, 6, 2, 3)  # the same draws: seed, batch of 8 // 4
+    # the same draws: each prompt's generator seeded by seed and its index, whatever the batching
+    samples = sample_responses(policy, tokenizer, prompts, 4, 1.0, 6, 1, seeds=[3 * 1_000_003, 3 * 1_000_003 + 1])
     assert out["responses"] == [max(s, key=len) for s in samples]
     assert out["samples"] == out["rm_passes"] == 8 and out["kl_bound"] == kl_bound(4)
     with pytest.raises(UserError, match="needs n >= 2"):
         best_of_n(policy, None, tokenizer, prompts, 1, 1.0, 6, 8, seed=3, score=lambda ps, rs: [0.0] * len(rs))
+
+
+def test_a_killed_best_of_n_resumes_at_its_chunk(tokenizer, monkeypatch):
+    """Best-of-n keeps its work chunk by chunk: after a kill that lost the last chunk, the rerun makes only that one,
+    and the result equals an unbroken run's and one drawn in a single chunk (each prompt's draws are its own)."""
+    from rlhf_kit.algorithms import best_of_n as bon
+    from rlhf_kit.worlds.demo import tiny
+
+    policy = tiny.build_tiny_model(tokenizer, 16, 32, 1, 2, 64)
+    prompts = [[{"role": "user", "content": f"say {w}"}] for w in ("hello", "a fruit", "a colour", "a number", "hi")]
+    score = lambda ps, rs: [float(len(r) % 5) for r in rs]  # noqa: E731
+    whole = bon.best_of_n(policy, None, tokenizer, prompts, 3, 1.0, 8, 6, seed=1, score=score)
+    monkeypatch.setattr(bon, "CHUNK", 2)
+    kept, made = {}, []
+
+    def keep(index, make):
+        if index not in kept:
+            made.append(index)
+            kept[index] = make()
+        return kept[index]
+
+    unbroken = bon.best_of_n(policy, None, tokenizer, prompts, 3, 1.0, 8, 6, seed=1, score=score, keep=keep)
+    assert made == [0, 1, 2] and [len(kept[i]["samples"]) for i in range(3)] == [2, 2, 1]
+    del kept[2]
+    resumed = bon.best_of_n(policy, None, tokenizer, prompts, 3, 1.0, 8, 6, seed=1, score=score, keep=keep)
+    assert made == [0, 1, 2, 2]
+    timeless = lambda out: {k: v for k, v in out.items() if k != "wall_seconds"}  # noqa: E731
+    assert timeless(resumed) == timeless(unbroken) == timeless(whole)
+    assert resumed["wall_seconds"] == pytest.approx(sum(c["wall_seconds"] for c in kept.values()), abs=0.02)
+    assert len(set(unbroken["responses"])) > 1  # not one draw repeated
 
 
 @pytest.mark.parametrize("flags, match", [
@@ -136,6 +167,9 @@ def test_eval_adds_best_of_n_with_its_cost_and_kl_bound(pipeline, tmp_path):
     assert summary["policies"] == ["base", "sft", "ppo", "best-of-4"]
     assert summary["best_of_n"]["samples"] == summary["best_of_n"]["rm_passes"] == 4 * rows
     assert summary["best_of_n"]["from"] == "sft" and summary["best_of_n"]["tokens_sampled"] > 0
+    from rlhf_kit.algorithms.best_of_n import CHUNK
+    chunks = sorted(p.name for p in (run_dir / "eval" / "parts" / "best-of-4").iterdir())  # kept for a resume
+    assert chunks == [f"{i:03d}.json" for i in range(-(-rows // CHUNK))]
     assert summary["kl_to_baseline"]["best-of-4"] == pytest.approx(
         kl_bound(4) / max(summary["response_length"]["best-of-4"], 1.0))
     assert 0 <= summary["win_rate_vs_baseline"]["best-of-4"]["win_rate"] <= 1

@@ -13,20 +13,22 @@ from __future__ import annotations
 
 def sample_responses(model, tokenizer, prompts: list[list[dict]], k: int = 1, temperature: float = 1.0,
                      max_new_tokens: int = 32, batch_size: int = 64, seed: int = 0, finished: list | None = None,
-                     progress: str | None = None) -> list[list[str]]:
+                     progress: str | None = None, seeds: list[int] | None = None) -> list[list[str]]:
     """``k`` sampled responses per prompt (a list of messages), decoded without special tokens, in prompt order.
 
     Plain sampling at ``temperature`` (no top-k, no top-p), ``batch_size`` prompts (``batch_size`` x ``k``
     sequences) at a time; a response ends at the tokenizer's end token or after ``max_new_tokens``.
     ``finished``: a list to extend with, per prompt, whether each response ended with the end token (False: cut
-    off at ``max_new_tokens``); ``progress``: a label for a progress bar (see :func:`sample_ids`)."""
+    off at ``max_new_tokens``); ``progress``: a label for a progress bar; ``seeds``: one per prompt, its draws then
+    independent of the batching (see :func:`sample_ids`)."""
     import torch
 
     from rlhf_kit.data.datasets import chat_ids
 
     torch.manual_seed(seed)
     ids = [chat_ids(tokenizer, p, add_generation_prompt=True) for p in prompts]
-    tokens = sample_ids(model, tokenizer, ids, k, temperature, max_new_tokens, batch_size, progress=progress)
+    tokens = sample_ids(model, tokenizer, ids, k, temperature, max_new_tokens, batch_size, seeds=seeds,
+                        progress=progress)
     if finished is not None:
         finished.extend([tokenizer.eos_token_id in s for s in per_prompt] for per_prompt in tokens)
     return [[tokenizer.decode(s, skip_special_tokens=True).strip() for s in per_prompt] for per_prompt in tokens]
