@@ -19,7 +19,8 @@ Three commands:
         --exclude tests/fixtures/task_labels/labels.jsonl --out tests/fixtures/task_labels/ppo_labels.jsonl
     python benchmarks/task_check.py agree tests/fixtures/task_labels/labels.jsonl
     python benchmarks/task_check.py pmi tests/fixtures/task_labels/labels.jsonl --model runs/real/import
-    python benchmarks/task_check.py judge --samples runs/real/eval/samples.jsonl --rows runs/real/world/eval.jsonl
+    python benchmarks/task_check.py judge --samples runs/real/eval/samples.jsonl --rows runs/real/world/eval.jsonl \
+        --baseline sft
 """
 
 from __future__ import annotations
@@ -146,6 +147,20 @@ def judge(args) -> None:
                           for k in ("prompt_strict", "does_task", "follows_and_task"))
         degenerate = ", ".join(f"{k} {v:.3f}" for k, v in r["degenerate"].items())
         print(f"{p}: {cells}; degenerate: {degenerate}")
+    if args.baseline:  # the eval stage's paired figures (vs_baseline), for samples judged after the fact
+        from rlhf_kit.eval.evaluation import paired_difference
+        from rlhf_kit.worlds.ifeval.world import IFEvalJudge
+
+        ifeval = IFEvalJudge()
+        rules = {p: [ifeval.judge(row, s[p]).rules for row, s in pairs] for p in policies}
+        for p in policies:
+            if p == args.baseline:
+                continue
+            cells = []
+            for k in ("follows_and_task", "prompt_strict"):
+                d = paired_difference([r[k] for r in rules[p]], [r[k] for r in rules[args.baseline]])
+                cells.append(f"{k} {d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
+            print(f"{p} - {args.baseline} (paired): " + ", ".join(cells))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
 
@@ -172,6 +187,7 @@ def main(argv=None) -> None:
     j.add_argument("--samples", required=True)
     j.add_argument("--rows", required=True)
     j.add_argument("--json")
+    j.add_argument("--baseline", help="also each policy's paired difference to this one, with its 95%% interval")
     args = parser.parse_args(argv)
     {"draw": draw, "agree": agree, "pmi": pmi, "judge": judge}[args.command](args)
 

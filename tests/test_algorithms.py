@@ -288,6 +288,7 @@ def test_the_comparison_table_counts_each_methods_cost_and_marks_more_compute(tm
                "cut_off_share": dict.fromkeys(policies, 0.1), "empty_share": dict.fromkeys(policies, 0.0),
                "wall_seconds": {"sft": 28, "ppo": 95, "dpo": 300, "rloo": 120},
                "rm_accuracy_between_policies": {"sft vs ppo": {"accuracy": 0.55, "pairs": 100}},
+               "vs_baseline": {"dpo": {"judge_score": {"diff": 0.05, "ci95": [0.01, 0.09]}}},
                "best_of_n": {"policy": "best-of-16", "n": 16, "samples": 4096, "wall_seconds": 30.0,
                              "tokens_sampled": 1, "rm_passes": 4096}}
     out = run / "algorithms"
@@ -301,7 +302,8 @@ def test_the_comparison_table_counts_each_methods_cost_and_marks_more_compute(tm
     assert rows["ppo"]["rm_accuracy_vs_baseline"] == 0.55
     assert [p for p, r in rows.items() if r["more_compute_than_ppo"]] == ["dpo"]  # 832 steps > 64
     text = write_comparison(out, run).read_text()
-    assert "| dpo † | 0.700 [0.680, 0.720] | 0.600 [0.550, 0.650] |" in text and "| rloo |" in text
+    assert "| dpo † | 0.700 [0.680, 0.720] | 0.600 [0.550, 0.650] | +0.050 [+0.010, +0.090] |" in text
+    assert "| rloo | 0.700 [0.680, 0.720] | 0.600 [0.550, 0.650] | - |" in text  # an older summary: no paired figure
     assert (out / "algorithms.png").read_bytes()[:4] == b"\x89PNG" and (out / "cost_vs_gain.png").is_file()
     config = tmp_path / "eval.yaml"
     config.write_text(f"run_dir: {run}\noutput_dir: {out}/eval\n")

@@ -81,6 +81,13 @@ def test_eval_stage_summary_matches_its_samples(pipeline, tmp_path):
         assert win["win_tie_loss"] == counts
         assert win["win_rate"] == pytest.approx((counts[0] + counts[1] / 2) / len(rows))
         assert p in summary["kl_to_baseline"]
+        d = [a - b for a, b in pairs]  # the paired difference: a plain mean, a normal interval with sd over sqrt(n)
+        mean, sd = sum(d) / len(d), (sum((x - sum(d) / len(d)) ** 2 for x in d) / (len(d) - 1)) ** 0.5
+        paired = summary["vs_baseline"][p]["judge_score"]
+        assert paired["diff"] == pytest.approx(mean, abs=1e-12) == pytest.approx(summary["judge_score"][p]
+                                                                                - summary["judge_score"]["sft"])
+        assert paired["ci95"] == pytest.approx([mean - 1.96 * sd / len(d) ** 0.5, mean + 1.96 * sd / len(d) ** 0.5])
+        assert set(summary["vs_baseline"][p]) == {"judge_score", *judge.rule_names}
     assert "sft" not in summary["win_rate_vs_baseline"]  # the baseline is not compared with itself
     heldout = [json.loads(line) for line in (run_dir / "compare" / "rankings_heldout.jsonl").read_text().splitlines()]
     assert summary["rm_accuracy_pairs"] == len(ev.heldout_judged_pairs(heldout, judge)) > 0
@@ -129,6 +136,7 @@ def test_a_killed_eval_resumes_with_the_responses_it_had_drawn(pipeline, tmp_pat
     assert drawn == ["eval ppo", "eval base", "eval sft", "eval ppo"]
     run_inprocess("eval", _eval_args(run_dir, pipeline / "data") + ["--temperature", "0.5", "--force", "true"])
     assert drawn[4:] == ["eval base", "eval sft", "eval ppo"]
+
 
 def test_eval_takes_any_policies_and_baseline(pipeline, tmp_path):
     """Stage-generic evaluation: round-style folders, another baseline, no reward model."""

@@ -41,12 +41,16 @@ def compare_policies(rows: list[dict], responses: dict[str, list[str]], models: 
         "response_length": {p: mean([len(tokenizer(r)["input_ids"]) for r in responses[p]]) for p in policies},
         "eval_prompts": len(rows),
         "win_rate_vs_baseline": {},
+        "vs_baseline": {},  # per rule, the paired difference to the baseline on the same prompts
         "kl_to_baseline": {},
     }
     for p in policies:
         if p == baseline:
             continue
         summary["win_rate_vs_baseline"][p] = head_to_head(scores, p, [baseline])[baseline]
+        summary["vs_baseline"][p] = {"judge_score": paired_difference(scores[p], scores[baseline])} | {
+            k: paired_difference([j.rules[k] for j in judged[p]], [j.rules[k] for j in judged[baseline]])
+            for k in judge.rule_names}
         if p in (kl_bounds or {}):
             summary["kl_to_baseline"][p] = kl_bounds[p] / max(summary["response_length"][p], 1.0)
             continue
@@ -120,6 +124,15 @@ def mean_ci95(xs: list[float]) -> list[float]:
     m = sum(xs) / n
     half = 1.96 * math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1) / n)
     return [m - half, m + half]
+
+
+def paired_difference(xs: list[float], ys: list[float]) -> dict:
+    """The mean per-prompt difference ``xs - ys`` of two policies' scores on the same prompts, with its 95%
+    interval (:func:`mean_ci95` over the differences): a policy beats another by more than the noise when the
+    interval is above 0. Paired, it is tighter than two policies' own intervals side by side, which ignore that both
+    answered the same prompts (the prompts' difficulty is shared noise)."""
+    differences = [x - y for x, y in zip(xs, ys, strict=True)]
+    return {"diff": sum(differences) / len(differences), "ci95": mean_ci95(differences)}
 
 
 def head_to_head(scores: dict[str, list[float]], policy: str, opponents: list[str]) -> dict:
