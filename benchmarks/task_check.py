@@ -148,19 +148,18 @@ def judge(args) -> None:
         degenerate = ", ".join(f"{k} {v:.3f}" for k, v in r["degenerate"].items())
         print(f"{p}: {cells}; degenerate: {degenerate}")
     if args.baseline:  # the eval stage's paired figures (vs_baseline), for samples judged after the fact
-        from rlhf_kit.eval.evaluation import paired_difference
+        from rlhf_kit.eval.evaluation import paired_by_rule
         from rlhf_kit.worlds.ifeval.world import IFEvalJudge
 
         ifeval = IFEvalJudge()
-        rules = {p: [ifeval.judge(row, s[p]).rules for row, s in pairs] for p in policies}
+        judged = {p: [ifeval.judge(row, s[p]) for row, s in pairs] for p in policies}
         for p in policies:
             if p == args.baseline:
                 continue
-            cells = []
-            for k in ("follows_and_task", "prompt_strict"):
-                d = paired_difference([r[k] for r in rules[p]], [r[k] for r in rules[args.baseline]])
-                cells.append(f"{k} {d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
-            print(f"{p} - {args.baseline} (paired): " + ", ".join(cells))
+            paired = paired_by_rule(judged[p], judged[args.baseline], ifeval.rule_names)
+            print(f"{p} - {args.baseline} (paired): " + ", ".join(
+                f"{k} {d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+                for k, d in paired.items() if k in ("follows_and_task", "prompt_strict")))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
 

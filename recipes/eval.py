@@ -65,11 +65,10 @@ def main(args: EvalArguments):
     if args.best_of_n:
         name, source = f"best-of-{args.best_of_n}", args.best_of_n_policy
         key = {"n": args.best_of_n, "reward": runs.read_marker(stages["reward"]), "chunk": CHUNK}
-        bon = draws.get(name, source, models[source],
-                        lambda: best_of_n(models[source], reward_model, tokenizer, prompts, args.best_of_n,
-                                          args.temperature, args.max_new_tokens, args.batch_size, args.seed,
-                                          keep=lambda i, make: draws.get(f"{name}/{i:03d}", source, models[source],
-                                                                         make, key)), key)
+        # its chunks are kept (a rerun reassembles them at no cost), not the assembled result
+        bon = best_of_n(models[source], reward_model, tokenizer, prompts, args.best_of_n, args.temperature,
+                        args.max_new_tokens, args.batch_size, args.seed,
+                        keep=lambda i, make: draws.get(f"{name}/{i:03d}", source, models[source], make, key))
         responses[name], finished[name] = bon["responses"], [[f] for f in bon["finished"]]
         kl_bounds[name] = bon["kl_bound"]
         best = {"policy": name, "n": args.best_of_n, "from": args.best_of_n_policy} | {

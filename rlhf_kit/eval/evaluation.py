@@ -48,9 +48,7 @@ def compare_policies(rows: list[dict], responses: dict[str, list[str]], models: 
         if p == baseline:
             continue
         summary["win_rate_vs_baseline"][p] = head_to_head(scores, p, [baseline])[baseline]
-        summary["vs_baseline"][p] = {"judge_score": paired_difference(scores[p], scores[baseline])} | {
-            k: paired_difference([j.rules[k] for j in judged[p]], [j.rules[k] for j in judged[baseline]])
-            for k in judge.rule_names}
+        summary["vs_baseline"][p] = paired_by_rule(judged[p], judged[baseline], judge.rule_names)
         if p in (kl_bounds or {}):
             summary["kl_to_baseline"][p] = kl_bounds[p] / max(summary["response_length"][p], 1.0)
             continue
@@ -133,6 +131,14 @@ def paired_difference(xs: list[float], ys: list[float]) -> dict:
     answered the same prompts (the prompts' difficulty is shared noise)."""
     differences = [x - y for x, y in zip(xs, ys, strict=True)]
     return {"diff": sum(differences) / len(differences), "ci95": mean_ci95(differences)}
+
+
+def paired_by_rule(judged: list, baseline: list, rule_names) -> dict:
+    """:func:`paired_difference` of two policies' judgements of the same prompts: for the judge score and each of
+    ``rule_names``."""
+    pairs = {"judge_score": ([j.score for j in judged], [j.score for j in baseline])}
+    pairs |= {k: ([j.rules[k] for j in judged], [j.rules[k] for j in baseline]) for k in rule_names}
+    return {k: paired_difference(a, b) for k, (a, b) in pairs.items()}
 
 
 def head_to_head(scores: dict[str, list[float]], policy: str, opponents: list[str]) -> dict:
