@@ -107,9 +107,10 @@ def test_best_of_n_keeps_the_reward_models_argmax(tokenizer):
         best_of_n(policy, None, tokenizer, prompts, 1, 1.0, 6, 8, seed=3, score=lambda ps, rs: [0.0] * len(rs))
 
 
-def test_a_killed_best_of_n_resumes_at_its_chunk(tokenizer, monkeypatch):
+def test_a_killed_best_of_n_resumes_at_its_chunk(tokenizer, monkeypatch, capsys):
     """Best-of-n keeps its work chunk by chunk: after a kill that lost the last chunk, the rerun makes only that one,
-    and the result equals an unbroken run's and one drawn in a single chunk (each prompt's draws are its own)."""
+    and the result equals an unbroken run's and one drawn in a single chunk (each prompt's draws are its own). The
+    time left comes from the chunks made, not from those read back in no time."""
     from rlhf_kit.algorithms import best_of_n as bon
     from rlhf_kit.worlds.demo import tiny
 
@@ -129,8 +130,11 @@ def test_a_killed_best_of_n_resumes_at_its_chunk(tokenizer, monkeypatch):
     unbroken = bon.best_of_n(policy, None, tokenizer, prompts, 3, 1.0, 8, 6, seed=1, score=score, keep=keep)
     assert made == [0, 1, 2] and [len(kept[i]["samples"]) for i in range(3)] == [2, 2, 1]
     del kept[2]
+    capsys.readouterr()
     resumed = bon.best_of_n(policy, None, tokenizer, prompts, 3, 1.0, 8, 6, seed=1, score=score, keep=keep)
     assert made == [0, 1, 2, 2]
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        f"best-of-3: chunk {i}/3 done, time left known after the first chunk made" for i in (1, 2)]
     timeless = lambda out: {k: v for k, v in out.items() if k != "wall_seconds"}  # noqa: E731
     assert timeless(resumed) == timeless(unbroken) == timeless(whole)
     assert resumed["wall_seconds"] == pytest.approx(sum(c["wall_seconds"] for c in kept.values()), abs=0.02)

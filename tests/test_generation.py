@@ -172,3 +172,28 @@ def test_a_stage_record_carries_its_own_work_only(tmp_path):
     runs.finish_stage(str(tmp_path / "s"), "eval", time.time(), {"x": 1})
     record = json.loads((tmp_path / "s" / runs.MARKER).read_text())
     assert (record["tokens_sampled"], record["tokens_scored"], record["tokens_trained"], record["x"]) == (0, 7, 0, 1)
+
+
+def test_a_resumed_stage_record_counts_the_time_and_work_before_its_checkpoint(tmp_path):
+    """A checkpoint keeps the stage's wall time and tokens so far (work.json); the attempt resumed from it carries
+    them, so the record reads as the whole run (a checkpoint without the file carries nothing)."""
+    import json
+    import time
+
+    from rlhf_kit.core import runs, work
+
+    out, checkpoint = tmp_path / "s", tmp_path / "s" / "checkpoint-4"
+    runs.start_stage(str(out), "sft", (), started=time.time() - 10)  # the first attempt, 10 s in
+    work.count("sampled", 5)
+    checkpoint.mkdir()
+    work.save(checkpoint)
+    started = time.time() - 1  # the rerun, 1 s in
+    runs.start_stage(str(out), "sft", (), started=started)
+    work.resume(checkpoint)
+    work.resume(tmp_path)  # no work.json there: nothing carried
+    work.count("sampled", 3)
+    runs.finish_stage(str(out), "sft", started, {})
+    record = json.loads((out / runs.MARKER).read_text())
+    assert record["tokens_sampled"] == 8
+    assert record["resumed_seconds"] == pytest.approx(10, abs=0.5)
+    assert record["wall_seconds"] == pytest.approx(11, abs=0.5)

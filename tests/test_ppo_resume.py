@@ -100,6 +100,7 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(pipeline, tmp_path, launch
     _kill_tree(proc)
     assert not (out / "stage_complete.json").exists()
     last = _complete(out)[-1]
+    kept = json.loads((out / f"checkpoint-{last}" / "work.json").read_text())  # the work and seconds up to it
     (out / "checkpoint-999").mkdir()  # an incomplete checkpoint (no completion record) is skipped, and said so
 
     if launcher == "python":  # a changed optimisation is refused (the check is the same on every launch)
@@ -119,6 +120,11 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(pipeline, tmp_path, launch
     assert len(updates) == 10 and logs_resumed == logs_full
     assert len({r["ppo/kl_coef"] for r in updates}) == 10 and "losses/ptx" in logs_full[-1]
     assert adapter_resumed == adapter_full
+    # the record counts the whole run: the seconds before the checkpoint, and its tokens as the unbroken run's
+    record, unbroken = (json.loads((d / "stage_complete.json").read_text()) for d in (out, tmp_path / "full"))
+    assert record["resumed_seconds"] == kept["wall_seconds"] < record["wall_seconds"]
+    tokens = lambda r: [r[f"tokens_{k}"] for k in ("sampled", "scored", "trained")]  # noqa: E731
+    assert tokens(record) == tokens(unbroken) and 0 < kept["tokens_sampled"] < record["tokens_sampled"]
 
 
 @pytest.mark.parametrize("save_total_limit", [1])

@@ -220,11 +220,10 @@ def test_two_rounds_killed_in_round_two_reward_resume_to_the_same_figures(pipeli
     runner = subprocess.Popen(_rounds_cmd(config, killed), cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     reward2, deadline = killed / "round-2" / "reward", time.time() + 600
-    while not list(reward2.glob("checkpoint-*/trainer_state.json")) and runner.poll() is None \
-            and time.time() < deadline:
-        time.sleep(0.05)
+    while not list(reward2.glob("checkpoint-*/work.json")) and runner.poll() is None and time.time() < deadline:
+        time.sleep(0.05)  # work.json: the wall time so far, written just after the Trainer's checkpoint
     assert runner.poll() is None, "the run ended before round 2's reward stage could be killed"
-    first = sorted(reward2.glob("checkpoint-*/trainer_state.json"))[0].parent.name
+    first = sorted(reward2.glob("checkpoint-*/work.json"))[0].parent.name
     print(f"[rounds kill] SIGKILL in round 2's reward stage as soon as its {first} was written")  # the kill point
     _kill_tree(runner)
     assert not (reward2 / "stage_complete.json").exists() and not (killed / "round-2" / "ppo").exists()
@@ -234,6 +233,8 @@ def test_two_rounds_killed_in_round_two_reward_resume_to_the_same_figures(pipeli
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "[rounds] round 2 compare: already complete" in resumed.stdout
     assert "[rounds] round 2 reward ->" in resumed.stdout
+    record = json.loads((reward2 / "stage_complete.json").read_text())  # the wall time counts both attempts
+    assert 0 < record["resumed_seconds"] < record["wall_seconds"]
     assert _figures(killed) == _figures(full)
     after = json.loads((killed / "rounds.json").read_text())
     strip = lambda s: [{k: v for k, v in r.items() if k != "wall_seconds"} for r in s["rounds"]]  # noqa: E731

@@ -40,18 +40,22 @@ def best_of_n(policy, reward_model, tokenizer, prompts: list[list[dict]], n: int
     generators seeded by the prompt's index, so the draws do not depend on the chunking or on what was resumed."""
     if n < 2:
         raise UserError(f"best_of_n={n}: best-of-n needs n >= 2 samples per prompt (16 is the usual choice)")
-    import time
+    keep, chunks, made = keep or (lambda index, make: make()), [], []
 
-    keep, chunks, started = keep or (lambda index, make: make()), [], time.time()
+    def make(first: int) -> dict:
+        made.append(_chunk(policy, reward_model, tokenizer, prompts[first:first + CHUNK], first, n, temperature,
+                           max_new_tokens, batch_size, seed, score))
+        return made[-1]
+
     starts = range(0, len(prompts), CHUNK)
     for index, first in enumerate(starts):
-        chunks.append(keep(index, lambda first=first: _chunk(policy, reward_model, tokenizer,
-                                                             prompts[first:first + CHUNK], first, n, temperature,
-                                                             max_new_tokens, batch_size, seed, score)))
+        chunks.append(keep(index, lambda first=first: make(first)))
         if len(starts) > 1:  # one line a chunk: the whole draw's progress and time left (each bar is one chunk's)
-            spent = time.time() - started
-            left = spent / (index + 1) * (len(starts) - index - 1)
-            print(f"best-of-{n}: chunk {index + 1}/{len(starts)} done, about {left / 60:.0f} min left", flush=True)
+            # the time left from the chunks made in this run: a kept chunk read back took no time
+            pace = sum(c["wall_seconds"] for c in made) / len(made) if made else 0.0
+            left = pace * (len(starts) - index - 1)
+            eta = f"about {left / 60:.0f} min left" if made else "time left known after the first chunk made"
+            print(f"best-of-{n}: chunk {index + 1}/{len(starts)} done, {eta}", flush=True)
     samples = [s for c in chunks for s in c["samples"]]
     finished = [f for c in chunks for f in c["finished"]]
     best = pick_best([s for c in chunks for s in c["scores"]])

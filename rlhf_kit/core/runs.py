@@ -120,11 +120,13 @@ def skip_if_complete(output_dir: str, stage: str, force: bool) -> bool:
     return False
 
 
-def start_stage(output_dir: str, stage: str, configs: tuple, is_main: bool = True) -> None:
-    """Create ``output_dir``, drop an old marker (a forced rerun is unfinished until it ends), write the config."""
+def start_stage(output_dir: str, stage: str, configs: tuple, is_main: bool = True,
+                started: float | None = None) -> None:
+    """Create ``output_dir``, drop an old marker (a forced rerun is unfinished until it ends), write the config;
+    the stage's work is counted from ``started`` (a ``time.time()``, default now)."""
     from rlhf_kit.core import work
 
-    work.reset()
+    work.reset(started)
     if not is_main:
         return
     out = Path(output_dir)
@@ -142,16 +144,20 @@ def resolve_config(stage: str, configs: tuple) -> dict:
 
 
 def finish_stage(output_dir: str, stage: str, started: float, summary: dict, is_main: bool = True) -> None:
-    """Write the completion marker (last) and print the stage's one-line summary."""
+    """Write the completion marker (last) and print the stage's one-line summary. A resumed stage's wall time
+    includes the seconds before its checkpoint (``resumed_seconds``, rlhf_kit.core.work)."""
     from accelerate import PartialState
 
-    wall = time.time() - started
-    if not is_main:
-        return
     from rlhf_kit.core import work
 
+    carried = work.carried_seconds()
+    wall = time.time() - started + carried
+    if not is_main:
+        return
     record = {"stage": stage, "wall_seconds": round(wall, 2), "world_size": PartialState().num_processes,
               **work.record(), **summary}
+    if carried:
+        record["resumed_seconds"] = round(carried, 2)
     write_atomic(Path(output_dir) / MARKER, json.dumps(record, indent=2))
     parts = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
     print(f"[{stage}] done in {wall:.1f}s: {parts} -> {output_dir}")

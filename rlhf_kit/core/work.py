@@ -6,16 +6,23 @@ batches a forward and backward pass went over, once per pass). A stage's complet
 (``benchmarks/track.py``, ``make bench-track``): where a stage's time goes, comparable across CPUs once divided by
 the machine's own matmul throughput.
 
-Counts are this process's (one of several under DDP or sharding) and this attempt's (a resumed stage counts from
-where it resumed, except training tokens that the trainer itself logs from the start).
+Counts are this process's (one of several under DDP or sharding). A resumed stage counts its whole run: each
+checkpoint keeps the work and wall time spent up to it (``work.json``, :func:`save`), and the resumed attempt carries
+them over (:func:`resume`), so the record reads as an unbroken run's, less the work lost between the checkpoint and the
+kill. Training tokens that a TRL trainer logs itself (from the start) are counted at the end, not carried.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections import Counter
+from pathlib import Path
 
 KINDS = ("sampled", "scored", "trained")
+FILE = "work.json"  # in a checkpoint folder: the work and seconds spent up to that checkpoint
 _TOKENS: Counter = Counter()
+_CLOCK = {"started": time.time(), "carried": 0.0}
 
 
 def count(kind: str, tokens: int) -> None:
@@ -25,9 +32,33 @@ def count(kind: str, tokens: int) -> None:
     _TOKENS[kind] += int(tokens)
 
 
-def reset() -> None:
-    """Start counting afresh (a stage's start)."""
+def reset(started: float | None = None) -> None:
+    """Start counting afresh (a stage's start, at ``started``, a ``time.time()``; default now)."""
     _TOKENS.clear()
+    _CLOCK.update(started=time.time() if started is None else started, carried=0.0)
+
+
+def carried_seconds() -> float:
+    """Wall seconds a resumed stage spent before the checkpoint it resumed from (0 for an unbroken one)."""
+    return _CLOCK["carried"]
+
+
+def save(folder: str | Path) -> None:
+    """Keep the work and wall time so far in checkpoint ``folder`` (the main process calls this as it saves)."""
+    spent = _CLOCK["carried"] + time.time() - _CLOCK["started"]
+    Path(folder, FILE).write_text(json.dumps({"wall_seconds": round(spent, 2), **record()}))
+
+
+def resume(folder: str | Path) -> None:
+    """Carry over the work and wall time that checkpoint ``folder`` kept (nothing when it kept none: a checkpoint
+    from before they were kept, or one killed between its save and this file)."""
+    path = Path(folder, FILE)
+    if not path.is_file():
+        return
+    kept = json.loads(path.read_text())
+    _CLOCK["carried"] += kept["wall_seconds"]
+    for kind in KINDS:
+        _TOKENS[kind] += kept.get(f"tokens_{kind}", 0)
 
 
 def record() -> dict[str, int]:

@@ -112,6 +112,23 @@ def last_checkpoint(output_dir: str | os.PathLike, complete=_trainer_state_writt
     return None
 
 
+def _keep_work_callback():
+    """A TrainerCallback that keeps the work and wall time so far in each checkpoint the Trainer saves (on_save runs
+    after ``_save_checkpoint`` has written the folder)."""
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    from rlhf_kit.core import work
+
+    class KeepWork(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            if state.is_world_process_zero and folder.is_dir():
+                work.save(folder)
+
+    return KeepWork()
+
+
 def train_with_resume(trainer, output_dir: str, force: bool = False, checkpoint: str | None = None) -> dict:
     """``trainer.train()`` from ``checkpoint`` when given, else from the last checkpoint unless forced to redo;
     returns the train metrics."""
@@ -120,11 +137,14 @@ def train_with_resume(trainer, output_dir: str, force: bool = False, checkpoint:
     if checkpoint and not os.path.isdir(checkpoint):
         raise UserError(f"resume_from_checkpoint {checkpoint} is not a folder; pass a checkpoint-N folder or leave it "
                         "unset to continue from the last one")
+    from rlhf_kit.core import work
+
     checkpoint = checkpoint or (None if force else last_checkpoint(output_dir))
     if checkpoint:
         print(f"resuming from {checkpoint}")
+        work.resume(checkpoint)  # the wall time and work spent before it: the record counts the whole run
+    trainer.add_callback(_keep_work_callback())
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    from rlhf_kit.core import work
 
     # TRL's trainers log the tokens they trained on as num_tokens (from the start, a resumed run's too); a plain
     # Trainer counts them when asked (include_num_input_tokens_seen); rlhf_kit's PPO counts its own.

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rlhf_kit.core import work
 from rlhf_kit.core.errors import UserError
 from rlhf_kit.core.runs import changed_keys
 from rlhf_kit.integrations.training import checkpoints, last_checkpoint
@@ -102,6 +103,7 @@ class PPOCheckpointer:
             (tmp / "trainer_state.json").write_text(json.dumps(record, indent=1))
             (tmp / "config.json").write_text(json.dumps(self._config(trainer), indent=1, sort_keys=True,
                                                         default=str))
+            work.save(tmp)  # the wall time and tokens so far: a resumed stage's record counts the whole run
         acc.wait_for_everyone()
         if acc.is_main_process:
             (tmp / COMPLETE).write_text(json.dumps({"update": state.global_step, "episode": state.episode}))
@@ -171,6 +173,7 @@ class PPOCheckpointer:
         if trainer.ptx_batches is not None:
             trainer.ptx_batches.load_state_dict(per_process["ptx"])
         _set_rng_states(per_process["rng"])  # last: replaying the prompt order above drew from the RNG
+        work.resume(path)
         acc.print(f"[ppo] resuming from {path} (update {record['global_step']} of {trainer.args.num_total_batches}, "
                   f"episode {record['episode']})")
         return record["global_step"]

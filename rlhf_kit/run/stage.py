@@ -42,7 +42,7 @@ class StageRun:
 
     def start(self, *configs) -> None:
         """Write the resolved configuration (main process), then take the Hub push over from the Trainer."""
-        runs.start_stage(self.output_dir, self.stage, configs, self.is_main)
+        runs.start_stage(self.output_dir, self.stage, configs, self.is_main, self.started)
         if self.hub_id:
             self.training_args.push_to_hub = False  # pushed by finish(): merged model + model card
 
