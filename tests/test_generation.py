@@ -162,14 +162,13 @@ def test_work_is_counted_where_it_happens(tiny):
 
 def test_a_stage_record_carries_its_own_work_only(tmp_path):
     import json
-    import time
 
     from rlhf_kit.core import runs, work
 
     work.count("sampled", 99)  # an earlier stage's, in the same process
     runs.start_stage(str(tmp_path / "s"), "eval", ())
     work.count("scored", 7)
-    runs.finish_stage(str(tmp_path / "s"), "eval", time.time(), {"x": 1})
+    runs.finish_stage(str(tmp_path / "s"), "eval", {"x": 1})
     record = json.loads((tmp_path / "s" / runs.MARKER).read_text())
     assert (record["tokens_sampled"], record["tokens_scored"], record["tokens_trained"], record["x"]) == (0, 7, 0, 1)
 
@@ -192,7 +191,7 @@ def test_a_resumed_stage_record_counts_the_time_and_work_before_its_checkpoint(t
     work.resume(checkpoint)
     work.resume(tmp_path)  # no work.json there: nothing carried
     work.count("sampled", 3)
-    runs.finish_stage(str(out), "sft", started, {})
+    runs.finish_stage(str(out), "sft", {})
     record = json.loads((out / runs.MARKER).read_text())
     assert record["tokens_sampled"] == 8
     assert record["resumed_seconds"] == pytest.approx(10, abs=0.5)

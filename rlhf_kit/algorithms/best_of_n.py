@@ -9,6 +9,7 @@ the best-of-n distribution has no log-probability to evaluate.
 
 from __future__ import annotations
 
+import functools
 import math
 
 from rlhf_kit.core.errors import UserError
@@ -49,12 +50,13 @@ def best_of_n(policy, reward_model, tokenizer, prompts: list[list[dict]], n: int
 
     starts = range(0, len(prompts), CHUNK)
     for index, first in enumerate(starts):
-        chunks.append(keep(index, lambda first=first: make(first)))
+        chunks.append(keep(index, functools.partial(make, first)))
         if len(starts) > 1:  # one line a chunk: the whole draw's progress and time left (each bar is one chunk's)
             # the time left from the chunks made in this run: a kept chunk read back took no time
-            pace = sum(c["wall_seconds"] for c in made) / len(made) if made else 0.0
-            left = pace * (len(starts) - index - 1)
-            eta = f"about {left / 60:.0f} min left" if made else "time left known after the first chunk made"
+            eta = "time left known after the first chunk made"
+            if made:
+                left = sum(c["wall_seconds"] for c in made) / len(made) * (len(starts) - index - 1)
+                eta = f"about {left / 60:.0f} min left"
             print(f"best-of-{n}: chunk {index + 1}/{len(starts)} done, {eta}", flush=True)
     samples = [s for c in chunks for s in c["samples"]]
     finished = [f for c in chunks for f in c["finished"]]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from pathlib import Path
 
 import yaml
@@ -143,15 +142,15 @@ def resolve_config(stage: str, configs: tuple) -> dict:
     return {k: v for k, v in resolved.items() if isinstance(v, (str, int, float, bool, list, dict, type(None)))}
 
 
-def finish_stage(output_dir: str, stage: str, started: float, summary: dict, is_main: bool = True) -> None:
-    """Write the completion marker (last) and print the stage's one-line summary. A resumed stage's wall time
-    includes the seconds before its checkpoint (``resumed_seconds``, rlhf_kit.core.work)."""
+def finish_stage(output_dir: str, stage: str, summary: dict, is_main: bool = True) -> None:
+    """Write the completion marker (last) and print the stage's one-line summary. Its wall time is counted from
+    ``start_stage``'s ``started``; a resumed stage's includes the seconds before its checkpoint (``resumed_seconds``,
+    rlhf_kit.core.work)."""
     from accelerate import PartialState
 
     from rlhf_kit.core import work
 
-    carried = work.carried_seconds()
-    wall = time.time() - started + carried
+    carried, wall = work.carried_seconds(), work.elapsed()
     if not is_main:
         return
     record = {"stage": stage, "wall_seconds": round(wall, 2), "world_size": PartialState().num_processes,

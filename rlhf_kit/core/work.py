@@ -43,10 +43,14 @@ def carried_seconds() -> float:
     return _CLOCK["carried"]
 
 
+def elapsed() -> float:
+    """Wall seconds of the stage so far: since its start, plus what a resume carried over."""
+    return _CLOCK["carried"] + time.time() - _CLOCK["started"]
+
+
 def save(folder: str | Path) -> None:
     """Keep the work and wall time so far in checkpoint ``folder`` (the main process calls this as it saves)."""
-    spent = _CLOCK["carried"] + time.time() - _CLOCK["started"]
-    Path(folder, FILE).write_text(json.dumps({"wall_seconds": round(spent, 2), **record()}))
+    Path(folder, FILE).write_text(json.dumps({"wall_seconds": round(elapsed(), 2), **record()}))
 
 
 def resume(folder: str | Path) -> None:

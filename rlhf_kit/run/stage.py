@@ -53,6 +53,6 @@ class StageRun:
 
     def finish(self, summary: dict) -> None:
         """Completion marker (last file of the stage), then the push if one was asked for."""
-        runs.finish_stage(self.output_dir, self.stage, self.started, summary, self.is_main)
+        runs.finish_stage(self.output_dir, self.stage, summary, self.is_main)
         if self.hub_id and self.is_main:
             hub.push_stage(self.output_dir, self.hub_id)
