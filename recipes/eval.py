@@ -12,11 +12,10 @@ from rlhf_kit.run.configs import EvalArguments, run_recipe, stage_parser
 
 
 def main(args: EvalArguments):
-    import time
     from pathlib import Path
 
     from rlhf_kit.algorithms.best_of_n import CHUNK, best_of_n
-    from rlhf_kit.core import runs
+    from rlhf_kit.core import runs, work
     from rlhf_kit.core.stages import TRAINS_ON
     from rlhf_kit.data.datasets import load_rows
     from rlhf_kit.data.rows import write_jsonl
@@ -99,7 +98,7 @@ def main(args: EvalArguments):
         summary["rm_accuracy_reference"] = {"comparisons": args.reference_comparisons, "accuracy": accuracy,
                                             "pairs": n}
     summary["wall_seconds"] = {s: runs.read_marker(p)["wall_seconds"] for s, p in stages.items()}
-    summary["wall_seconds"]["eval"] = round(time.time() - run.started + draws.reused_seconds, 2)
+    summary["wall_seconds"]["eval"] = round(work.elapsed(), 2)  # kept parts' seconds included
 
     samples = [{"prompt": ev.prompt_text(rows[i]), "baseline": responses[baseline][i], "policy": responses[last][i],
                 "score_baseline": scores[baseline][i], "score_policy": scores[last][i]}

@@ -130,6 +130,10 @@ def test_a_killed_eval_resumes_with_the_responses_it_had_drawn(pipeline, tmp_pat
     assert (run_dir / "eval" / "samples.jsonl").read_text() == samples
     assert resumed.pop("wall_seconds").keys() == unbroken.pop("wall_seconds").keys()
     assert resumed == unbroken
+    parts = [json.loads((run_dir / "eval" / "parts" / f"{p}.json").read_text()) for p in ("base", "sft")]
+    kept = sum(part["value"]["wall_seconds"] for part in parts)
+    marker = json.loads((run_dir / "eval" / "stage_complete.json").read_text())  # the kept parts' seconds counted
+    assert marker["resumed_seconds"] == pytest.approx(kept, abs=0.02) and marker["wall_seconds"] > kept
 
     (run_dir / "eval" / "stage_complete.json").unlink()
     run_inprocess("eval", _eval_args(run_dir, pipeline / "data") + ["--temperature", "0.5"])

@@ -9,7 +9,8 @@ the machine's own matmul throughput.
 Counts are this process's (one of several under DDP or sharding). A resumed stage counts its whole run: each
 checkpoint keeps the work and wall time spent up to it (``work.json``, :func:`save`), and the resumed attempt carries
 them over (:func:`resume`), so the record reads as an unbroken run's, less the work lost between the checkpoint and the
-kill. Training tokens that a TRL trainer logs itself (from the start) are counted at the end, not carried.
+kill; an eval's kept parts carry their seconds the same way (:func:`carry`). Training tokens that a TRL trainer logs
+itself (from the start) are counted at the end, not carried.
 """
 
 from __future__ import annotations
@@ -60,9 +61,14 @@ def resume(folder: str | Path) -> None:
     if not path.is_file():
         return
     kept = json.loads(path.read_text())
-    _CLOCK["carried"] += kept["wall_seconds"]
+    carry(kept["wall_seconds"])
     for kind in KINDS:
         _TOKENS[kind] += kept.get(f"tokens_{kind}", 0)
+
+
+def carry(seconds: float) -> None:
+    """Count ``seconds`` an earlier attempt spent on work this one reuses (a checkpoint, an eval's kept part)."""
+    _CLOCK["carried"] += seconds
 
 
 def record() -> dict[str, int]:

@@ -87,16 +87,16 @@ class KeptDraws:
         self.key = {"prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(), "seed": args.seed,
                     "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
                     "batch_size": args.batch_size}
-        self.reused_seconds = 0.0  # what the killed attempt spent on the parts reused: the stage's cost includes it
 
     def get(self, name: str, policy: str, model, draw, key: dict | None = None) -> dict:
         """``draw()`` (a dict with ``wall_seconds``) for ``name`` from ``policy``'s ``model``, or its kept copy."""
-        from rlhf_kit.core import runs
+        from rlhf_kit.core import runs, work
 
         key = self.key | (key or {}) | {"policy": self.stages[policy], "dtype": str(model.dtype),
                                         "trained": runs.read_marker(self.stages[policy])}
         value, reused = runs.resumable(self.parts / f"{name}.json", key, draw, f"[eval] {name}'s responses")
-        self.reused_seconds += value["wall_seconds"] if reused else 0.0
+        if reused:  # what the killed attempt spent on it: the stage's cost includes it
+            work.carry(value["wall_seconds"])
         return value
 
     def sample(self, model, tokenizer, name: str) -> dict:
