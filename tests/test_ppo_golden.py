@@ -24,7 +24,7 @@ AVERAGED = ("policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "lo
 TIMING = ("eps",)  # wall-time dependent
 
 
-def run(tmp_path, sampler: str):
+def run(tmp_path, sampler: str, padding_free: bool = False):
     import peft
     import transformers
 
@@ -33,7 +33,8 @@ def run(tmp_path, sampler: str):
 
     transformers.set_seed(CONFIG["seed"])
     inputs = build_inputs(tmp_path / "inputs")
-    args = PPOConfig(output_dir=str(tmp_path / "ppo"), **CONFIG)
+    # TRL's padded forward unless asked (test_trainer_reproduces_trl_112 runs both).
+    args = PPOConfig(output_dir=str(tmp_path / "ppo"), **CONFIG, padding_free=padding_free)
     trainer = build_ppo_trainer(args, inputs["tokenizer"], inputs["policy"], None, inputs["reward_model"],
                                 inputs["value_model"], inputs["train_dataset"], peft_config=peft.LoraConfig(**LORA),
                                 sampler=sampler)
@@ -60,13 +61,22 @@ def close(a: float, b: float, rel: float, abs_: float = 1e-7) -> bool:
     return abs(a - b) <= max(rel * abs(b), abs_)
 
 
+# The clipped policy loss is a mean of O(1) terms (whitened advantages times ratios near 1) that cancels to ~1e-3:
+# its float32 rounding is absolute, about 1e-7, and moves with the matmul kernels' blocking -- thread count, and the
+# CPU (an AVX2 AMD EPYC gives -8.06131e-4 where the AVX-512 Xeon that recorded the file gave -8.06351e-4).
+ABSOLUTE = {"losses/policy": 1e-6}
+
+
 def test_golden_file_is_trl_112():
     golden = json.loads(GOLDEN.read_text())
     assert golden["versions"]["trl"] == "1.12.0" and len(golden["log_history"]) == 4
     assert golden["config"] == CONFIG and golden["lora"] == LORA  # recorded on today's inputs
 
 
-def test_trainer_reproduces_trl_112(tmp_path):
+# padding_free: the PPO epochs' forwards on the real tokens only, packed (rlhf_kit's default; not TRL's arithmetic, so
+# the oracle's own replay runs padded): the same losses, metrics and weights within the same tolerances.
+@pytest.mark.parametrize("padding_free", [False, True], ids=["padded", "padding_free"])
+def test_trainer_reproduces_trl_112(tmp_path, padding_free):
     import torch
 
     golden = json.loads(GOLDEN.read_text())
@@ -75,7 +85,7 @@ def test_trainer_reproduces_trl_112(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(golden["torch_threads"])
     try:
-        trainer, policy, value = run(tmp_path, "trl")
+        trainer, policy, value = run(tmp_path, "trl", padding_free)
     finally:
         torch.set_num_threads(threads)
     args = trainer.args
@@ -91,7 +101,9 @@ def test_trainer_reproduces_trl_112(tmp_path):
         for key, want in expected.items():
             assert key in ours, key
             worst[key] = max(worst.get(key, 0.0), abs(ours[key] - want) / max(abs(want), 1e-7))
-            assert close(ours[key], want, 1e-5), (key, ours[key], want)
+            if padding_free and key == "charts/policy_entropy":
+                continue  # padding-free averages over real tokens only (TRL's mean counts padded positions too)
+            assert close(ours[key], want, 1e-5, ABSOLUTE.get(key, 1e-7)), (key, ours[key], want)
     assert {"ppo/kl", "ppo/scores", "losses/policy", "losses/value", "charts/ratio_var"} <= set(worst)
     for name, stats in (("policy", policy), ("value_model", value)):
         assert stats.keys() == golden[name].keys(), name

@@ -52,8 +52,10 @@ class ShortAnswerReward(torch.nn.Module):
             super().__init__()
             self.offset = torch.nn.Parameter(torch.zeros(1))
 
-        def forward(self, input_ids, attention_mask, **_):
-            count = attention_mask.long().cumsum(1).float().unsqueeze(-1)
+        def forward(self, input_ids, attention_mask=None, position_ids=None, **_):
+            # Real tokens so far: the position + 1 (packed PPO rows pass no attention mask), else the mask's count.
+            count = (position_ids + 1 if position_ids is not None else attention_mask.long().cumsum(1))
+            count = count.float().unsqueeze(-1)
             return SimpleNamespace(hidden_states=[-0.1 * count + self.offset])
 
     def __init__(self):

@@ -89,3 +89,63 @@ def get_reward(model, query_responses: torch.Tensor, pad_token_id: int, context_
     sequence_lengths = first_true_indices(query_responses[:, context_length:] == pad_token_id) - 1 + context_length
     rows = torch.arange(reward_logits.size(0), device=reward_logits.device)
     return reward_logits, reward_logits[rows, sequence_lengths].squeeze(-1), sequence_lengths
+
+
+def forward_padding_free(model, query_responses: torch.Tensor, pad_token_id: int, context_length: int,
+                         sequence_lengths: torch.Tensor):
+    """``forward`` without the padding: (logits, values), each ``[rows, response width, ...]`` as
+    ``forward``'s ``[:, :-1]`` slices, computed only where PPO's losses read them -- a row's positions from the last
+    prompt token to its stop token and one more value (``padding_mask_p1``); zeros elsewhere. Or None when a row is
+    not one contiguous run of real tokens there (a pad token sampled mid-response), for ``forward`` to handle.
+
+    The rows' real tokens are packed end to end into rows of the same width (first-fit decreasing), each sequence
+    with its own position ids from 0, so transformers' attention masks sees separate sequences (its packed-sequence
+    mask, ``masking_utils.find_packed_sequence_indices``, used when no attention mask is given), as TRL's
+    ``padding_free`` does for SFT and DPO. The linear layers, most of a small model's work, then run on real tokens
+    only: a PPO micro-batch of left-padded prompts and right-padded responses is about half padding."""
+    rows, width = query_responses.shape
+    response_width = width - context_length
+    real = query_responses != pad_token_id
+    start = first_true_indices(real)  # first real token of each row
+    # Positions read: logits at context-1+t for t <= sequence length, values up to t = sequence length + 1.
+    last = context_length - 1 + torch.clamp(sequence_lengths + 1, max=response_width - 1)
+    lengths = last - start + 1
+    if bool((start > context_length - 1).any()):
+        return None  # an empty prompt: nothing predicts the first response token
+    spans = [(int(s), int(n)) for s, n in zip(start, lengths)]
+    if any(not bool(real[i, s: s + n].all()) for i, (s, n) in enumerate(spans)):
+        return None
+    # First-fit decreasing: each span into the first packed row with room for it.
+    free, placed = [], [None] * rows
+    for i in sorted(range(rows), key=lambda i: -spans[i][1]):
+        row = next((r for r, room in enumerate(free) if room >= spans[i][1]), None)
+        if row is None:
+            row = len(free)
+            free.append(width)
+        placed[i] = (row, width - free[row])
+        free[row] -= spans[i][1]
+    device = query_responses.device
+    input_ids = torch.zeros(len(free), width, dtype=query_responses.dtype, device=device)
+    # The unused tail of a packed row counts on from 0 as one more sequence: separate from the one before it.
+    position_ids = torch.zeros(len(free), width, dtype=torch.long, device=device)
+    for row, room in enumerate(free):
+        position_ids[row, width - room:] = torch.arange(room, device=device)
+    i_index, t_index, flat = [], [], []
+    for i, ((s, n), (row, offset)) in enumerate(zip(spans, placed)):
+        input_ids[row, offset: offset + n] = query_responses[i, s: s + n]
+        position_ids[row, offset: offset + n] = torch.arange(n, device=device)
+        read = int(last[i]) - (context_length - 1) + 1  # response positions t = 0 .. read - 1
+        i_index += [i] * read
+        t_index += range(read)
+        flat += [row * width + offset + (context_length - 1 - s) + t for t in range(read)]
+    flat = torch.tensor(flat, device=device)
+    columns, column_of = torch.unique(flat % width, return_inverse=True)  # the columns any row reads
+    output, values = model(input_ids=input_ids, position_ids=position_ids, return_dict=True,
+                           output_hidden_states=True, use_cache=False, logits_to_keep=columns)
+    i_index, t_index = torch.tensor(i_index, device=device), torch.tensor(t_index, device=device)
+    logits = output.logits[flat // width, column_of]
+    full_logits = logits.new_zeros(rows, response_width, logits.shape[-1]).index_put((i_index, t_index), logits)
+    full_values = values[flat // width, column_of]
+    full_values = full_values.new_zeros(rows, response_width, full_values.shape[-1]).index_put(
+        (i_index, t_index), full_values)
+    return full_logits, full_values

@@ -24,7 +24,10 @@ One update, top to bottom (names as in the papers):
 Deliberate differences from TRL 1.12: the rollouts' log pi_RL comes from a forward pass over the sampled tokens, not
 from ``generate``'s scores (the one sampler keeps no logits); the per-minibatch statistics average over the
 micro-batches a minibatch really has (TRL's array is sized by ``gradient_accumulation_steps`` and leaves zeros in it
-when ``num_mini_batches`` > 1); episodes per second are a float (TRL's ``int()`` logs 0 on a CPU).
+when ``num_mini_batches`` > 1); episodes per second are a float (TRL's ``int()`` logs 0 on a CPU); with
+``padding_free`` (the default) the PPO epochs' forwards run on the real tokens only, packed
+(:func:`rlhf_kit.ppo.core.forward_padding_free`: the same losses within float rounding, a policy entropy statistic
+over real tokens).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from rlhf_kit.ppo.core import (
     INVALID_LOGPROB,
     first_true_indices,
     forward,
+    forward_padding_free,
     get_reward,
     masked_mean,
     masked_whiten,
@@ -196,12 +200,14 @@ class PolicyAndValue(torch.nn.Module):
         module: that made every checkpoint save warn about "shared tensors", listing the whole critic)."""
         return getattr(self.value_model, self.value_model.base_model_prefix)
 
-    def forward(self, value: bool = True, logits_to_keep: int = 0, **kwargs):
+    def forward(self, value: bool = True, logits_to_keep: int | torch.Tensor = 0, **kwargs):
         if not value:  # the policy alone (the reference pass, PPO-ptx), still through the distributed wrapper
             return self.policy(logits_to_keep=logits_to_keep, **kwargs), None
-        output = self.critic_backbone(**kwargs)  # values at the last logits_to_keep positions (0: all), as logits
-        return (self.policy(logits_to_keep=logits_to_keep, **kwargs),
-                self.value_model.score(output.hidden_states[-1][:, -logits_to_keep:]))
+        # Values where the logits are: the last logits_to_keep positions (0: all), or those columns (a tensor).
+        output = self.critic_backbone(**kwargs)
+        hidden = output.hidden_states[-1]
+        hidden = hidden[:, logits_to_keep] if torch.is_tensor(logits_to_keep) else hidden[:, -logits_to_keep:]
+        return self.policy(logits_to_keep=logits_to_keep, **kwargs), self.value_model.score(hidden)
 
 
 def disable_dropout(model) -> None:
@@ -529,13 +535,20 @@ class PPOTrainer:
         args, ctx = self.args, b["context_length"]
         padding_mask, padding_mask_p1 = b["padding_mask"][inds], b["padding_mask_p1"][inds]
         mb_values, mb_return, mb_advantage = b["values"][inds], b["returns"][inds], b["advantages"][inds]
-        output, vpred_temp = forward(self.model, b["query_responses"][inds], self.processing_class.pad_token_id, ctx)
-        work.count("trained", int((b["query_responses"][inds] != self.processing_class.pad_token_id).sum()))
-        logits = output.logits[:, :-1]
+        query_responses, pad = b["query_responses"][inds], self.processing_class.pad_token_id
+        work.count("trained", int((query_responses != pad).sum()))
+        packed = None
+        if args.padding_free:
+            packed = forward_padding_free(self.model, query_responses, pad, ctx, b["sequence_lengths"][inds])
+        if packed is None:
+            output, vpred_temp = forward(self.model, query_responses, pad, ctx)
+            logits, vpred_temp = output.logits[:, :-1], vpred_temp[:, :-1]
+        else:
+            logits, vpred_temp = packed
         logits /= args.temperature + 1e-7
         new_logprobs = selective_log_softmax(logits, b["responses"][inds])
         new_logprobs = torch.masked_fill(new_logprobs, padding_mask, INVALID_LOGPROB)
-        vpred = torch.masked_fill(vpred_temp[:, :-1].squeeze(-1), padding_mask_p1, 0)
+        vpred = torch.masked_fill(vpred_temp.squeeze(-1), padding_mask_p1, 0)
         vpredclipped = torch.clamp(vpred, mb_values - args.cliprange_value, mb_values + args.cliprange_value)
         vf_losses1, vf_losses2 = torch.square(vpred - mb_return), torch.square(vpredclipped - mb_return)
         vf_loss = 0.5 * masked_mean(torch.max(vf_losses1, vf_losses2), ~padding_mask_p1)
@@ -553,7 +566,9 @@ class PPOTrainer:
                 "clipfrac": masked_mean((pg_losses2 > pg_losses).float(), ~padding_mask),
                 "policy": pg_loss, "value": vf_loss,
                 "value_clipfrac": masked_mean((vf_losses2 > vf_losses1).float(), ~padding_mask_p1),
-                "entropy": entropy.mean(), "ratio": ratio.mean(),
+                # TRL's mean counts padded positions too; padding-free has no logits there: real tokens only.
+                "entropy": masked_mean(entropy, ~padding_mask) if packed is not None else entropy.mean(),
+                "ratio": ratio.mean(),
             }
         return loss, stats
 

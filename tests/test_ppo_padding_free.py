@@ -1,0 +1,86 @@
+"""PPO's padding-free forward (rlhf_kit/ppo/core.py): the padded forward's logits, values and gradients where the
+losses read them, from fewer rows; a row it cannot pack falls back to the padded forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ppo_golden import LORA, build_inputs
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import peft
+    import transformers
+
+    from rlhf_kit.ppo.trainer import PolicyAndValue
+
+    transformers.set_seed(0)
+    inputs = build_inputs(tmp_path_factory.mktemp("inputs"))
+    policy = peft.get_peft_model(inputs["policy"], peft.LoraConfig(**LORA))
+    with torch.no_grad():  # a LoRA that changes the outputs (B starts at zero)
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    return PolicyAndValue(policy, inputs["value_model"]), inputs["tokenizer"]
+
+
+def rows(tokenizer, response_width: int = 6):
+    """Left-padded prompts of 2-5 tokens and right-padded responses: stopped after 0, 2 and 3 tokens, one run to the
+    full width, one stopped at its last token; (query_responses, context_length, sequence_lengths)."""
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    prompts = [[5, 6], [7, 8, 9, 10, 11], [12, 13, 14], [15, 16, 17, 18], [19, 20, 21]]
+    responses = [[eos], [30, 31, eos], [32, 33, 34, eos], [35, 36, 37, 38, 39, 40], [41, 42, 43, 44, 45, eos]]
+    context = max(map(len, prompts))
+    qr = torch.tensor([[pad] * (context - len(p)) + p + r + [pad] * (response_width - len(r))
+                       for p, r in zip(prompts, responses)])
+    sequence_lengths = torch.tensor([len(r) - 1 for r in responses])
+    return qr, context, sequence_lengths
+
+
+def read_positions(sequence_lengths, width: int) -> torch.Tensor:
+    """Where PPO's losses read logits and values: t <= sequence length + 1 (padding_mask_p1)."""
+    return torch.arange(width)[None] <= torch.clamp(sequence_lengths + 1, max=width - 1)[:, None]
+
+
+def test_padding_free_matches_the_padded_forward_and_its_gradients(setup):
+    from rlhf_kit.ppo.core import forward, forward_padding_free
+
+    model, tokenizer = setup
+    qr, context, lengths = rows(tokenizer)
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["input_ids"].shape),
+                                           with_kwargs=True)
+    try:
+        output, values = forward(model, qr, tokenizer.pad_token_id, context)
+        padded_logits, padded_values = output.logits[:, :-1], values[:, :-1]
+        packed_logits, packed_values = forward_padding_free(model, qr, tokenizer.pad_token_id, context, lengths)
+    finally:
+        hook.remove()
+    assert seen[1][0] < seen[0][0] == qr.shape[0] and seen[1][1] == qr.shape[1]  # fewer rows, same width
+    read = read_positions(lengths, padded_logits.shape[1])
+    assert not read.all()  # some positions are padding, and are skipped
+    torch.testing.assert_close(packed_logits[read], padded_logits[read], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(packed_values[read], padded_values[read], rtol=1e-5, atol=1e-5)
+    assert (packed_logits[~read] == 0).all()
+
+    def grads(logits, values):
+        model.zero_grad()
+        # A loss of the read positions only, as PPO's: every LoRA and value weight gets the same gradient.
+        (logits[read].log_softmax(-1)[..., 3].sum() + values[read].square().sum()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    padded = grads(padded_logits, padded_values)
+    packed = grads(packed_logits, packed_values)
+    assert padded.keys() == packed.keys() and any("lora_A" in n for n in padded)
+    for name in padded:
+        torch.testing.assert_close(packed[name], padded[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_pad_token_inside_a_row_falls_back_to_the_padded_forward(setup):
+    from rlhf_kit.ppo.core import forward_padding_free
+
+    model, tokenizer = setup
+    qr, context, lengths = rows(tokenizer)
+    qr[3, context + 2] = tokenizer.pad_token_id  # sampled mid-response: the padded forward masks it
+    assert forward_padding_free(model, qr, tokenizer.pad_token_id, context, lengths) is None
