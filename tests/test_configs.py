@@ -23,9 +23,12 @@ def test_recipe_config_parses(path: Path):
     import torch
 
     stage = path.stem
-    # GPU recipes (bf16) parse here with the CPU override a user would pass; the demo configs parse as they are.
-    asks_bf16 = yaml.safe_load(path.read_text()).get("bf16") is True  # `auto` picks by hardware itself
-    cpu = ["--bf16", "false"] if asks_bf16 and not torch.cuda.is_available() else []
+    # GPU recipes (bf16) parse here with the CPU overrides a user would pass (a CPU without native bf16 refuses
+    # both keys); the demo configs parse as they are.
+    raw = yaml.safe_load(path.read_text())
+    on_cpu = not torch.cuda.is_available()
+    cpu = ["--bf16", "false"] if raw.get("bf16") is True and on_cpu else []  # `auto` picks by hardware itself
+    cpu += ["--dtype", "float32"] if raw.get("dtype") == "bfloat16" and on_cpu else []
     parsed = parse_stage_args(_dataclasses(stage), ["--config", str(path)] + cpu)
     if stage == "rounds":  # a rounds run is a run of its own: runs/<name>/round-<r>/<stage>/
         assert Path(parsed[0].run_dir).parent.name == "runs" and Path(parsed[0].stage_configs).is_dir()
@@ -33,10 +36,9 @@ def test_recipe_config_parses(path: Path):
         output_dirs = [p.output_dir for p in parsed if getattr(p, "output_dir", None)]
         output_dirs += [str(Path(p.run_dir) / "eval") for p in parsed if hasattr(p, "run_dir")]  # eval: run_dir/eval
         assert output_dirs and Path(output_dirs[0]).name == stage, "outputs go to runs/<name>/<stage>/"
-    raw = yaml.safe_load(path.read_text())
     for cfg in parsed:  # every YAML value reached its dataclass
         for key, value in raw.items():
-            if hasattr(cfg, key) and not isinstance(value, (dict, list)) and not (cpu and key == "bf16"):
+            if hasattr(cfg, key) and not isinstance(value, (dict, list)) and f"--{key}" not in cpu:
                 got = getattr(cfg, key)
                 if value == "auto" and key in ("dtype", "bf16"):  # resolved by hardware (tests/test_cpu_bf16.py)
                     assert got in ("bfloat16", "float32", True, False), (key, got)
