@@ -39,8 +39,8 @@ def rows(tokenizer, response_width: int = 6):
 
 
 def read_positions(sequence_lengths, width: int) -> torch.Tensor:
-    """Where PPO's losses read logits and values: t <= sequence length + 1 (padding_mask_p1)."""
-    return torch.arange(width)[None] <= torch.clamp(sequence_lengths + 1, max=width - 1)[:, None]
+    """Where PPO's losses read logits and values: t <= sequence length + 1 (the rollout's ~padding_mask_p1)."""
+    return torch.arange(width)[None] <= (sequence_lengths + 1)[:, None]
 
 
 def test_padding_free_matches_the_padded_forward_and_its_gradients(setup):
@@ -48,17 +48,17 @@ def test_padding_free_matches_the_padded_forward_and_its_gradients(setup):
 
     model, tokenizer = setup
     qr, context, lengths = rows(tokenizer)
+    read = read_positions(lengths, qr.shape[1] - context)
     seen = []
     hook = model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["input_ids"].shape),
                                            with_kwargs=True)
     try:
         output, values = forward(model, qr, tokenizer.pad_token_id, context)
         padded_logits, padded_values = output.logits[:, :-1], values[:, :-1]
-        packed_logits, packed_values = forward_padding_free(model, qr, tokenizer.pad_token_id, context, lengths)
+        packed_logits, packed_values = forward_padding_free(model, qr, tokenizer.pad_token_id, context, read)
     finally:
         hook.remove()
     assert seen[1][0] < seen[0][0] == qr.shape[0] and seen[1][1] == qr.shape[1]  # fewer rows, same width
-    read = read_positions(lengths, padded_logits.shape[1])
     assert not read.all()  # some positions are padding, and are skipped
     torch.testing.assert_close(packed_logits[read], padded_logits[read], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(packed_values[read], padded_values[read], rtol=1e-5, atol=1e-5)
@@ -83,4 +83,5 @@ def test_a_pad_token_inside_a_row_falls_back_to_the_padded_forward(setup):
     model, tokenizer = setup
     qr, context, lengths = rows(tokenizer)
     qr[3, context + 2] = tokenizer.pad_token_id  # sampled mid-response: the padded forward masks it
-    assert forward_padding_free(model, qr, tokenizer.pad_token_id, context, lengths) is None
+    read = read_positions(lengths, qr.shape[1] - context)
+    assert forward_padding_free(model, qr, tokenizer.pad_token_id, context, read) is None

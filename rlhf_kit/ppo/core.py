@@ -92,11 +92,11 @@ def get_reward(model, query_responses: torch.Tensor, pad_token_id: int, context_
 
 
 def forward_padding_free(model, query_responses: torch.Tensor, pad_token_id: int, context_length: int,
-                         sequence_lengths: torch.Tensor):
-    """``forward`` without the padding: (logits, values), each ``[rows, response width, ...]`` as
-    ``forward``'s ``[:, :-1]`` slices, computed only where PPO's losses read them -- a row's positions from the last
-    prompt token to its stop token and one more value (``padding_mask_p1``); zeros elsewhere. Or None when a row is
-    not one contiguous run of real tokens there (a pad token sampled mid-response), for ``forward`` to handle.
+                         read: torch.Tensor):
+    """``forward`` without the padding: (logits, values), each ``[rows, response width, ...]`` as ``forward``'s
+    ``[:, :-1]`` slices, computed only at the response positions ``read`` marks (a prefix of each row: PPO's
+    ``~padding_mask_p1``, the last prompt token to one past the stop token); zeros elsewhere. Or None when a row is not
+    one contiguous run of real tokens up to there (a pad token sampled mid-response), for ``forward`` to handle.
 
     The rows' real tokens are packed end to end into rows of the same width (first-fit decreasing), each sequence
     with its own position ids from 0, so transformers' attention masks sees separate sequences (its packed-sequence
@@ -104,18 +104,17 @@ def forward_padding_free(model, query_responses: torch.Tensor, pad_token_id: int
     ``padding_free`` does for SFT and DPO. The linear layers, most of a small model's work, then run on real tokens
     only: a PPO micro-batch of left-padded prompts and right-padded responses is about half padding."""
     rows, width = query_responses.shape
-    response_width = width - context_length
     real = query_responses != pad_token_id
     start = first_true_indices(real)  # first real token of each row
-    # Positions read: logits at context-1+t for t <= sequence length, values up to t = sequence length + 1.
-    last = context_length - 1 + torch.clamp(sequence_lengths + 1, max=response_width - 1)
+    reads = read.sum(1)  # response positions t = 0 .. reads - 1, read at context - 1 + t
+    last = context_length - 2 + reads
     lengths = last - start + 1
-    if bool((start > context_length - 1).any()):
-        return None  # an empty prompt: nothing predicts the first response token
-    spans = [(int(s), int(n)) for s, n in zip(start, lengths)]
-    if any(not bool(real[i, s: s + n].all()) for i, (s, n) in enumerate(spans)):
+    # Packable: a non-empty prompt (its last token predicts the first response token) and no pad up to `last`.
+    if bool((start > context_length - 1).any()) or bool((real.long().cumsum(1).gather(1, last[:, None]).squeeze(1)
+                                                          != lengths).any()):
         return None
     # First-fit decreasing: each span into the first packed row with room for it.
+    spans = [(int(s), int(n)) for s, n in zip(start, lengths)]
     free, placed = [], [None] * rows
     for i in sorted(range(rows), key=lambda i: -spans[i][1]):
         row = next((r for r, room in enumerate(free) if room >= spans[i][1]), None)
@@ -130,22 +129,21 @@ def forward_padding_free(model, query_responses: torch.Tensor, pad_token_id: int
     position_ids = torch.zeros(len(free), width, dtype=torch.long, device=device)
     for row, room in enumerate(free):
         position_ids[row, width - room:] = torch.arange(room, device=device)
-    i_index, t_index, flat = [], [], []
+    packed_row, packed_column = [], []  # where each read position sits in the packed rows
     for i, ((s, n), (row, offset)) in enumerate(zip(spans, placed)):
         input_ids[row, offset: offset + n] = query_responses[i, s: s + n]
         position_ids[row, offset: offset + n] = torch.arange(n, device=device)
-        read = int(last[i]) - (context_length - 1) + 1  # response positions t = 0 .. read - 1
-        i_index += [i] * read
-        t_index += range(read)
-        flat += [row * width + offset + (context_length - 1 - s) + t for t in range(read)]
-    flat = torch.tensor(flat, device=device)
-    columns, column_of = torch.unique(flat % width, return_inverse=True)  # the columns any row reads
+        first = offset + context_length - 1 - s
+        packed_row.append(torch.full((int(reads[i]),), row, device=device))
+        packed_column.append(torch.arange(first, first + int(reads[i]), device=device))
+    packed_row = torch.cat(packed_row)
+    columns, column_of = torch.unique(torch.cat(packed_column), return_inverse=True)  # the columns any row reads
     output, values = model(input_ids=input_ids, position_ids=position_ids, return_dict=True,
                            output_hidden_states=True, use_cache=False, logits_to_keep=columns)
-    i_index, t_index = torch.tensor(i_index, device=device), torch.tensor(t_index, device=device)
-    logits = output.logits[flat // width, column_of]
-    full_logits = logits.new_zeros(rows, response_width, logits.shape[-1]).index_put((i_index, t_index), logits)
-    full_values = values[flat // width, column_of]
-    full_values = full_values.new_zeros(rows, response_width, full_values.shape[-1]).index_put(
-        (i_index, t_index), full_values)
-    return full_logits, full_values
+    where = read.nonzero(as_tuple=True)  # row-major, as the packed positions were listed
+
+    def unpack(packed: torch.Tensor) -> torch.Tensor:
+        picked = packed[packed_row, column_of]
+        return picked.new_zeros(*read.shape, picked.shape[-1]).index_put(where, picked)
+
+    return unpack(output.logits), unpack(values)

@@ -539,7 +539,7 @@ class PPOTrainer:
         work.count("trained", int((query_responses != pad).sum()))
         packed = None
         if args.padding_free:
-            packed = forward_padding_free(self.model, query_responses, pad, ctx, b["sequence_lengths"][inds])
+            packed = forward_padding_free(self.model, query_responses, pad, ctx, ~padding_mask_p1)
         if packed is None:
             output, vpred_temp = forward(self.model, query_responses, pad, ctx)
             logits, vpred_temp = output.logits[:, :-1], vpred_temp[:, :-1]
