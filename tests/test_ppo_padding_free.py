@@ -1,5 +1,6 @@
-"""PPO's padding-free forward (rlhf_kit/ppo/core.py): the padded forward's logits, values and gradients where the
-losses read them, from fewer rows; a row it cannot pack falls back to the padded forward."""
+"""PPO's padding-free forwards (rlhf_kit/ppo/core.py): the padded forward's logits, values and gradients where the
+losses read them, and the reward model's scores, from fewer rows; a row it cannot pack falls back to the padded
+forward."""
 
 from __future__ import annotations
 
@@ -85,3 +86,46 @@ def test_a_pad_token_inside_a_row_falls_back_to_the_padded_forward(setup):
     qr[3, context + 2] = tokenizer.pad_token_id  # sampled mid-response: the padded forward masks it
     read = read_positions(lengths, qr.shape[1] - context)
     assert forward_padding_free(model, qr, tokenizer.pad_token_id, context, read) is None
+
+
+def test_the_reference_pass_packs_too_and_has_no_values(setup):
+    from rlhf_kit.ppo.core import forward, forward_padding_free
+
+    model, tokenizer = setup
+    qr, context, lengths = rows(tokenizer)
+    read = read_positions(lengths, qr.shape[1] - context)
+    reference = model.policy  # a plain causal LM: one output, no values (the rollout's reference pass)
+    with torch.no_grad():
+        padded = forward(reference, qr, tokenizer.pad_token_id, context).logits[:, :-1]
+        packed, values = forward_padding_free(reference, qr, tokenizer.pad_token_id, context, read)
+    assert values is None
+    torch.testing.assert_close(packed[read], padded[read], rtol=1e-5, atol=1e-5)
+
+
+def test_the_reward_models_score_packed_is_its_padded_score(setup):
+    from rlhf_kit.ppo.core import get_reward, score_padding_free
+
+    model, tokenizer = setup
+    qr, context, _ = rows(tokenizer)
+    qr[0, context:] = tokenizer.pad_token_id  # an empty response: scored at the prompt's last token
+    reward_model = model.value_model  # a backbone with a scalar score head, as the reward model
+    seen = []
+    backbone = getattr(reward_model, reward_model.base_model_prefix)
+    hook = backbone.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["input_ids"].shape),
+                                              with_kwargs=True)
+    try:
+        with torch.no_grad():
+            _, padded, _ = get_reward(reward_model, qr, tokenizer.pad_token_id, context)
+            packed = score_padding_free(reward_model, qr, tokenizer.pad_token_id, context)
+    finally:
+        hook.remove()
+    assert seen[1][0] < seen[0][0] == qr.shape[0]  # fewer rows
+    assert packed.shape == padded.shape == (qr.shape[0],) and padded.abs().min() > 0
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-6)
+    qr[3, context + 2] = tokenizer.pad_token_id  # a pad mid-response: both score the token before it
+    with torch.no_grad():
+        torch.testing.assert_close(score_padding_free(reward_model, qr, tokenizer.pad_token_id, context),
+                                   get_reward(reward_model, qr, tokenizer.pad_token_id, context)[1],
+                                   rtol=1e-5, atol=1e-6)
+    qr[1, 2] = tokenizer.pad_token_id  # a pad inside a prompt: get_reward's to score
+    assert score_padding_free(reward_model, qr, tokenizer.pad_token_id, context) is None

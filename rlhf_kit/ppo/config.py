@@ -73,7 +73,8 @@ class PPOConfig(TrainingArguments):
     gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
     lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
     padding_free: bool = field(default=True, metadata={
-        "help": "PPO epochs on the rollouts' real tokens only, packed end to end (same losses; no TRL 1.12 key)."})
+        "help": "Rollout scoring and PPO epochs on real tokens only, packed end to end (same losses; no TRL 1.12 "
+                "key)."})
     ds3_gather_for_generation: bool = field(default=True, metadata={
         "help": "ZeRO-3: gather the policy's full weights for sampling (faster; off samples layer by layer)."})
 

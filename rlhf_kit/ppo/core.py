@@ -91,59 +91,88 @@ def get_reward(model, query_responses: torch.Tensor, pad_token_id: int, context_
     return reward_logits, reward_logits[rows, sequence_lengths].squeeze(-1), sequence_lengths
 
 
+class _Packed:
+    """Rows' real tokens packed end to end into rows of the same width (first-fit decreasing), each sequence with its
+    own position ids from 0: transformers' attention then sees separate sequences (its packed-sequence mask,
+    ``masking_utils.find_packed_sequence_indices``, used when no attention mask is given), as TRL's ``padding_free``
+    does for SFT and DPO. The linear layers, most of a small model's work, run on real tokens only: a PPO micro-batch
+    of left-padded prompts and right-padded responses is about half padding."""
+
+    def __init__(self, query_responses: torch.Tensor, start: torch.Tensor, last: torch.Tensor):
+        rows, width = query_responses.shape
+        device = query_responses.device
+        spans = [(int(s), int(e) - int(s) + 1) for s, e in zip(start, last)]
+        free, placed = [], [None] * rows
+        for i in sorted(range(rows), key=lambda i: -spans[i][1]):  # each span into the first packed row with room
+            row = next((r for r, room in enumerate(free) if room >= spans[i][1]), None)
+            if row is None:
+                row = len(free)
+                free.append(width)
+            placed[i] = (row, width - free[row])
+            free[row] -= spans[i][1]
+        self.input_ids = torch.zeros(len(free), width, dtype=query_responses.dtype, device=device)
+        # The unused tail of a packed row counts on from 0 as one more sequence: separate from the one before it.
+        self.position_ids = torch.zeros(len(free), width, dtype=torch.long, device=device)
+        for row, room in enumerate(free):
+            self.position_ids[row, width - room:] = torch.arange(room, device=device)
+        for i, ((s, n), (row, offset)) in enumerate(zip(spans, placed)):
+            self.input_ids[row, offset: offset + n] = query_responses[i, s: s + n]
+            self.position_ids[row, offset: offset + n] = torch.arange(n, device=device)
+        self.row = torch.tensor([row for row, _ in placed], device=device)
+        self.shift = torch.tensor([offset for _, offset in placed], device=device) - start  # packed - row column
+
+    @classmethod
+    def of(cls, query_responses: torch.Tensor, pad_token_id: int, last: torch.Tensor) -> _Packed | None:
+        """Each row's tokens from its first real one to ``last`` (inclusive) packed; None when a pad token lies in
+        between (sampled mid-response), or a row has no real token up to ``last``."""
+        real = query_responses != pad_token_id
+        start = first_true_indices(real)
+        if bool((start > last).any()) or bool(
+                (real.long().cumsum(1).gather(1, last[:, None]).squeeze(1) != last - start + 1).any()):
+            return None
+        return cls(query_responses, start, last)
+
+    def where(self, rows: torch.Tensor, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The packed (row, column) of each (row, column) position of the unpacked rows."""
+        return self.row[rows], columns + self.shift[rows]
+
+
 def forward_padding_free(model, query_responses: torch.Tensor, pad_token_id: int, context_length: int,
                          read: torch.Tensor):
-    """``forward`` without the padding: (logits, values), each ``[rows, response width, ...]`` as ``forward``'s
-    ``[:, :-1]`` slices, computed only at the response positions ``read`` marks (a prefix of each row: PPO's
-    ``~padding_mask_p1``, the last prompt token to one past the stop token); zeros elsewhere. Or None when a row is not
-    one contiguous run of real tokens up to there (a pad token sampled mid-response), for ``forward`` to handle.
-
-    The rows' real tokens are packed end to end into rows of the same width (first-fit decreasing), each sequence
-    with its own position ids from 0, so transformers' attention masks sees separate sequences (its packed-sequence
-    mask, ``masking_utils.find_packed_sequence_indices``, used when no attention mask is given), as TRL's
-    ``padding_free`` does for SFT and DPO. The linear layers, most of a small model's work, then run on real tokens
-    only: a PPO micro-batch of left-padded prompts and right-padded responses is about half padding."""
-    rows, width = query_responses.shape
-    real = query_responses != pad_token_id
-    start = first_true_indices(real)  # first real token of each row
-    reads = read.sum(1)  # response positions t = 0 .. reads - 1, read at context - 1 + t
-    last = context_length - 2 + reads
-    lengths = last - start + 1
-    # Packable: a non-empty prompt (its last token predicts the first response token) and no pad up to `last`.
-    if bool((start > context_length - 1).any()) or bool((real.long().cumsum(1).gather(1, last[:, None]).squeeze(1)
-                                                          != lengths).any()):
+    """``forward`` without the padding (:class:`_Packed`): (logits, values), each ``[rows, response width, ...]`` as
+    ``forward``'s ``[:, :-1]`` slices, computed only at the response positions ``read`` marks (a prefix of each row:
+    PPO's ``~padding_mask_p1``, the last prompt token to one past the stop token); zeros elsewhere. ``values`` is
+    None for a model that returns none (the reference policy). Or None when a row cannot be packed (an empty prompt,
+    or a pad token sampled mid-response), for ``forward`` to handle."""
+    # Response position t is predicted at column context - 1 + t; the last one read needs the row's tokens up to it.
+    if bool((first_true_indices(query_responses != pad_token_id) > context_length - 1).any()):
+        return None  # an empty prompt: no token predicts the first response token
+    packed = _Packed.of(query_responses, pad_token_id, context_length - 2 + read.sum(1))
+    if packed is None:
         return None
-    # First-fit decreasing: each span into the first packed row with room for it.
-    spans = [(int(s), int(n)) for s, n in zip(start, lengths)]
-    free, placed = [], [None] * rows
-    for i in sorted(range(rows), key=lambda i: -spans[i][1]):
-        row = next((r for r, room in enumerate(free) if room >= spans[i][1]), None)
-        if row is None:
-            row = len(free)
-            free.append(width)
-        placed[i] = (row, width - free[row])
-        free[row] -= spans[i][1]
-    device = query_responses.device
-    input_ids = torch.zeros(len(free), width, dtype=query_responses.dtype, device=device)
-    # The unused tail of a packed row counts on from 0 as one more sequence: separate from the one before it.
-    position_ids = torch.zeros(len(free), width, dtype=torch.long, device=device)
-    for row, room in enumerate(free):
-        position_ids[row, width - room:] = torch.arange(room, device=device)
-    packed_row, packed_column = [], []  # where each read position sits in the packed rows
-    for i, ((s, n), (row, offset)) in enumerate(zip(spans, placed)):
-        input_ids[row, offset: offset + n] = query_responses[i, s: s + n]
-        position_ids[row, offset: offset + n] = torch.arange(n, device=device)
-        first = offset + context_length - 1 - s
-        packed_row.append(torch.full((int(reads[i]),), row, device=device))
-        packed_column.append(torch.arange(first, first + int(reads[i]), device=device))
-    packed_row = torch.cat(packed_row)
-    columns, column_of = torch.unique(torch.cat(packed_column), return_inverse=True)  # the columns any row reads
-    output, values = model(input_ids=input_ids, position_ids=position_ids, return_dict=True,
-                           output_hidden_states=True, use_cache=False, logits_to_keep=columns)
-    where = read.nonzero(as_tuple=True)  # row-major, as the packed positions were listed
+    rows, t = read.nonzero(as_tuple=True)  # row-major
+    packed_row, packed_column = packed.where(rows, context_length - 1 + t)
+    columns, column_of = torch.unique(packed_column, return_inverse=True)  # the columns any row reads
+    result = model(input_ids=packed.input_ids, position_ids=packed.position_ids, return_dict=True,
+                   output_hidden_states=True, use_cache=False, logits_to_keep=columns)
+    output, values = result if isinstance(result, tuple) else (result, None)
 
-    def unpack(packed: torch.Tensor) -> torch.Tensor:
-        picked = packed[packed_row, column_of]
-        return picked.new_zeros(*read.shape, picked.shape[-1]).index_put(where, picked)
+    def unpack(out: torch.Tensor) -> torch.Tensor:
+        picked = out[packed_row, column_of]
+        return picked.new_zeros(*read.shape, picked.shape[-1]).index_put((rows, t), picked)
 
-    return unpack(output.logits), unpack(values)
+    return unpack(output.logits), None if values is None else unpack(values)
+
+
+def score_padding_free(model, query_responses: torch.Tensor, pad_token_id: int, context_length: int):
+    """``get_reward``'s score at each row's last real token, from the packed rows (:class:`_Packed`), the head applied
+    at those positions only; None when a row cannot be packed, for ``get_reward`` to handle."""
+    last = first_true_indices(query_responses[:, context_length:] == pad_token_id) - 1 + context_length
+    packed = _Packed.of(query_responses, pad_token_id, last)
+    if packed is None:
+        return None
+    backbone = getattr(model, model.base_model_prefix)
+    output = backbone(input_ids=packed.input_ids, position_ids=packed.position_ids, return_dict=True,
+                      output_hidden_states=True, use_cache=False)
+    at = packed.where(torch.arange(len(last), device=last.device), last)
+    return model.score(output.hidden_states[-1][at]).squeeze(-1)

@@ -25,8 +25,9 @@ Deliberate differences from TRL 1.12: the rollouts' log pi_RL comes from a forwa
 from ``generate``'s scores (the one sampler keeps no logits); the per-minibatch statistics average over the
 micro-batches a minibatch really has (TRL's array is sized by ``gradient_accumulation_steps`` and leaves zeros in it
 when ``num_mini_batches`` > 1); episodes per second are a float (TRL's ``int()`` logs 0 on a CPU); with
-``padding_free`` (the default) the PPO epochs' forwards run on the real tokens only, packed
-(:func:`rlhf_kit.ppo.core.forward_padding_free`: the same losses within float rounding, a policy entropy statistic
+``padding_free`` (the default) every forward of the rollouts (policy, value, reference, reward model) and of the PPO
+epochs runs on the real tokens only, packed (:func:`rlhf_kit.ppo.core.forward_padding_free`,
+:func:`~rlhf_kit.ppo.core.score_padding_free`: the same losses within float rounding, a policy entropy statistic
 over real tokens).
 """
 
@@ -50,6 +51,7 @@ from rlhf_kit.ppo.core import (
     get_reward,
     masked_mean,
     masked_whiten,
+    score_padding_free,
     selective_log_softmax,
     truncate_response,
 )
@@ -426,6 +428,19 @@ class PPOTrainer:
         with whole_weights(self.model, self.accelerator):
             yield self.unwrapped
 
+    def forward_rows(self, model, query_responses: torch.Tensor, context_length: int, read: torch.Tensor):
+        """(logits, values or None) at each response position, ``[rows, response width, ...]``, of a policy (with
+        the value head when ``model`` is the policy+value module): on the real tokens only where ``padding_free``
+        allows (zeros where ``read`` is false), else TRL's padded forward."""
+        pad = self.processing_class.pad_token_id
+        if self.args.padding_free:
+            packed = forward_padding_free(model, query_responses, pad, context_length, read)
+            if packed is not None:
+                return packed
+        result = forward(model, query_responses, pad, context_length)
+        output, values = result if isinstance(result, tuple) else (result, None)
+        return output.logits[:, :-1], None if values is None else values[:, :-1]
+
     @torch.no_grad()
     def rollout(self, queries: torch.Tensor, index: list[int]) -> dict:
         """Sample responses from pi_RL and score them: log-probs under pi_RL and pi_SFT, values, RM scores; every
@@ -440,31 +455,35 @@ class PPOTrainer:
         for i in range(0, queries.shape[0], step):
             query, query_response = queries[i: i + step], query_responses[i: i + step]
             response = query_response[:, context_length:]
-            # One pass through the (distributed) policy+value module: log pi_RL of the sampled tokens and V(s_t).
-            output, full_value = forward(self.model, query_response, tok.pad_token_id, context_length)
-            if logitss is None:
-                logits = output.logits[:, :-1]
-                logprob = selective_log_softmax(logits / (args.temperature + 1e-7), response)
-            else:  # TRL replay: log pi_RL from generate's scores, as TRL computed it
-                logprob = selective_log_softmax(logitss[i: i + step], response)
-            del output
-            with self.reference() as reference:  # LoRA: the policy with its adapter disabled
-                ref_output = forward(reference, query_response, tok.pad_token_id, context_length)
-            ref_logits = ref_output.logits[:, :-1]
-            ref_logits /= args.temperature + 1e-7
-            ref_logprob = selective_log_softmax(ref_logits, response)
             # The reward model reads the response cut after the stop token (Huang et al. 2024, detail 4).
             postprocessed = response
             if self.stop_token_id is not None:
                 postprocessed = truncate_response(self.stop_token_id, tok.pad_token_id, response)
             sequence_length = first_true_indices(postprocessed == tok.pad_token_id) - 1
             scored = torch.cat((query, postprocessed), 1)
-            _, score, _ = get_reward(self.reward_model, scored, tok.pad_token_id, context_length)
+            # padding_free: each pass below on the real tokens only, read where PPO reads them (~padding_mask_p1).
+            read = torch.arange(response.shape[1], device=response.device)[None] <= (sequence_length + 1)[:, None]
+            # One pass through the (distributed) policy+value module: log pi_RL of the sampled tokens and V(s_t).
+            logits, values = self.forward_rows(self.model, query_response, context_length, read)
+            if logitss is None:
+                logprob = selective_log_softmax(logits / (args.temperature + 1e-7), response)
+            else:  # TRL replay: log pi_RL from generate's scores, as TRL computed it
+                logprob = selective_log_softmax(logitss[i: i + step], response)
+            del logits
+            with self.reference() as reference:  # LoRA: the policy with its adapter disabled
+                ref_logits, _ = self.forward_rows(reference, query_response, context_length, read)
+            ref_logits /= args.temperature + 1e-7
+            ref_logprob = selective_log_softmax(ref_logits, response)
+            score = None
+            if args.padding_free:
+                score = score_padding_free(self.reward_model, scored, tok.pad_token_id, context_length)
+            if score is None:
+                _, score, _ = get_reward(self.reward_model, scored, tok.pad_token_id, context_length)
             # policy, value, reference and reward model each read the rollouts (the RM up to the stop token)
             real = int((query_response != tok.pad_token_id).sum())
             work.count("scored", 3 * real + int((scored != tok.pad_token_id).sum()))
             for key, value in zip(out, (response, postprocessed, logprob, ref_logprob, sequence_length, score,
-                                        full_value[:, :-1].squeeze(-1))):
+                                        values.squeeze(-1))):
                 out[key].append(value)
         batch = {k: torch.cat(v, 0) for k, v in out.items()}
         batch["query_responses"] = query_responses
@@ -537,14 +556,7 @@ class PPOTrainer:
         mb_values, mb_return, mb_advantage = b["values"][inds], b["returns"][inds], b["advantages"][inds]
         query_responses, pad = b["query_responses"][inds], self.processing_class.pad_token_id
         work.count("trained", int((query_responses != pad).sum()))
-        packed = None
-        if args.padding_free:
-            packed = forward_padding_free(self.model, query_responses, pad, ctx, ~padding_mask_p1)
-        if packed is None:
-            output, vpred_temp = forward(self.model, query_responses, pad, ctx)
-            logits, vpred_temp = output.logits[:, :-1], vpred_temp[:, :-1]
-        else:
-            logits, vpred_temp = packed
+        logits, vpred_temp = self.forward_rows(self.model, query_responses, ctx, ~padding_mask_p1)
         logits /= args.temperature + 1e-7
         new_logprobs = selective_log_softmax(logits, b["responses"][inds])
         new_logprobs = torch.masked_fill(new_logprobs, padding_mask, INVALID_LOGPROB)
@@ -567,7 +579,7 @@ class PPOTrainer:
                 "policy": pg_loss, "value": vf_loss,
                 "value_clipfrac": masked_mean((vf_losses2 > vf_losses1).float(), ~padding_mask_p1),
                 # TRL's mean counts padded positions too; padding-free has no logits there: real tokens only.
-                "entropy": masked_mean(entropy, ~padding_mask) if packed is not None else entropy.mean(),
+                "entropy": masked_mean(entropy, ~padding_mask) if args.padding_free else entropy.mean(),
                 "ratio": ratio.mean(),
             }
         return loss, stats
