@@ -325,3 +325,12 @@ def test_comparison_names_the_command_of_a_missing_method_and_refuses_an_untrain
         run_inprocess("eval", _eval_flags(run_dir, pipeline / "data") + ["--policies", "sft", "ppo", "dpo"])
     with pytest.raises(UserError, match="no trained reward head"):  # best-of-n would pick by a random head
         run_inprocess("eval", _eval_flags(run_dir, pipeline / "data") + ["--best_of_n", "4", "--reward_model", "sft"])
+
+
+def test_online_cost_counts_each_sampled_batch_once_when_reused(tmp_path):
+    from rlhf_kit.algorithms.compare import training_cost
+
+    base = {"stage": "grpo", "max_steps": 40, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1}
+    assert training_cost(tmp_path, base)["responses_sampled"] == 320
+    reused = base | {"max_steps": 320, "per_device_train_batch_size": 2, "steps_per_generation": 4, "num_iterations": 2}
+    assert training_cost(tmp_path, reused)["responses_sampled"] == 320  # 40 batches of 8, each trained on twice

@@ -37,7 +37,10 @@ def training_cost(stage_dir: Path, config: dict) -> dict:
         sampled = config.get("total_episodes")
         steps = steps and steps * config.get("num_ppo_epochs", 4) * config.get("num_mini_batches", 1)
     elif stage in ("rloo", "grpo"):
-        sampled = config["max_steps"] * config["per_device_train_batch_size"] * config["gradient_accumulation_steps"]
+        # TRL samples per_device_train_batch_size x steps_per_generation completions every steps_per_generation x
+        # num_iterations micro-batches (GRPOTrainer._prepare_inputs), so each batch is reused num_iterations times
+        micro_batches = config["max_steps"] * config["gradient_accumulation_steps"]
+        sampled = micro_batches * config["per_device_train_batch_size"] // config.get("num_iterations", 1)
     else:
         sampled = 0
     return {"responses_sampled": sampled, "optimizer_steps": steps}
