@@ -54,13 +54,13 @@ chromium:
 # One pytest-xdist worker per core (`-n auto`), each test file whole on one worker (its module fixtures built once);
 # every test that launches processes picks free ports, so two files' launches never collide.
 test: install chromium
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PYTHON) -m pytest -q -n auto --dist loadfile -m "not gpu" tests
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PYTHON) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder -m "not gpu" tests
 
 # Each test's call time from one full parallel run (on an idle machine): tests/durations.json, what `slow` is
 # marked from (tests/conftest.py). Re-record after adding or speeding up tests.
 test-durations: install chromium
 	mkdir -p runs
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PYTHON) -m pytest -q -n auto --dist loadfile -m "not gpu" tests \
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PYTHON) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder -m "not gpu" tests \
 	  --durations=0 --junitxml=runs/test-durations.xml | tee runs/test-durations.txt
 	$(PYTHON) tests/record_durations.py runs/test-durations.xml --report runs/test-durations.txt > tests/durations.json
 

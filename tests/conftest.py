@@ -53,6 +53,13 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
         if "pipeline" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.pipeline)
+    # Longest files first (their measured seconds), each file's tests in their own order: `make test` hands whole
+    # files to the workers in this order (--dist loadfile --no-loadscope-reorder), so no worker starts a long file
+    # while the other is nearly done (longest-processing-time-first scheduling, Graham 1969).
+    per_file: dict[str, float] = {}
+    for nodeid, seconds in measured.items():
+        per_file[nodeid.split("::")[0]] = per_file.get(nodeid.split("::")[0], 0.0) + seconds
+    items.sort(key=lambda item: -per_file.get(item.nodeid.split("::")[0], 0.0))
 
 # Per-stage overrides that make each stage a few steps on a very small model.
 TINY = {
@@ -153,8 +160,24 @@ def config_args(stage: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory) -> Path:
-    """Run base -> sft -> compare -> reward -> ppo on tiny settings through the real entry points."""
-    root = tmp_path_factory.mktemp("pipeline")
+    """Run base -> sft -> compare -> reward -> ppo on tiny settings through the real entry points, once per test
+    session: under pytest-xdist the first worker that needs it builds it while the others wait on a file lock
+    (pytest-xdist's documented pattern for a session fixture run once), instead of every worker building its own
+    copy on the same cores. Tests read it and copy what they change."""
+    from filelock import FileLock  # a dependency of transformers, datasets and huggingface_hub
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return _build_pipeline(tmp_path_factory.mktemp("pipeline"))
+    root = tmp_path_factory.getbasetemp().parent / "pipeline"  # the folder all workers of this session share
+    with FileLock(f"{root}.lock"):
+        if not (root / "built").is_file():
+            _build_pipeline(root)
+            (root / "built").write_text("")
+    return root
+
+
+def _build_pipeline(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
     for stage in ("base", "sft", "compare", "reward", "ppo"):
         launcher = "accelerate" if stage in ("sft", "ppo") else "python"
         proc = run_cli(stage, config_args(stage) + stage_paths(root, stage) + TINY[stage], launcher)

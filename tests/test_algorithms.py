@@ -213,6 +213,8 @@ def test_online_method_two_steps_from_sft_change_the_adapter(pipeline, tmp_path,
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     marker = json.loads((out / "stage_complete.json").read_text())
     assert marker["prompts"] > 0 and "reward" in marker
+    # TRL's sampling is counted: 2 steps x 4 completions, each 1 to max_completion_length (8) tokens
+    assert 2 * 4 <= marker["tokens_sampled"] <= 2 * 4 * 8
     adapter = load_file(out / "adapter" / "adapter_model.safetensors")
     assert any(t.abs().max() > 0 for name, t in adapter.items() if "lora_B" in name)  # B starts at zero
     assert (out / "model.safetensors").is_file()
@@ -239,6 +241,7 @@ def test_online_reward_from_sampled_ids_is_ppos_reward_with_its_missing_eos_pena
     import torch
 
     from rlhf_kit.algorithms.online import reward_function
+    from rlhf_kit.core import work
     from rlhf_kit.data.datasets import chat_ids
     from rlhf_kit.integrations import modeling
     from rlhf_kit.ppo.core import get_reward
@@ -249,8 +252,11 @@ def test_online_reward_from_sampled_ids_is_ppos_reward_with_its_missing_eos_pena
     prompt = [{"role": "user", "content": "name a fruit"}]
     words = tokenizer("apple dog", add_special_tokens=False)["input_ids"]
     ended, cut = words + [eos], words + words
+    work.reset()
     got = reward_function(rm, tokenizer, missing_eos_penalty=1.0)(
         prompts=[prompt] * 3, completions=["", "", ""], completion_ids=[ended, cut, ended + words])
+    # TRL sampled these tokens (the stage's record counts them here, where TRL hands them over)
+    assert work.record()["tokens_sampled"] == len(ended) + len(cut) + len(ended + words)
     query = torch.tensor([chat_ids(tokenizer, prompt, add_generation_prompt=True)] * 2)
     responses = torch.tensor([ended + [pad] * (len(cut) - len(ended)), cut])
     _, ppo, _ = get_reward(rm, torch.cat((query, responses), 1), pad, query.shape[1])

@@ -31,7 +31,12 @@ def reward_function(reward_model, tokenizer, batch_size: int = 64, missing_eos_p
     detail 14). Without it a policy learns nothing from running out of tokens: the real track's first RLOO run,
     whose cut-off answers were scored as if they had ended, had half or more of its batch's answers cut off at
     96 tokens in 26 of its 40 steps, all of them in the last. A caller
-    with text only (no ``completion_ids``) is scored as every stage scores text (the end token appended)."""
+    with text only (no ``completion_ids``) is scored as every stage scores text (the end token appended).
+
+    TRL decodes the completions itself, outside ``rlhf_kit.sampling.generation`` where sampled tokens are counted, and
+    passes each generated batch to the reward functions exactly once (also when ``num_iterations`` trains on it more
+    than once), so the sampled tokens are counted here, as TRL hands them over (``rlhf_kit.core.work``)."""
+    from rlhf_kit.core import work
     from rlhf_kit.data.datasets import chat_ids
     from rlhf_kit.eval.evaluation import score_ids, score_with_reward_model
 
@@ -41,6 +46,7 @@ def reward_function(reward_model, tokenizer, batch_size: int = 64, missing_eos_p
         if completion_ids is None:
             texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
             return score_with_reward_model(reward_model, tokenizer, prompts, texts, batch_size)
+        work.count("sampled", sum(len(ids) for ids in completion_ids))
         ended = [eos in ids for ids in completion_ids]
         seqs = [chat_ids(tokenizer, p, add_generation_prompt=True) + list(ids[: ids.index(eos) + 1] if e else ids)
                 for p, ids, e in zip(prompts, completion_ids, ended)]

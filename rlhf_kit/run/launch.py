@@ -17,6 +17,7 @@ import yaml
 from rlhf_kit.core.errors import UserError, exit_on_user_error
 from rlhf_kit.core.stages import STAGES
 from rlhf_kit.integrations.hardware import CONFIG_ENV, check_accelerate_config
+from rlhf_kit.run.configs import skip_exit_collection
 
 # Command-line flags of `accelerate launch` that override the config file's value of the same name.
 OVERRIDES = ("num_processes", "num_machines", "machine_rank", "main_process_ip", "mixed_precision")
@@ -87,6 +88,8 @@ def main() -> None:
         if failures is None:
             raise
         sys.exit(next((f.exitcode for f in failures.values() if f.exitcode), 1))
+    finally:
+        skip_exit_collection()  # the launcher imported torch and accelerate too
 
 
 if __name__ == "__main__":
