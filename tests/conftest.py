@@ -43,8 +43,8 @@ DURATIONS = REPO / "tests" / "durations.json"
 
 
 def pytest_collection_modifyitems(items):
-    """``slow``: measured over 30 s (tests/durations.json). ``pipeline``: needs the tiny end-to-end pipeline, which
-    each worker builds once (about a minute). ``pytest -m "not slow and not pipeline"`` is the quick loop."""
+    """``slow``: measured over 30 s (tests/durations.json). ``pipeline``: needs the tiny end-to-end pipeline, built
+    once per session (about a minute). ``pytest -m "not slow and not pipeline"`` is the quick loop."""
     import json
 
     measured = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
