@@ -6,6 +6,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -56,10 +57,10 @@ def pytest_collection_modifyitems(items):
     # Longest files first (their measured seconds), each file's tests in their own order: `make test` hands whole
     # files to the workers in this order (--dist loadfile --no-loadscope-reorder), so no worker starts a long file
     # while the other is nearly done (longest-processing-time-first scheduling, Graham 1969).
-    per_file: dict[str, float] = {}
+    per_file: Counter = Counter()
     for nodeid, seconds in measured.items():
-        per_file[nodeid.split("::")[0]] = per_file.get(nodeid.split("::")[0], 0.0) + seconds
-    items.sort(key=lambda item: -per_file.get(item.nodeid.split("::")[0], 0.0))
+        per_file[nodeid.split("::")[0]] += seconds
+    items.sort(key=lambda item: -per_file[item.nodeid.split("::")[0]])
 
 # Per-stage overrides that make each stage a few steps on a very small model.
 TINY = {
@@ -166,21 +167,20 @@ def pipeline(tmp_path_factory) -> Path:
     copy on the same cores. Tests read it and copy what they change."""
     from filelock import FileLock  # a dependency of transformers, datasets and huggingface_hub
 
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return _build_pipeline(tmp_path_factory.mktemp("pipeline"))
-    root = tmp_path_factory.getbasetemp().parent / "pipeline"  # the folder all workers of this session share
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = tmp_path_factory.getbasetemp().parent / "pipeline"  # the folder all workers of this session share
+    else:
+        root = tmp_path_factory.mktemp("pipeline")
     with FileLock(f"{root}.lock"):
-        if not (root / "built").is_file():
+        if not (root / "runs" / "ppo" / "stage_complete.json").is_file():  # the last stage's completion record
             _build_pipeline(root)
-            (root / "built").write_text("")
     return root
 
 
-def _build_pipeline(root: Path) -> Path:
+def _build_pipeline(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     for stage in ("base", "sft", "compare", "reward", "ppo"):
         launcher = "accelerate" if stage in ("sft", "ppo") else "python"
         proc = run_cli(stage, config_args(stage) + stage_paths(root, stage) + TINY[stage], launcher)
         (root / f"{stage}.log").write_text(proc.stdout + proc.stderr)
         assert proc.returncode == 0, f"{stage} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return root

@@ -384,8 +384,6 @@ def skip_exit_collection() -> None:
     objects are still freed by reference counting, and everything the stage writes is closed by then."""
     import gc
 
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
     gc.freeze()
 
 
