@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in RECIPES:  # `rlhf-kit sft --config ...`: the recipe's own parser takes the rest
+        from rlhf_kit import defer_bitsandbytes
+
+        defer_bitsandbytes()  # before the recipe imports peft: as `python recipes/<stage>.py` does
         from rlhf_kit.run.configs import run_recipe
 
         sys.argv[0] = f"rlhf-kit {argv[0]}"  # usage lines name the subcommand

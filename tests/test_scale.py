@@ -2,6 +2,8 @@
 accelerate configs for DDP, DeepSpeed and FSDP."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -71,8 +73,12 @@ def test_qlora_runs_sft_reward_and_ppo_on_cpu(pipeline, tmp_path):
     base_args = [a if a != "32" else "64" for a in TINY["base"]]
     run_inprocess("base", config_args("base") + base_args + ["--output_dir", str(runs / "base"),
                                                             "--data_dir", str(tmp_path / "data"), "--max_steps", "5"])
-    run_inprocess("sft", config_args("sft") + stage_paths(pipeline, "sft") + TINY["sft"] + q
-                  + ["--output_dir", str(runs / "sft"), "--model_name_or_path", str(runs / "base")])
+    # As a command: bitsandbytes, kept out of a command's imports until a 4-bit load asks for it, loads then
+    sft = run_cli("sft", config_args("sft") + stage_paths(pipeline, "sft") + TINY["sft"] + q
+                  + ["--output_dir", str(runs / "sft"), "--model_name_or_path", str(runs / "base")],
+                  env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert sft.returncode == 0, sft.stderr[-3000:]
+    assert _imported("bitsandbytes", sft.stderr)
     run_inprocess("reward", config_args("reward") + stage_paths(pipeline, "reward") + TINY["reward"] + q
                   + ["--output_dir", str(runs / "reward"), "--model_name_or_path", str(runs / "sft")])
     run_inprocess("ppo", config_args("ppo") + stage_paths(pipeline, "ppo") + TINY["ppo"] + q
@@ -85,6 +91,28 @@ def test_qlora_runs_sft_reward_and_ppo_on_cpu(pipeline, tmp_path):
     merged = AutoModelForCausalLM.from_pretrained(runs / "ppo")
     assert getattr(merged, "is_loaded_in_4bit", False) is False  # exported merged, not quantized
     assert all(p.dtype.is_floating_point for p in merged.parameters())
+
+
+def _imported(package: str, importtime: str) -> bool:
+    """Whether ``python -X importtime``'s report (stderr) lists a module of ``package``: the package's own line
+    is there for a refused import too, its modules only once its ``__init__`` ran."""
+    return any(line.rsplit("|", 1)[-1].strip().startswith(f"{package}.") for line in importtime.splitlines()
+               if line.startswith("import time:"))
+
+
+def test_a_lora_stage_never_imports_bitsandbytes(pipeline, tmp_path):
+    """peft imports bitsandbytes eagerly (about 2 s of a command's start here); a stage without 4-bit loading runs,
+    LoRA included, without it (``rlhf_kit.defer_bitsandbytes``), and so does ``rlhf-kit <stage>``."""
+    args = config_args("sft") + stage_paths(pipeline, "sft") + TINY["sft"] + ["--max_steps", "1"]
+    env = {"PYTHONPROFILEIMPORTTIME": "1"}
+    proc = run_cli("sft", args + ["--output_dir", str(tmp_path / "sft")], env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _marker(tmp_path / "sft")["stage"] == "sft"
+    assert _imported("peft", proc.stderr) and not _imported("bitsandbytes", proc.stderr)
+    cli = subprocess.run([sys.executable, "-m", "rlhf_kit.cli", "sft", *args, "--output_dir", str(tmp_path / "cli")],
+                         cwd=REPO, capture_output=True, text=True, timeout=600, env=cli_env(env))
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert _imported("peft", cli.stderr) and not _imported("bitsandbytes", cli.stderr)
 
 
 def test_global_batch_must_divide_over_processes(monkeypatch):

@@ -106,10 +106,7 @@ def quantization_kwargs(model_args) -> dict:
         kwargs["dtype"] = getattr(torch, model_args.dtype)
     quant = get_quantization_config(model_args)
     if quant is not None:
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError as err:
-            raise UserError(f"4-bit loading needs bitsandbytes ({err}); pip install bitsandbytes, or drop load_in_4bit")
+        load_bitsandbytes()
         kwargs["quantization_config"] = quant
         import torch
 
@@ -118,6 +115,26 @@ def quantization_kwargs(model_args) -> dict:
 
             kwargs["device_map"] = {"": PartialState().local_process_index}
     return kwargs
+
+
+def load_bitsandbytes() -> None:
+    """Import bitsandbytes for a 4-bit load, undoing ``rlhf_kit.defer_bitsandbytes``: the ``sys.modules`` entry that
+    refused it goes, and the availability checks that cached "absent" meanwhile (peft's, transformers') are cleared
+    so that 4-bit layers get their LoRA layers and quantizer."""
+    import sys
+
+    if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None:
+        del sys.modules["bitsandbytes"]
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise UserError(f"4-bit loading needs bitsandbytes ({err}); pip install bitsandbytes, or drop load_in_4bit")
+    from peft import import_utils as peft_imports
+    from transformers.utils import import_utils as transformers_imports
+
+    for check in (peft_imports.is_bnb_available, peft_imports.is_bnb_4bit_available,
+                  transformers_imports.is_bitsandbytes_available):
+        check.cache_clear()
 
 
 def require_4bit_support(path: str, model_args) -> None:
