@@ -56,11 +56,18 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.pipeline)
     # Longest files first (their measured seconds), each file's tests in their own order: `make test` hands whole
     # files to the workers in this order (--dist loadfile --no-loadscope-reorder), so no worker starts a long file
-    # while the other is nearly done (longest-processing-time-first scheduling, Graham 1969).
+    # while the other is nearly done (longest-processing-time-first scheduling, Graham 1969). Right after the first
+    # file come those that never use the pipeline: while one worker builds it, the others run them instead of
+    # waiting on its lock.
     per_file: Counter = Counter()
     for nodeid, seconds in measured.items():
         per_file[nodeid.split("::")[0]] += seconds
-    items.sort(key=lambda item: -per_file[item.nodeid.split("::")[0]])
+    file_of = lambda item: item.nodeid.split("::")[0]  # noqa: E731
+    uses_pipeline = {file_of(item) for item in items if item.get_closest_marker("pipeline")}
+    order = sorted({file_of(item) for item in items}, key=lambda f: -per_file[f])
+    order = order[:1] + [f for f in order[1:] if f not in uses_pipeline] + [f for f in order[1:] if f in uses_pipeline]
+    rank = {f: i for i, f in enumerate(order)}
+    items.sort(key=lambda item: rank[file_of(item)])
 
 # Per-stage overrides that make each stage a few steps on a very small model.
 TINY = {

@@ -7,7 +7,7 @@ import pytest
 
 from rlhf_kit.core.errors import UserError
 
-from conftest import TINY, config_args, run_cli, run_inprocess, stage_paths
+from conftest import TINY, config_args, load_recipe, run_cli, run_inprocess, stage_paths
 
 
 def _single_error_line(proc):
@@ -18,6 +18,32 @@ def _single_error_line(proc):
     return errors[0]
 
 
+@pytest.fixture
+def recipe_cli(monkeypatch, capsys):
+    """``recipes/<stage>.py`` with ``argv`` through its entry point (``run_recipe``: parse, ``main``, user errors
+    as one line and exit 2) in this process, as a finished process: a recipe process spends ~8 s importing before
+    it reaches a mistake in its arguments. One test below runs the real process (``test_unknown_config_key...``)."""
+    import subprocess
+
+    from rlhf_kit.run import configs
+
+    monkeypatch.setattr(configs, "skip_exit_collection", lambda: None)  # a process-exit setting, not for pytest's
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # what the entry point sets, restored after the test
+
+    def run(stage: str, argv: list[str]) -> subprocess.CompletedProcess:
+        recipe = load_recipe(stage)
+        capsys.readouterr()
+        try:
+            configs.run_recipe(recipe.main, recipe.make_parser, argv)
+            code = 0
+        except SystemExit as done:
+            code = done.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess([stage, *argv], code, out, err)
+
+    return run
+
+
 def _args(root, stage, out, **overrides):
     """The tiny pipeline's arguments for ``stage``, writing to the fresh folder ``out``."""
     args = config_args(stage) + stage_paths(root, stage) + TINY[stage] + ["--output_dir", str(out)]
@@ -26,26 +52,27 @@ def _args(root, stage, out, **overrides):
     return args
 
 
-def test_missing_config_file_is_one_line():
-    line = _single_error_line(run_cli("sft", ["--config", "recipes/configs/demo/nope.yaml"]))
+def test_missing_config_file_is_one_line(recipe_cli):
+    line = _single_error_line(recipe_cli("sft", ["--config", "recipes/configs/demo/nope.yaml"]))
     assert "config file recipes/configs/demo/nope.yaml not found" in line
 
 
 def test_unknown_config_key_names_the_key(tmp_path):
+    """As a real process: the one line, exit status 2 and no traceback are what the user's shell sees."""
     config = tmp_path / "sft.yaml"
     config.write_text("model_name_or_path: runs/demo/base\nlearning_rat: 0.1\n")
     line = _single_error_line(run_cli("sft", ["--config", str(config)]))
     assert "learning_rat" in line and str(config) in line
 
 
-def test_malformed_yaml_is_one_line(tmp_path):
+def test_malformed_yaml_is_one_line(tmp_path, recipe_cli):
     config = tmp_path / "sft.yaml"
     config.write_text("model_name_or_path: [unclosed\n")
-    assert "not valid YAML" in _single_error_line(run_cli("sft", ["--config", str(config)]))
+    assert "not valid YAML" in _single_error_line(recipe_cli("sft", ["--config", str(config)]))
 
 
-def test_unknown_cli_flag_fails_cleanly():
-    proc = run_cli("sft", config_args("sft") + ["--learning_rat", "0.1"])
+def test_unknown_cli_flag_fails_cleanly(recipe_cli):
+    proc = recipe_cli("sft", config_args("sft") + ["--learning_rat", "0.1"])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--learning_rat" in proc.stderr
 
@@ -137,8 +164,8 @@ def test_unfinished_previous_stage_is_refused(pipeline, tmp_path):
     ("--learning_rate", "-1", "learning_rate=-1.0 must be greater than 0"),
     ("--per_device_train_batch_size", "0", "per_device_train_batch_size=0 must be at least 1"),
 ])
-def test_out_of_range_values_are_one_line_before_loading(flag, value, expected):
-    line = _single_error_line(run_cli("sft", config_args("sft") + [flag, value]))
+def test_out_of_range_values_are_one_line_before_loading(flag, value, expected, recipe_cli):
+    line = _single_error_line(recipe_cli("sft", config_args("sft") + [flag, value]))
     assert expected in line
 
 

@@ -216,7 +216,8 @@ def test_two_rounds_killed_in_round_two_reward_resume_to_the_same_figures(pipeli
     assert len(data2) == 2 * len(data1)  # both rounds' rankings (same prompts, new samples)
 
     killed = _with_setup(pipeline, tmp_path / "killed")
-    shutil.copytree(full / "round-1", killed / "round-1")  # finished, so skipped: the kill is in round 2
+    shutil.copytree(full / "round-1", killed / "round-1")  # finished, so skipped: the kill is in round 2's reward
+    shutil.copytree(full / "round-2" / "compare", killed / "round-2" / "compare")
     runner = subprocess.Popen(_rounds_cmd(config, killed), cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     reward2, deadline = killed / "round-2" / "reward", time.time() + 600

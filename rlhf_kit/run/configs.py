@@ -370,6 +370,7 @@ def run_recipe(main, make_parser, argv: list[str] | None = None) -> None:
     hardware.configure()  # once per process, before anything builds accelerate's state
     try:
         exit_on_user_error(lambda: main(*parse_stage_args(tuple(make_parser().dataclass_types), argv)))
+        _end_process_group(wait_for_every_rank=True)
     finally:
         _end_process_group()
         skip_exit_collection()
@@ -387,13 +388,17 @@ def skip_exit_collection() -> None:
     gc.freeze()
 
 
-def _end_process_group() -> None:
+def _end_process_group(wait_for_every_rank: bool = False) -> None:
     """Close the distributed process group before the interpreter exits: left open, its communication threads are
     torn down with the process, and a rank of a finished run can abort ("terminate called without an active
-    exception", exit -6; seen once on a ZeRO-2 reward run's second rank after it had saved)."""
+    exception", exit -6; seen on a ZeRO-2 reward run's second rank after it had saved). ``wait_for_every_rank``
+    (a stage that finished): a barrier first, so that no rank tears its connections down while rank 0 still
+    writes the stage (seen once more, with the group closed, on a ZeRO-3 SFT run's rank 1 while rank 0 wrote)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if wait_for_every_rank:
+            dist.barrier()
         dist.destroy_process_group()
 
 
