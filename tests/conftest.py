@@ -64,7 +64,7 @@ def pytest_collection_modifyitems(items):
         per_file[nodeid.split("::")[0]] += seconds
     file_of = lambda item: item.nodeid.split("::")[0]  # noqa: E731
     uses_pipeline = {file_of(item) for item in items if item.get_closest_marker("pipeline")}
-    order = sorted({file_of(item) for item in items}, key=lambda f: -per_file[f])
+    order = sorted({file_of(item) for item in items}, key=lambda f: (-per_file[f], f))  # every worker alike
     order = order[:1] + [f for f in order[1:] if f not in uses_pipeline] + [f for f in order[1:] if f in uses_pipeline]
     rank = {f: i for i, f in enumerate(order)}
     items.sort(key=lambda item: rank[file_of(item)])
