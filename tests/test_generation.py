@@ -97,6 +97,7 @@ def test_scoring_passes_give_each_response_what_it_gets_alone(tiny):
     """The eval's KL and reward passes batch responses by length; each still gets its own values, in order."""
     from transformers import LlamaForSequenceClassification
 
+    from rlhf_kit.data.datasets import chat_ids, reply_ids
     from rlhf_kit.eval.evaluation import response_logprobs, score_with_reward_model
 
     model, tokenizer = tiny
@@ -111,6 +112,12 @@ def test_scoring_passes_give_each_response_what_it_gets_alone(tiny):
         alone = response_logprobs(model, tokenizer, [prompt], [response])[0]
         assert len(logprobs[i]) == len(response.split()) + 1  # the response's tokens and its end token
         assert logprobs[i] == pytest.approx(alone, abs=1e-5)
+        # ... and what the whole sequence's logits give (the pass keeps only the reply's positions' logits)
+        seq = reply_ids(tokenizer, prompt, response)
+        start = len(chat_ids(tokenizer, prompt, add_generation_prompt=True))
+        with torch.no_grad():
+            full = torch.log_softmax(model(input_ids=torch.tensor([seq])).logits[0].float(), -1)
+        assert logprobs[i] == pytest.approx([full[t - 1, seq[t]].item() for t in range(start, len(seq))], abs=1e-5)
         assert scores[i] == pytest.approx(score_with_reward_model(reward_model, tokenizer, [prompt], [response])[0],
                                           abs=1e-5)
     assert len(set(scores)) == len(scores)  # distinct values: a mix-up of rows would show

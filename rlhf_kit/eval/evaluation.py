@@ -283,13 +283,20 @@ def response_logprobs(model, tokenizer, prompts: list[list[dict]], responses: li
     model.eval()
     for batch in _batches(seqs, batch_size, progress):
         input_ids, mask = pad_right([seqs[i] for i in batch], tokenizer.pad_token_id)
+        # Logits only from the position before the batch's earliest reply token: the prompt's positions predict
+        # nothing we read, and the vocabulary projection there is a fifth of SmolLM2's forward per token (as PPO's
+        # ``forward`` keeps only the response's logits).
+        keep = input_ids.shape[1] - min(starts[i] for i in batch) + 1
+        offset = input_ids.shape[1] - keep  # position p's logits sit at column p - offset
         with torch.no_grad():
-            logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits
-            targets = input_ids[:, 1:, None].to(model.device)
-            # Row by row: a batch's float log-softmax over a 49k vocabulary is GBs (SmolLM2: 6 GB at 128 x 250).
+            logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
+                           logits_to_keep=keep).logits
+            # Row by row, reply positions only: a batch's float log-softmax over a 49k vocabulary is GBs (SmolLM2:
+            # 6 GB at 128 x 250).
             for row, i in enumerate(batch):
-                logp = torch.log_softmax(logits[row, :-1].float(), -1).gather(-1, targets[row])[..., 0]
-                out[i] = logp[starts[i] - 1 : len(seqs[i]) - 1].tolist()
+                targets = input_ids[row, starts[i] : len(seqs[i]), None].to(model.device)
+                scores = logits[row, starts[i] - 1 - offset : len(seqs[i]) - 1 - offset].float()
+                out[i] = torch.log_softmax(scores, -1).gather(-1, targets)[..., 0].tolist()
     return out
 
 
