@@ -286,16 +286,15 @@ def response_logprobs(model, tokenizer, prompts: list[list[dict]], responses: li
         # Logits only from the position before the batch's earliest reply token: the prompt's positions predict
         # nothing we read, and the vocabulary projection there is a fifth of SmolLM2's forward per token (as PPO's
         # ``forward`` keeps only the response's logits).
-        keep = input_ids.shape[1] - min(starts[i] for i in batch) + 1
-        offset = input_ids.shape[1] - keep  # position p's logits sit at column p - offset
+        first = min(starts[i] for i in batch) - 1  # position p's logits sit at column p - first
         with torch.no_grad():
             logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
-                           logits_to_keep=keep).logits
+                           logits_to_keep=input_ids.shape[1] - first).logits
             # Row by row, reply positions only: a batch's float log-softmax over a 49k vocabulary is GBs (SmolLM2:
             # 6 GB at 128 x 250).
             for row, i in enumerate(batch):
                 targets = input_ids[row, starts[i] : len(seqs[i]), None].to(model.device)
-                scores = logits[row, starts[i] - 1 - offset : len(seqs[i]) - 1 - offset].float()
+                scores = logits[row, starts[i] - 1 - first : len(seqs[i]) - 1 - first].float()
                 out[i] = torch.log_softmax(scores, -1).gather(-1, targets)[..., 0].tolist()
     return out
 
