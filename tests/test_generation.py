@@ -85,6 +85,24 @@ def test_samples_follow_the_tempered_softmax(tiny):
     assert again == sample_responses(model, tokenizer, [prompt], k=50, temperature=0.5, max_new_tokens=4, seed=3)
 
 
+def test_drawn_tokens_follow_the_tempered_softmax_and_never_an_impossible_one():
+    """draw_tokens inverts each row's CDF with one uniform number: the frequencies of 20,000 draws match
+    softmax(logits / T), a token of probability 0 never comes, and with generators a row's draw depends on its own
+    generator only (not on the rows beside it)."""
+    from rlhf_kit.sampling.generation import draw_tokens
+
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, float("-inf"), 0.5])
+    rows = logits.repeat(20_000, 1)
+    torch.manual_seed(0)
+    counts = torch.bincount(draw_tokens(rows, 0.7), minlength=6) / len(rows)
+    expected = torch.softmax(logits / 0.7, -1)
+    assert counts[4] == 0 and (counts - expected).abs().max() < 0.01
+    first, second = (torch.Generator().manual_seed(s) for s in (1, 2))
+    together = draw_tokens(torch.stack([logits, logits.flip(0)]), 1.0, [first, second])
+    alone = draw_tokens(logits.flip(0)[None], 1.0, [torch.Generator().manual_seed(2)])
+    assert together[1] == alone[0]
+
+
 def test_temperature_zero_is_refused(tiny):
     from rlhf_kit.sampling.generation import sample_responses
 
