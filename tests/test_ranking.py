@@ -61,18 +61,70 @@ def test_margins_shift_the_difference():
     assert loss.item() == pytest.approx(_pair_loss(0.5, 0.0))
 
 
-def test_collator_handles_ragged_k_ties_and_padding():
+def test_collator_packs_each_ranking_behind_its_shared_prompt():
     collate = RankingCollator(pad_token_id=0)
     batch = collate([
         {"completion_ids": [[5, 6, 7], [5, 8]], "ranks": [0, 1], "weights": [1.0, 1.0]},
         {"completion_ids": [[5, 9], [5, 9, 9, 9], [5, 3, 3]], "ranks": [1, 0, 1], "weights": [1.0, 2.0, 1.0]},
     ])
-    assert batch["input_ids"].shape == (5, 4)
+    # Row 0: 5 | 6 7 | 8; row 1: 5 | 9 | 9 9 9 | 3 3 (the shared prefix is every completion's first token only).
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 0, 0, 0], [5, 9, 9, 9, 9, 3, 3]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 1, 0, 0, 0], [0, 1, 1, 2, 3, 1, 2]]
+    assert batch["score_at"].tolist() == [2, 3, 7 + 1, 7 + 4, 7 + 6]  # each completion's last token, flat
+    assert batch["num_tokens"].item() == 4 + 7
     assert batch["group"].tolist() == [0, 0, 1, 1, 1]
     assert batch["ranks"].tolist() == [0, 1, 1, 0, 1]
-    assert batch["attention_mask"].sum(1).tolist() == [3, 2, 2, 4, 3]
-    assert batch["input_ids"][1].tolist() == [5, 8, 0, 0]
     assert batch["weights"].tolist() == [1.0, 1.0, 1.0, 2.0, 1.0]
+    sees = batch["attention_mask"][1, 0]
+    assert sees[4].tolist() == [True, False, True, True, True, False, False]  # the shared token and its own
+    assert sees[6].tolist() == [True, False, False, False, False, True, True]
+
+
+def _tiny_reward_model(attn_implementation="sdpa", **sizes):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig(**{"vocab_size": 20, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+                            "num_attention_heads": 4, "num_key_value_heads": 2, **sizes}, num_labels=1,
+                         pad_token_id=0, attn_implementation=attn_implementation)
+    torch.manual_seed(0)
+    return LlamaForSequenceClassification(config)
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_packed_rankings_give_each_completion_its_own_reward_and_gradient(attn_implementation):
+    """Each completion's reward from the packed rows equals its own forward alone, and so does the loss's gradient:
+    the shared prompt is computed once, nothing else changes."""
+    from rlhf_kit.reward.ranking import completion_rewards
+
+    model = _tiny_reward_model(attn_implementation)
+    rankings = [{"completion_ids": [[3, 4, 5, 6], [3, 4, 7], [3, 4, 5, 8, 9, 9]], "ranks": [0, 1, 2],
+                 "weights": [1.0, 1.0, 1.0]},
+                {"completion_ids": [[5, 6], [5, 6, 7, 1], [7]], "ranks": [1, 0, 1], "weights": [1.0, 2.0, 1.0]}]
+    batch = RankingCollator(0)(rankings)
+
+    def loss_and_grads(rewards):
+        model.zero_grad()
+        loss, _, _ = kwise_loss(rewards, batch["group"], batch["ranks"], batch["weights"])
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+    packed = completion_rewards(model, batch)
+    alone = torch.cat([model(input_ids=torch.tensor([c])).logits.squeeze(-1)
+                       for r in rankings for c in r["completion_ids"]])
+    assert len(set(alone.tolist())) == len(alone)  # distinct rewards: a mix-up would show
+    assert packed.tolist() == pytest.approx(alone.tolist(), abs=1e-6)
+    (loss, grads), (loss_alone, grads_alone) = loss_and_grads(packed), loss_and_grads(alone)
+    assert loss == pytest.approx(loss_alone, abs=1e-6)
+    assert all(torch.allclose(g, h, atol=1e-6) for g, h in zip(grads, grads_alone))
+
+
+def test_an_attention_without_custom_masks_is_refused_in_one_line():
+    from rlhf_kit.integrations.modeling import attention_mask_for
+
+    config = _tiny_reward_model().config
+    config._attn_implementation = "flash_attention_2"
+    with pytest.raises(UserError, match="attn_implementation flash_attention_2 takes no custom attention mask.*sdpa"):
+        attention_mask_for(config, torch.ones(1, 1, 2, 2, dtype=torch.bool))
 
 
 def test_dedupe_and_limit_k():
@@ -89,17 +141,14 @@ def test_dedupe_and_limit_k():
 
 def test_gradients_reach_score_head_and_adapters():
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    torch.manual_seed(0)
-    model = LlamaForSequenceClassification(LlamaConfig(vocab_size=20, hidden_size=16, intermediate_size=32,
-                                                       num_hidden_layers=1, num_attention_heads=2, num_labels=1,
-                                                       pad_token_id=0))
-    model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["q_proj", "v_proj"]))
+    from rlhf_kit.reward.ranking import completion_rewards
+
+    model = get_peft_model(_tiny_reward_model(num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2),
+                           LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["q_proj", "v_proj"]))
     batch = RankingCollator(0)([{"completion_ids": [[3, 4, 5], [3, 6], [3, 7, 8, 9]], "ranks": [0, 1, 2],
                                  "weights": [1.0, 1.0, 1.0]}])
-    rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
-    loss, _, _ = kwise_loss(rewards, batch["group"], batch["ranks"])
+    loss, _, _ = kwise_loss(completion_rewards(model, batch), batch["group"], batch["ranks"])
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     assert any("score" in n and g is not None and g.abs().sum() > 0 for n, g in grads.items())

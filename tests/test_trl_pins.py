@@ -40,10 +40,11 @@ def test_reward_trainer_runs_rlhf_kits_hooks(tiny_reward, tmp_path):
     assert "completion_ids" in trainer.train_dataset.column_names  # _prepare_dataset ran
     batch = next(iter(trainer.get_train_dataloader()))
     assert {"group", "ranks", "weights"} <= set(batch)  # our signature columns reached our collator
-    assert batch["input_ids"].shape[0] == 6  # 2 rankings x 3 completions, one forward each
+    assert batch["input_ids"].shape[0] == 2 and len(batch["score_at"]) == 6  # 2 rankings of 3 completions, packed
     trainer.train()
     logged = [r for r in trainer.state.log_history if "accuracy" in r]
     assert logged and 0.0 <= logged[0]["accuracy"] <= 1.0  # compute_loss's _metrics reached the log
+    assert logged[0]["num_tokens"] == batch["num_tokens"].item()  # the positions it computed, for the stage record
 
 
 def test_chat_template_helpers_answer_as_relied_on():

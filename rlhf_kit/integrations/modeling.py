@@ -200,6 +200,21 @@ def load_reward_model(path: str, model_args=None, what: str = "reward model", re
     return model
 
 
+def attention_mask_for(config, allowed):
+    """A 4D ``[batch, 1, query, key]`` attention mask, given as booleans (True: may attend), in the form the model's
+    attention implementation takes one as is: booleans for ``sdpa``, an additive float mask for ``eager``; other
+    implementations (flash, flex) take no custom 4D mask, and the caller's user is told so."""
+    import torch
+
+    implementation = getattr(config, "_attn_implementation", None) or "sdpa"
+    if implementation == "sdpa":
+        return allowed
+    if implementation == "eager":
+        return torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min).to(allowed.device)
+    raise UserError(f"attn_implementation {implementation} takes no custom attention mask, which the K-wise reward "
+                    "loss packs each ranking with; set attn_implementation: sdpa (or eager)")
+
+
 def build_peft_config(model_args, task_type: str):
     """LoRA config from TRL's ModelConfig (``use_peft``, ``lora_r``, ...); None when LoRA is off."""
     from rlhf_kit.integrations.trl import get_peft_config

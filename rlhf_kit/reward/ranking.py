@@ -16,7 +16,7 @@ from torch import nn
 
 from rlhf_kit.core.errors import UserError
 from rlhf_kit.data import rows as canonical
-from rlhf_kit.data.datasets import pad_right, reply_ids
+from rlhf_kit.data.datasets import reply_ids
 from rlhf_kit.integrations.trl import RewardTrainer
 
 logger = logging.getLogger(__name__)
@@ -49,25 +49,54 @@ def kwise_loss(rewards: torch.Tensor, group: torch.Tensor, ranks: torch.Tensor, 
 
 
 class RankingCollator:
-    """Pads the completions of a batch of rankings into one [sum K, L] batch with group, rank and weight vectors."""
+    """Packs each ranking of a batch into one row: the tokens its K completions share (the prompt) once, then each
+    completion's own tokens, with a 4D attention mask that lets every completion see the shared tokens and itself
+    only, and position ids as if it were alone. The K rewards, read at each completion's last token
+    (``score_at``, flat indices into the [rows, width] scores), equal those of K separate forwards within float
+    rounding, and so do the gradients; the shared prompt is computed once instead of K times and no completion is
+    padded to the batch's longest: on the real track's rankings (K = 4, prompts about half of each sequence) a step
+    computes 2.3x fewer positions (docs/benchmarks.md, *The reward model*). ``group``, ``ranks``, ``weights`` (and
+    ``margins``) are per completion, in ranking order."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        seqs, group, ranks, weights, margins = [], [], [], [], []
+        rows, segments, positions, score_at = [], [], [], []
+        group, ranks, weights, margins = [], [], [], []
         for g, ex in enumerate(examples):
-            for ids, rank, weight, margin in zip(ex["completion_ids"], ex["ranks"], ex["weights"],
-                                                 ex.get("margins") or [0.0] * len(ex["ranks"])):
-                seqs.append(ids)
-                group.append(g)
-                ranks.append(rank)
-                weights.append(weight)
-                margins.append(margin)
-        input_ids, attention_mask = pad_right(seqs, self.pad_token_id)
+            completions = ex["completion_ids"]
+            shared = shared_prefix_length(completions)
+            ids, segment, position = list(completions[0][:shared]), [-1] * shared, list(range(shared))
+            for j, completion in enumerate(completions):
+                ids += completion[shared:]
+                segment += [j] * (len(completion) - shared)
+                position += range(shared, len(completion))
+                score_at.append((g, len(ids) - 1 if len(completion) > shared else shared - 1))
+            rows.append(ids)
+            segments.append(segment)
+            positions.append(position)
+            group += [g] * len(completions)
+            ranks += ex["ranks"]
+            weights += ex["weights"]
+            margins += ex.get("margins") or [0.0] * len(completions)
+        width = max(map(len, rows))
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        segment = torch.full((len(rows), width), -2)  # -1: shared, j: completion j, -2: padding
+        for i, (ids, seg, pos) in enumerate(zip(rows, segments, positions)):
+            input_ids[i, : len(ids)], segment[i, : len(ids)], position_ids[i, : len(ids)] = (
+                torch.tensor(ids), torch.tensor(seg), torch.tensor(pos))
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        # A query sees earlier shared tokens and earlier tokens of its own completion (padding sees padding, so no
+        # row of the softmax is empty).
+        allowed = causal & ((segment[:, None, :] == -1) | (segment[:, :, None] == segment[:, None, :]))
         batch = {
             "input_ids": input_ids,
-            "attention_mask": attention_mask,
+            "attention_mask": allowed[:, None],
+            "position_ids": position_ids,
+            "score_at": torch.tensor([row * width + column for row, column in score_at]),
+            "num_tokens": torch.tensor(sum(map(len, rows))),
             "group": torch.tensor(group),
             "ranks": torch.tensor(ranks),
             "weights": torch.tensor(weights, dtype=torch.float),
@@ -75,6 +104,32 @@ class RankingCollator:
         if "margins" in examples[0]:
             batch["margins"] = torch.tensor(margins, dtype=torch.float)
         return batch
+
+
+def shared_prefix_length(sequences: list[list[int]]) -> int:
+    """How many leading tokens all ``sequences`` share."""
+    for i, tokens in enumerate(zip(*sequences)):
+        if len(set(tokens)) > 1:
+            return i
+    return min(map(len, sequences))
+
+
+def completion_rewards(model, batch: dict, inner=None) -> torch.Tensor:
+    """The reward of each completion of a :class:`RankingCollator` batch: the model's ``score`` head at every
+    position (read through a forward hook: a sequence-classification model returns one score per row, at its last
+    token), taken at ``score_at``. ``inner``: the sequence-classification model inside ``model`` when ``model`` is
+    wrapped for training (DDP, DeepSpeed, FSDP), which is what is called."""
+    from rlhf_kit.integrations.modeling import attention_mask_for
+
+    inner = model if inner is None else inner
+    scores = []
+    handle = inner.score.register_forward_hook(lambda module, args, output: scores.append(output))
+    try:
+        model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
+              attention_mask=attention_mask_for(inner.config, batch["attention_mask"]))
+    finally:
+        handle.remove()
+    return scores[-1].squeeze(-1).flatten()[batch["score_at"]]
 
 
 def dedupe_ranking(responses: list[str], ranks: list[int], scores: list[float] | None = None) -> dict:
@@ -109,7 +164,7 @@ class RankingRewardTrainer(RewardTrainer):
     """
 
     def __init__(self, *args, use_margins: bool = False, **kwargs):
-        self.use_margins = use_margins
+        self.use_margins, self.tokens_trained = use_margins, 0
         tokenizer = kwargs.get("processing_class")
         kwargs.setdefault("data_collator", RankingCollator(tokenizer.pad_token_id))
         super().__init__(*args, **kwargs)
@@ -135,8 +190,7 @@ class RankingRewardTrainer(RewardTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-        rewards = outputs.logits.squeeze(-1)
+        rewards = completion_rewards(model, inputs, self.accelerator.unwrap_model(model))
         loss, correct, pair_weight = kwise_loss(rewards, inputs["group"], inputs["ranks"], inputs["weights"],
                                                 inputs.get("margins"))
         if self.args.center_rewards_coefficient is not None:
@@ -146,7 +200,10 @@ class RankingRewardTrainer(RewardTrainer):
             self._metrics[mode]["accuracy"].append(self.accelerator.gather_for_metrics(accuracy).mean().item())
             self._metrics[mode]["mean_reward"].append(rewards.mean().item())
             self._metrics[mode]["completions"].append(float(len(rewards)))
-        return (loss, outputs) if return_outputs else loss
+            if mode == "train":  # the positions computed (shared tokens once), logged as TRL's trainers log theirs
+                self.tokens_trained += int(self.accelerator.gather_for_metrics(inputs["num_tokens"]).sum())
+                self._metrics[mode]["num_tokens"] = [self.tokens_trained]
+        return (loss, rewards) if return_outputs else loss
 
 
 def build_ranking_dataset(ds, tokenizer, max_length: int | None, path: str, k_max: int = 9,
