@@ -141,6 +141,32 @@ def test_scoring_passes_give_each_response_what_it_gets_alone(tiny):
     assert len(set(scores)) == len(scores)  # distinct values: a mix-up of rows would show
 
 
+def test_a_prompts_responses_share_one_scored_row_and_keep_their_own_scores(tiny):
+    """score_with_reward_model packs a prompt's responses behind the prompt (its tokens scored once): each response
+    gets the score it gets alone, and the work counted is the packed rows' tokens."""
+    from transformers import LlamaForSequenceClassification
+
+    from rlhf_kit.core import work
+    from rlhf_kit.data.datasets import reply_ids
+    from rlhf_kit.eval.evaluation import score_with_reward_model
+
+    model, tokenizer = tiny
+    torch.manual_seed(1)
+    reward_model = LlamaForSequenceClassification(model.config.__class__(**{**model.config.to_dict(),
+                                                                           "num_labels": 1})).eval()
+    first, second = _chat("cat dog sun moon tree"), _chat("red")
+    prompts = [first, second, first, first, second]
+    responses = ["dog", "green blue red", "dog moon", "", "fish fish"]
+    work.reset()
+    scores = score_with_reward_model(reward_model, tokenizer, prompts, responses, batch_size=4)
+    scored = work.record()["tokens_scored"]
+    alone = [score_with_reward_model(reward_model, tokenizer, [p], [r])[0] for p, r in zip(prompts, responses)]
+    assert scores == pytest.approx(alone, abs=1e-5) and len(set(scores)) == len(scores)
+    seqs = [reply_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
+    shared = len(reply_ids(tokenizer, first, "")) - 2  # the prompt's tokens, up to the reply's
+    assert scored <= sum(map(len, seqs)) - 2 * shared
+
+
 def test_sampling_shows_progress_with_tokens_per_second(tiny, capsys):
     from rlhf_kit.sampling.generation import sample_responses
 

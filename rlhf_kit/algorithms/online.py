@@ -38,6 +38,7 @@ def reward_function(reward_model, tokenizer, batch_size: int = 64, missing_eos_p
     than once), so the sampled tokens are counted here, as TRL hands them over (``rlhf_kit.core.work``)."""
     from rlhf_kit.core import work
     from rlhf_kit.data.datasets import chat_ids
+    from rlhf_kit.data.rows import prompt_key
     from rlhf_kit.eval.evaluation import score_ids, score_with_reward_model
 
     eos = tokenizer.eos_token_id
@@ -50,7 +51,8 @@ def reward_function(reward_model, tokenizer, batch_size: int = 64, missing_eos_p
         ended = [eos in ids for ids in completion_ids]
         seqs = [chat_ids(tokenizer, p, add_generation_prompt=True) + list(ids[: ids.index(eos) + 1] if e else ids)
                 for p, ids, e in zip(prompts, completion_ids, ended)]
-        scores = score_ids(reward_model, seqs, tokenizer.pad_token_id, batch_size)
+        groups = [prompt_key(p) for p in prompts]  # a prompt's K completions in one packed row, the prompt once
+        scores = score_ids(reward_model, seqs, tokenizer.pad_token_id, batch_size, groups=groups)
         penalty = missing_eos_penalty or 0.0
         return [s if e else s - penalty for s, e in zip(scores, ended)]
 

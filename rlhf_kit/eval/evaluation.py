@@ -58,8 +58,10 @@ def compare_policies(rows: list[dict], responses: dict[str, list[str]], models: 
         summary["kl_to_baseline"][p] = per_token_kl(own, ref)
     rm_scores = {}
     if reward_model is not None:
-        rm_scores = {p: score_with_reward_model(reward_model, tokenizer, prompts, responses[p], batch_size,
-                                                progress=f"RM score {p}") for p in policies}
+        # Every policy's answers in one pass: a prompt's answers share one packed row (score_with_reward_model).
+        flat = score_with_reward_model(reward_model, tokenizer, prompts * len(policies),
+                                       [r for p in policies for r in responses[p]], batch_size, progress="RM score")
+        rm_scores = {p: flat[i * len(prompts): (i + 1) * len(prompts)] for i, p in enumerate(policies)}
         summary["rm_score"] = {p: mean(rm_scores[p]) for p in policies}
         if heldout_rankings is not None:
             pairs = heldout_judged_pairs(heldout_rankings, judge)
@@ -249,26 +251,47 @@ def _batches(seqs: list[list[int]], batch_size: int, progress: str | None):
 
 def score_with_reward_model(model, tokenizer, prompts: list[list[dict]], responses: list[str],
                             batch_size: int = 128, progress: str | None = None) -> list[float]:
-    """r(x, y) for each (prompt, response), read at the last non-pad token as in training (``progress``: a bar's
-    label)."""
+    """r(x, y) for each (prompt, response), read at the last token as in training; a prompt's several responses
+    share one packed row (:func:`score_ids`). ``progress``: a bar's label."""
     seqs = [reply_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
-    return score_ids(model, seqs, tokenizer.pad_token_id, batch_size, progress)
+    return score_ids(model, seqs, tokenizer.pad_token_id, batch_size, progress, [prompt_key(p) for p in prompts])
 
 
 def score_ids(model, seqs: list[list[int]], pad_token_id: int, batch_size: int = 128,
-              progress: str | None = None) -> list[float]:
-    """The reward model's score of each token sequence, read at its last token."""
+              progress: str | None = None, groups: list | None = None) -> list[float]:
+    """The reward model's score of each token sequence, read at its last token. ``groups``: a key per sequence;
+    the sequences of one key (a prompt's responses) are scored in one row, the tokens they share computed once, as
+    the reward stage trains (:func:`rlhf_kit.reward.ranking.pack_shared_prefix`): the same scores within float
+    rounding, a prompt's K responses for about the price of one prompt and K responses. ``batch_size``: sequences
+    per forward."""
     import torch
 
+    from rlhf_kit.reward.ranking import completion_rewards, pack_shared_prefix
+
+    members: dict = {}
+    for i, key in enumerate(range(len(seqs)) if groups is None else groups):
+        members.setdefault(key, []).append(i)
+    rows = list(members.values())
+    per_row = max(1, batch_size * len(rows) // max(len(seqs), 1))  # rows per forward: about batch_size sequences
     scores = [0.0] * len(seqs)
     model.eval()
-    for batch in _batches(seqs, batch_size, progress):
-        input_ids, mask = pad_right([seqs[i] for i in batch], pad_token_id)
+    # Rows batched by their packed lengths (the shared tokens once), which the bar and the work count see too.
+    for batch in _batches([_packed_tokens([seqs[i] for i in row]) for row in rows], per_row, progress):
+        inputs = {k: v.to(model.device) for k, v in pack_shared_prefix(
+            [[seqs[i] for i in rows[b]] for b in batch], pad_token_id).items()}
         with torch.no_grad():
-            logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits
-        for i, score in zip(batch, logits[:, 0].float().tolist()):
+            values = completion_rewards(model, inputs).float().tolist()
+        for i, score in zip((i for b in batch for i in rows[b]), values):
             scores[i] = score
     return scores
+
+
+def _packed_tokens(sequences: list[list[int]]) -> list[int]:
+    """The tokens of one packed row of ``sequences`` (their shared prefix once, then each one's own)."""
+    from rlhf_kit.reward.ranking import shared_prefix_length
+
+    shared = shared_prefix_length(sequences)
+    return sequences[0][:shared] + [t for s in sequences for t in s[shared:]]
 
 
 def response_logprobs(model, tokenizer, prompts: list[list[dict]], responses: list[str],

@@ -62,41 +62,14 @@ class RankingCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        rows, segments, positions, score_at = [], [], [], []
         group, ranks, weights, margins = [], [], [], []
         for g, ex in enumerate(examples):
-            completions = ex["completion_ids"]
-            shared = shared_prefix_length(completions)
-            ids, segment, position = list(completions[0][:shared]), [-1] * shared, list(range(shared))
-            for j, completion in enumerate(completions):
-                ids += completion[shared:]
-                segment += [j] * (len(completion) - shared)
-                position += range(shared, len(completion))
-                score_at.append((g, len(ids) - 1 if len(completion) > shared else shared - 1))
-            rows.append(ids)
-            segments.append(segment)
-            positions.append(position)
-            group += [g] * len(completions)
+            group += [g] * len(ex["completion_ids"])
             ranks += ex["ranks"]
             weights += ex["weights"]
-            margins += ex.get("margins") or [0.0] * len(completions)
-        width = max(map(len, rows))
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        segment = torch.full((len(rows), width), -2)  # -1: shared, j: completion j, -2: padding
-        for i, (ids, seg, pos) in enumerate(zip(rows, segments, positions)):
-            input_ids[i, : len(ids)], segment[i, : len(ids)], position_ids[i, : len(ids)] = (
-                torch.tensor(ids), torch.tensor(seg), torch.tensor(pos))
-        causal = torch.ones(width, width, dtype=torch.bool).tril()
-        # A query sees earlier shared tokens and earlier tokens of its own completion (padding sees padding, so no
-        # row of the softmax is empty).
-        allowed = causal & ((segment[:, None, :] == -1) | (segment[:, :, None] == segment[:, None, :]))
+            margins += ex.get("margins") or [0.0] * len(ex["ranks"])
         batch = {
-            "input_ids": input_ids,
-            "attention_mask": allowed[:, None],
-            "position_ids": position_ids,
-            "score_at": torch.tensor([row * width + column for row, column in score_at]),
-            "num_tokens": torch.tensor(sum(map(len, rows))),
+            **pack_shared_prefix([ex["completion_ids"] for ex in examples], self.pad_token_id),
             "group": torch.tensor(group),
             "ranks": torch.tensor(ranks),
             "weights": torch.tensor(weights, dtype=torch.float),
@@ -104,6 +77,43 @@ class RankingCollator:
         if "margins" in examples[0]:
             batch["margins"] = torch.tensor(margins, dtype=torch.float)
         return batch
+
+
+def pack_shared_prefix(groups: list[list[list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """One row per group of token sequences: the tokens they all share once, then each sequence's own, under a
+    ``[rows, 1, width, width]`` boolean mask that lets each sequence see the shared tokens and itself only, with
+    position ids as if it were alone. ``score_at``: each sequence's last token, as a flat index into [rows, width],
+    in group order; ``num_tokens``: the positions the rows hold."""
+    rows, segments, positions, score_at = [], [], [], []
+    for g, sequences in enumerate(groups):
+        shared = shared_prefix_length(sequences)
+        ids, segment, position = list(sequences[0][:shared]), [-1] * shared, list(range(shared))
+        for j, sequence in enumerate(sequences):
+            ids += sequence[shared:]
+            segment += [j] * (len(sequence) - shared)
+            position += range(shared, len(sequence))
+            score_at.append((g, len(ids) - 1 if len(sequence) > shared else shared - 1))
+        rows.append(ids)
+        segments.append(segment)
+        positions.append(position)
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    segment = torch.full((len(rows), width), -2)  # -1: shared, j: sequence j, -2: padding
+    for i, (ids, seg, pos) in enumerate(zip(rows, segments, positions)):
+        input_ids[i, : len(ids)], segment[i, : len(ids)], position_ids[i, : len(ids)] = (
+            torch.tensor(ids), torch.tensor(seg), torch.tensor(pos))
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    # A query sees earlier shared tokens and earlier tokens of its own sequence (padding sees padding, so no row of
+    # the softmax is empty).
+    allowed = causal & ((segment[:, None, :] == -1) | (segment[:, :, None] == segment[:, None, :]))
+    return {
+        "input_ids": input_ids,
+        "attention_mask": allowed[:, None],
+        "position_ids": position_ids,
+        "score_at": torch.tensor([row * width + column for row, column in score_at]),
+        "num_tokens": torch.tensor(sum(map(len, rows))),
+    }
 
 
 def shared_prefix_length(sequences: list[list[int]]) -> int:
