@@ -66,9 +66,11 @@ class ShortAnswerReward(torch.nn.Module):
     def device(self):
         return self.backbone.offset.device
 
-    def forward(self, input_ids, attention_mask, **_):  # as a sequence classifier: the score at the last real token
-        scores = self.score(self.backbone(input_ids, attention_mask).hidden_states[-1])
-        last = attention_mask.long().sum(1) - 1
+    def forward(self, input_ids, attention_mask, position_ids=None, **_):  # as a sequence classifier
+        scores = self.score(self.backbone(input_ids, attention_mask, position_ids).hidden_states[-1])
+        if position_ids is not None:  # packed rows (a 4D mask): the caller reads the score head at each sequence's end
+            return SimpleNamespace(logits=scores[:, -1])
+        last = attention_mask.long().sum(1) - 1  # the score at the last real token
         return SimpleNamespace(logits=scores[torch.arange(len(last)), last])
 
 

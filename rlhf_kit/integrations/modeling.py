@@ -202,8 +202,8 @@ def load_reward_model(path: str, model_args=None, what: str = "reward model", re
 
 def attention_mask_for(config, allowed):
     """A 4D ``[batch, 1, query, key]`` attention mask, given as booleans (True: may attend), in the form the model's
-    attention implementation takes one as is: booleans for ``sdpa``, an additive float mask for ``eager``; other
-    implementations (flash, flex) take no custom 4D mask, and the caller's user is told so."""
+    attention implementation takes one as is: booleans for ``sdpa`` (and a model without a ``config``), an additive
+    float mask for ``eager``; other implementations (flash, flex) take no custom 4D mask, and the user is told so."""
     import torch
 
     implementation = getattr(config, "_attn_implementation", None) or "sdpa"

@@ -136,7 +136,7 @@ def completion_rewards(model, batch: dict, inner=None) -> torch.Tensor:
     handle = inner.score.register_forward_hook(lambda module, args, output: scores.append(output))
     try:
         model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
-              attention_mask=attention_mask_for(inner.config, batch["attention_mask"]))
+              attention_mask=attention_mask_for(getattr(inner, "config", None), batch["attention_mask"]))
     finally:
         handle.remove()
     return scores[-1].squeeze(-1).flatten()[batch["score_at"]]
