@@ -266,32 +266,24 @@ def score_ids(model, seqs: list[list[int]], pad_token_id: int, batch_size: int =
     per forward."""
     import torch
 
-    from rlhf_kit.reward.ranking import completion_rewards, pack_shared_prefix
+    from rlhf_kit.reward.ranking import completion_rewards, pack_row, pack_shared_prefix
 
-    members: dict = {}
+    by_key: dict = {}
     for i, key in enumerate(range(len(seqs)) if groups is None else groups):
-        members.setdefault(key, []).append(i)
-    rows = list(members.values())
+        by_key.setdefault(key, []).append(i)
+    members = list(by_key.values())
+    rows = [pack_row([seqs[i] for i in group]) for group in members]
     per_row = max(1, batch_size * len(rows) // max(len(seqs), 1))  # rows per forward: about batch_size sequences
     scores = [0.0] * len(seqs)
     model.eval()
     # Rows batched by their packed lengths (the shared tokens once), which the bar and the work count see too.
-    for batch in _batches([_packed_tokens([seqs[i] for i in row]) for row in rows], per_row, progress):
-        inputs = {k: v.to(model.device) for k, v in pack_shared_prefix(
-            [[seqs[i] for i in rows[b]] for b in batch], pad_token_id).items()}
+    for batch in _batches([row.ids for row in rows], per_row, progress):
+        inputs = {k: v.to(model.device) for k, v in pack_shared_prefix([rows[b] for b in batch], pad_token_id).items()}
         with torch.no_grad():
             values = completion_rewards(model, inputs).float().tolist()
-        for i, score in zip((i for b in batch for i in rows[b]), values):
+        for i, score in zip((i for b in batch for i in members[b]), values):
             scores[i] = score
     return scores
-
-
-def _packed_tokens(sequences: list[list[int]]) -> list[int]:
-    """The tokens of one packed row of ``sequences`` (their shared prefix once, then each one's own)."""
-    from rlhf_kit.reward.ranking import shared_prefix_length
-
-    shared = shared_prefix_length(sequences)
-    return sequences[0][:shared] + [t for s in sequences for t in s[shared:]]
 
 
 def response_logprobs(model, tokenizer, prompts: list[list[dict]], responses: list[str],

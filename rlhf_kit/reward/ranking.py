@@ -10,6 +10,7 @@ multiplicity, so the loss equals the mean of the expanded pairwise losses exactl
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -69,7 +70,7 @@ class RankingCollator:
             weights += ex["weights"]
             margins += ex.get("margins") or [0.0] * len(ex["ranks"])
         batch = {
-            **pack_shared_prefix([ex["completion_ids"] for ex in examples], self.pad_token_id),
+            **pack_shared_prefix([pack_row(ex["completion_ids"]) for ex in examples], self.pad_token_id),
             "group": torch.tensor(group),
             "ranks": torch.tensor(ranks),
             "weights": torch.tensor(weights, dtype=torch.float),
@@ -79,30 +80,40 @@ class RankingCollator:
         return batch
 
 
-def pack_shared_prefix(groups: list[list[list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """One row per group of token sequences: the tokens they all share once, then each sequence's own, under a
-    ``[rows, 1, width, width]`` boolean mask that lets each sequence see the shared tokens and itself only, with
-    position ids as if it were alone. ``score_at``: each sequence's last token, as a flat index into [rows, width],
-    in group order; ``num_tokens``: the positions the rows hold."""
-    rows, segments, positions, score_at = [], [], [], []
-    for g, sequences in enumerate(groups):
-        shared = shared_prefix_length(sequences)
-        ids, segment, position = list(sequences[0][:shared]), [-1] * shared, list(range(shared))
-        for j, sequence in enumerate(sequences):
-            ids += sequence[shared:]
-            segment += [j] * (len(sequence) - shared)
-            position += range(shared, len(sequence))
-            score_at.append((g, len(ids) - 1 if len(sequence) > shared else shared - 1))
-        rows.append(ids)
-        segments.append(segment)
-        positions.append(position)
-    width = max(map(len, rows))
+class PackedRow(NamedTuple):
+    """Token sequences packed into one row (:func:`pack_row`): ``ids``; ``segment`` per position (-1: shared, j:
+    sequence j); ``position`` ids as if each sequence were alone; ``last``: each sequence's last token's column."""
+
+    ids: list[int]
+    segment: list[int]
+    position: list[int]
+    last: list[int]
+
+
+def pack_row(sequences: list[list[int]]) -> PackedRow:
+    """The tokens all ``sequences`` share once, then each sequence's own tokens."""
+    shared = shared_prefix_length(sequences)
+    ids, segment, position, last = list(sequences[0][:shared]), [-1] * shared, list(range(shared)), []
+    for j, sequence in enumerate(sequences):
+        ids += sequence[shared:]
+        segment += [j] * (len(sequence) - shared)
+        position += range(shared, len(sequence))
+        last.append(len(ids) - 1 if len(sequence) > shared else shared - 1)
+    return PackedRow(ids, segment, position, last)
+
+
+def pack_shared_prefix(rows: list[PackedRow], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """A batch of :func:`pack_row` rows: their tokens under a ``[rows, 1, width, width]`` boolean mask that lets each
+    sequence see the shared tokens and itself only, with its own position ids. ``score_at``: each sequence's last
+    token, as a flat index into [rows, width], in row order; ``num_tokens``: the positions the rows hold."""
+    width = max(len(row.ids) for row in rows)
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
     segment = torch.full((len(rows), width), -2)  # -1: shared, j: sequence j, -2: padding
-    for i, (ids, seg, pos) in enumerate(zip(rows, segments, positions)):
-        input_ids[i, : len(ids)], segment[i, : len(ids)], position_ids[i, : len(ids)] = (
-            torch.tensor(ids), torch.tensor(seg), torch.tensor(pos))
+    for i, row in enumerate(rows):
+        n = len(row.ids)
+        input_ids[i, :n], segment[i, :n], position_ids[i, :n] = (
+            torch.tensor(row.ids), torch.tensor(row.segment), torch.tensor(row.position))
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     # A query sees earlier shared tokens and earlier tokens of its own sequence (padding sees padding, so no row of
     # the softmax is empty).
@@ -111,8 +122,8 @@ def pack_shared_prefix(groups: list[list[list[int]]], pad_token_id: int) -> dict
         "input_ids": input_ids,
         "attention_mask": allowed[:, None],
         "position_ids": position_ids,
-        "score_at": torch.tensor([row * width + column for row, column in score_at]),
-        "num_tokens": torch.tensor(sum(map(len, rows))),
+        "score_at": torch.tensor([i * width + column for i, row in enumerate(rows) for column in row.last]),
+        "num_tokens": torch.tensor(sum(len(row.ids) for row in rows)),
     }
 
 
