@@ -47,8 +47,9 @@ def main(script_args: PPOArguments, training_args: PPOConfig, model_args: ModelC
         if "monitor" in extras:  # RM score vs the judge's, KL, length over updates
             report.plot_training(out, Path(out) / "monitor.png", trainer.state.selected_update)
     summary = {k.split("/")[-1]: v for k, v in last_logged(trainer, list(SUMMARY_METRICS)).items()}
-    if trainer.state.selected_update is not None:
-        summary["selected_update"] = trainer.state.selected_update
+    for key in ("selected_update", "stopped_update"):  # select_checkpoint: judge; probe_patience
+        if getattr(trainer.state, key) is not None:
+            summary[key] = getattr(trainer.state, key)
     run.finish(summary)
 
 

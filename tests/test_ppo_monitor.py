@@ -1,5 +1,5 @@
 """The over-optimisation monitor (rlhf_kit/ppo/monitor.py): probes scored by a judge during PPO, the warning when the
-reward model and the judge part ways, and ``select_checkpoint: judge``."""
+reward model and the judge part ways, ``select_checkpoint: judge`` and ``probe_patience``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rlhf_kit.core.errors import UserError
-from rlhf_kit.ppo.monitor import best_update, distinct_n, overoptimised
+from rlhf_kit.ppo.monitor import best_update, distinct_n, overoptimised, probes, stop_due
 from rlhf_kit.worlds import Judgement
 
 from conftest import TINY, config_args, run_cli, stage_paths
@@ -103,21 +103,33 @@ def _ppo(pipeline, out, extra=()):
     return script_args, training_args, inputs, build_loop_extras, build_ppo_trainer, PPOCheckpointer
 
 
-def test_stub_reward_for_short_answers_fires_the_warning_and_keeps_an_earlier_checkpoint(pipeline, tmp_path):
-    # The RM pays for short answers, the judge for long ones: PPO (no KL penalty; the whole tiny policy trained, as
-    # LoRA r=4 on it barely moves its end-token odds) shortens the answers, the RM score on the probes rises and the
-    # judge's falls -- Gao et al.'s over-optimisation in miniature (the figures: docs/benchmarks.md).
-    script_args, training_args, inputs, build_extras, build_trainer, Checkpointer = _ppo(pipeline, tmp_path / "ppo", [
+def _short_answer_ppo(pipeline, out, extra=()):
+    """PPO where the RM pays for short answers and the judge for long ones (no KL penalty; the whole tiny policy
+    trained, as LoRA r=4 on it barely moves its end-token odds): the answers shorten, the RM score on the probes
+    rises and the judge's falls -- Gao et al.'s over-optimisation in miniature (the figures: docs/benchmarks.md).
+    12 updates, probed and checkpointed every 2. Returns the trained trainer and its monitor."""
+    script_args, training_args, inputs, build_extras, build_trainer, Checkpointer = _ppo(pipeline, out, [
         "--total_episodes", "192", "--num_ppo_epochs", "4", "--learning_rate", "1e-3", "--kl_coef", "0",
         "--use_peft", "false", "--response_length", "24",
         "--missing_eos_penalty", "0", "--probe_steps", "2", "--save_steps", "2", "--save_total_limit", "1",
-        "--select_checkpoint", "judge"])
+        "--select_checkpoint", "judge", *extra])
     inputs["reward_model"], inputs["value_model"] = ShortAnswerReward(), ShortAnswerReward()
     extras = build_extras(script_args, training_args, inputs["tokenizer"], inputs["train_dataset"])
     extras["monitor"].judge = LongAnswerJudge()
-    checkpointer = Checkpointer(str(tmp_path / "ppo"), {"seed": 0}, "steps", 1)
+    checkpointer = Checkpointer(str(out), {"seed": 0}, "steps", 1)
     trainer = build_trainer(training_args, **inputs, checkpointer=checkpointer, **extras)
     trainer.train()
+    return trainer, extras["monitor"]
+
+
+@pytest.fixture(scope="module")
+def short_answer_run(pipeline, tmp_path_factory):
+    out = tmp_path_factory.mktemp("short_answer") / "ppo"
+    return (*_short_answer_ppo(pipeline, out), out)
+
+
+def test_stub_reward_for_short_answers_fires_the_warning_and_keeps_an_earlier_checkpoint(short_answer_run):
+    trainer, monitor, out = short_answer_run
     probes = [r for r in trainer.state.log_history if "probe/judge_score" in r]
     assert [r["step"] for r in probes] == list(range(0, 13, 2))  # before the first update, then every 2
     first, last = probes[0], probes[-1]
@@ -125,15 +137,40 @@ def test_stub_reward_for_short_answers_fires_the_warning_and_keeps_an_earlier_ch
     assert last["probe/rm_score"] > first["probe/rm_score"]  # ... which the RM paid for ...
     assert last["probe/judge_score"] < max(p["probe/judge_score"] for p in probes[1:]) - 0.05  # ... the judge not
     assert any(r["probe/overoptimised"] == 1.0 for r in probes)
+    assert trainer.state.stopped_update is None  # probe_patience 0: every update runs
     selected = trainer.state.selected_update
     assert selected is not None and selected < 12
-    kept = {int(p.name.split("-")[1]) for p in (tmp_path / "ppo").glob("checkpoint-*")}
+    kept = {int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")}
     assert selected in kept and 12 in kept  # rotation (save_total_limit 1) spared the best-judged one
     # The trainer now holds the selected update's policy: its probe answers score what was logged then.
-    again = extras["monitor"].probe(trainer)
+    again = monitor.probe(trainer)
     logged = next(r for r in probes if r["step"] == selected)
     assert again["probe/judge_score"] == pytest.approx(logged["probe/judge_score"])
     assert again["probe/length"] == pytest.approx(logged["probe/length"])
+
+
+def test_stop_due_needs_patience_flagged_probes_in_a_row():
+    log = [{"step": s, "probe/judge_score": 0.5, "probe/overoptimised": f} for s, f in
+           [(0, 0.0), (2, 1.0), (4, 0.0), (6, 1.0), (8, 1.0)]]
+    assert [stop_due(log[:n], 2) for n in range(1, 6)] == [False, False, False, False, True]
+    assert stop_due(log[:2], 1) and not stop_due(log, 0) and not stop_due(log, 3)
+    assert stop_due(log + [{"step": 9, "ppo/scores": 1.0}], 2)  # records between probes don't count
+
+
+def test_probe_patience_stops_where_the_full_run_turned_and_trains_the_same_until_then(pipeline, short_answer_run,
+                                                                                         tmp_path):
+    full, _, _ = short_answer_run
+    full_probes = probes(full.state.log_history)
+    turned = [p["step"] for i, p in enumerate(full_probes) if stop_due(full_probes[: i + 1], 2)]
+    assert turned and turned[0] < 12  # the full run had two flagged probes in a row before its end
+    stopped, _ = _short_answer_ppo(pipeline, tmp_path / "ppo", ["--probe_patience", "2"])
+    stop = turned[0]
+    assert stopped.state.stopped_update == stopped.state.global_step == stop
+    same = ("step", "ppo/scores", "ppo/kl", "probe/judge_score", "probe/rm_score", "probe/overoptimised")
+    assert [{k: r[k] for k in same if k in r} for r in stopped.state.log_history] == [
+        {k: r[k] for k in same if k in r} for r in full.state.log_history if r["step"] <= stop]
+    expected = best_update(full.state.log_history, set(range(2, stop + 1, 2)))
+    assert stopped.state.selected_update == expected  # the best-judged policy up to the stop
 
 
 def test_monitor_bad_input_is_refused_in_one_line(pipeline, tmp_path):
@@ -148,6 +185,8 @@ def test_monitor_bad_input_is_refused_in_one_line(pipeline, tmp_path):
     refused(["--probe_dataset_path", "", "--select_checkpoint", "judge"], "needs probes")
     refused(["--select_checkpoint", "judge", "--save_strategy", "no"], "chooses among checkpoints")
     refused(["--select_checkpoint", "best"], "not one of last, judge")
+    refused(["--probe_patience", "-1"], "must be a number of probes")
+    refused(["--probe_patience", "2", "--select_checkpoint", "last"], "would keep that over-optimised policy")
     refused(["--probe_dataset_path", str(pipeline / "data" / "prompts.jsonl")], "also PPO prompts")
 
 

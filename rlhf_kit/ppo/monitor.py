@@ -17,7 +17,11 @@ Common random numbers (fixed prompts and seeds) make successive probes differ by
 draws from its own generators, so a run with a monitor trains exactly as one without. ``select_checkpoint: judge``
 (which probes every checkpointed update too) then makes the stage's output the checkpoint (or the final policy)
 with the best probe judge score: the model selection on held-out data that supervised training has and RLHF
-toolkits lack.
+toolkits lack. ``probe_patience: N`` (with ``select_checkpoint: judge``) goes one step further and stops PPO once N
+probes in a row are flagged over-optimised: the updates after that only buy reward-model score the judge does not
+confirm, and the policy kept is an earlier one anyway (early stopping, as transformers' ``EarlyStoppingCallback``
+with ``load_best_model_at_end``, but on Gao et al.'s signal: judge down *and* proxy up, not a noisy judge alone).
+Up to the stop, the run is the one without it, update for update.
 """
 
 from __future__ import annotations
@@ -63,21 +67,28 @@ def probes(log_history: list[dict]) -> list[dict]:
     return [r for r in log_history if "probe/judge_score" in r]
 
 
+def stop_due(log_history: list[dict], patience: int) -> bool:
+    """Whether the last ``patience`` probes of a log history were all flagged over-optimised (never with 0)."""
+    flags = [r.get("probe/overoptimised", 0.0) for r in probes(log_history)][-patience:] if patience > 0 else []
+    return len(flags) == patience > 0 and all(f == 1.0 for f in flags)
+
+
 class ProbeMonitor:
     """Probes the policy during PPO (see the module docstring).
 
     ``rows``: the probe prompt rows, as the judge reads them; ``prompt_ids``: their chat-templated token ids;
     ``judge``: a :class:`rlhf_kit.worlds.Judge`; ``every``: updates between probes; ``warn_drop``: the judge
     score fall (absolute) that, with a rising RM score, counts as over-optimisation; ``select``: ``last`` or
-    ``judge`` (which policy the stage keeps); ``seed``: the run's seed, from which each prompt's draw is seeded.
+    ``judge`` (which policy the stage keeps); ``seed``: the run's seed, from which each prompt's draw is seeded;
+    ``patience``: flagged probes in a row that stop PPO (0: never stop early).
     """
 
     def __init__(self, rows: list[dict], prompt_ids: list[list[int]], judge, every: int, warn_drop: float = 0.05,
-                 select: str = "last", seed: int = 0):
+                 select: str = "last", seed: int = 0, patience: int = 0):
         if select not in SELECT:
             raise UserError(f"select_checkpoint: {select!r} is not one of {', '.join(SELECT)}")
         self.rows, self.prompt_ids, self.judge, self.every = rows, prompt_ids, judge, every
-        self.warn_drop, self.select = warn_drop, select
+        self.warn_drop, self.select, self.patience = warn_drop, select, patience
         # Seeds of their own (far from the rollouts' seed * 1_000_003 + i): the same draws at every probe.
         self.seeds = [seed * 1_000_003 + 700_000_000 + i for i in range(len(rows))]
 
@@ -121,6 +132,10 @@ class ProbeMonitor:
                    "; consider a larger kl_coef, fewer episodes, or select_checkpoint: judge"))
         return metrics
 
+    def stop_due(self, log_history: list[dict]) -> bool:
+        """Whether PPO stops here: ``patience`` probes in a row flagged over-optimised (:func:`stop_due`)."""
+        return stop_due(log_history, self.patience)
+
 
 def build_monitor(script_args, training_args, tokenizer, train_dataset):
     """The probe monitor a PPO config asks for (``probe_dataset_path`` and ``judge``), checked; None without one.
@@ -139,6 +154,12 @@ def build_monitor(script_args, training_args, tokenizer, train_dataset):
                         "(e.g. gold for the demo world, ifeval for the IFEval world), or unset probe_dataset_path")
     if a.probe_steps <= 0:
         raise UserError(f"probe_steps={a.probe_steps} must be a positive number of updates")
+    if a.probe_patience < 0:
+        raise UserError(f"probe_patience={a.probe_patience} must be a number of probes (0: never stop early)")
+    if a.probe_patience and a.select_checkpoint != "judge":
+        raise UserError(f"probe_patience={a.probe_patience} stops PPO once it over-optimises, and select_checkpoint: "
+                        f"{a.select_checkpoint} would keep that over-optimised policy; set select_checkpoint: judge "
+                        "or probe_patience: 0")
     if a.select_checkpoint == "judge":
         strategy = str(getattr(training_args.save_strategy, "value", training_args.save_strategy))
         if strategy != "steps" or not training_args.save_steps:
@@ -167,4 +188,4 @@ def build_monitor(script_args, training_args, tokenizer, train_dataset):
         raise UserError(f"{shared} of {len(probe)} probe prompt(s) in {a.probe_dataset_path} are also PPO prompts "
                         f"({a.dataset_path or 'dataset_cards'}): probes must be held out, e.g. the world's probe.jsonl")
     return ProbeMonitor(kept, probe["input_ids"], judge, a.probe_steps, a.probe_warn_drop, a.select_checkpoint,
-                        training_args.seed)
+                        training_args.seed, a.probe_patience)

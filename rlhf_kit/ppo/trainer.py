@@ -186,6 +186,7 @@ class PPOState:
     save_steps: int | None = None
     log_history: list = field(default_factory=list)
     selected_update: int | None = None  # select_checkpoint: judge -- the update whose policy the stage keeps
+    stopped_update: int | None = None  # probe_patience -- the update after which over-optimisation stopped PPO
 
 
 class PolicyAndValue(torch.nn.Module):
@@ -680,6 +681,12 @@ class PPOTrainer:
             self.log({**self.monitor.probe(self), "ppo/episode": 0})
         bar = self._progress_bar()
         for update in range(first_update, args.num_total_batches + 1):
+            # Checked before an update, not after a probe: a run resumed past the stop's probe stops there too.
+            if self.monitor is not None and self.monitor.stop_due(self.state.log_history):
+                self.state.stopped_update = self.state.global_step
+                acc.print(f"[ppo] probe_patience: {self.monitor.patience} probes in a row over-optimised; stopping "
+                          f"after update {self.state.global_step} of {args.num_total_batches}")
+                break
             self.state.episode += args.batch_size
             prompts = next(self.prompt_batches)
             batch = self.rollout(prompts["input_ids"].to(acc.device), prompts.get("index"))

@@ -240,6 +240,10 @@ class PPOArguments(DataArguments):
     probe_warn_drop: float = field(default=0.05, metadata={
         "help": "Warn of over-optimisation when the probe judge score falls this much below its best while the RM "
                 "score rises (Gao et al. 2023)."})
+    probe_patience: int = field(default=0, metadata={
+        "help": "Stop PPO once this many probes in a row are flagged over-optimised (the judge down probe_warn_drop "
+                "from its best, the RM score up); needs select_checkpoint: judge, which keeps the best-judged "
+                "earlier policy. 0: run every update."})
     select_checkpoint: str = field(default="last", metadata={
         "help": "The stage's output policy: last (the final update) or judge (the checkpoint or final policy with "
                 "the best probe judge score; needs probes and checkpoints, and probes every checkpoint)."})
