@@ -340,3 +340,15 @@ def test_online_cost_counts_each_sampled_batch_once_when_reused(tmp_path):
     assert training_cost(tmp_path, base)["responses_sampled"] == 320
     reused = base | {"max_steps": 320, "per_device_train_batch_size": 2, "steps_per_generation": 4, "num_iterations": 2}
     assert training_cost(tmp_path, reused)["responses_sampled"] == 320  # 40 batches of 8, each trained on twice
+
+
+def test_ppo_cost_counts_the_episodes_logged_when_it_stopped_early(tmp_path):
+    import json
+
+    from rlhf_kit.algorithms.compare import training_cost
+
+    config = {"stage": "ppo", "total_episodes": 320, "num_ppo_epochs": 2, "num_mini_batches": 4}
+    assert training_cost(tmp_path, config) == {"responses_sampled": 320, "optimizer_steps": None}  # no log yet
+    log = [{"step": s, "ppo/episode": 8 * s} for s in range(21)]  # probe_patience stopped it after update 20
+    (tmp_path / "log_history.json").write_text(json.dumps(log))
+    assert training_cost(tmp_path, config) == {"responses_sampled": 160, "optimizer_steps": 160}
