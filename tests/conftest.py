@@ -76,7 +76,8 @@ TINY = {
     "sft": ["--max_steps", "20", "--per_device_train_batch_size", "16", "--lora_r", "4", "--lora_alpha", "8",
             "--save_steps", "10"],
     "compare": ["--num_responses", "4", "--max_new_tokens", "12"],
-    "reward": ["--max_steps", "10", "--per_device_train_batch_size", "16", "--lora_r", "4", "--lora_alpha", "8"],
+    "reward": ["--max_steps", "10", "--per_device_train_batch_size", "16", "--lora_r", "4", "--lora_alpha", "8",
+               "--per_device_eval_batch_size", "5"],  # held-out batches of unequal pair counts: accuracy is pooled
     **dict.fromkeys(("rloo", "grpo"), ["--max_steps", "2", "--per_device_train_batch_size", "4",
                                        "--gradient_accumulation_steps", "1", "--num_generations", "2",
                                        "--max_completion_length", "8", "--lora_r", "4", "--lora_alpha", "8"]),

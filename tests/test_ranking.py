@@ -27,11 +27,11 @@ def test_kwise_loss_is_mean_of_pairwise_losses_per_prompt_then_over_prompts():
     rewards = torch.tensor([1.0, 0.5, -1.0, 0.2, 0.2, 0.7])
     group = torch.tensor([0, 0, 0, 1, 1, 1])
     ranks = torch.tensor([0, 1, 2, 0, 0, 1])
-    loss, correct, _ = kwise_loss(rewards, group, ranks)
+    loss, correct, pairs = kwise_loss(rewards, group, ranks)
     p0 = (_pair_loss(1.0, 0.5) + _pair_loss(1.0, -1.0) + _pair_loss(0.5, -1.0)) / 3
     p1 = (_pair_loss(0.2, 0.7) + _pair_loss(0.2, 0.7)) / 2  # the tie (ranks 0, 0) makes no pair
     assert loss.item() == pytest.approx((p0 + p1) / 2, rel=1e-6)
-    assert correct.tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]
+    assert correct.tolist() == [3.0, 0.0] and pairs.tolist() == [3.0, 2.0]  # per prompt: pooled accuracy 3 / 5
 
 
 def test_k2_reduces_to_the_pairwise_loss():

@@ -29,7 +29,8 @@ def kwise_loss(rewards: torch.Tensor, group: torch.Tensor, ranks: torch.Tensor, 
 
     ``rewards``, ``group`` (prompt index), ``ranks`` (0 = best) and ``weights`` (multiplicity) are per completion;
     ``margins`` (optional, per completion) gives a pair the margin ``margins_w - margins_l`` (graded scores).
-    Returns (loss, per-pair correctness, per-pair weight) for metrics.
+    Returns (loss, the weight of correctly ordered pairs per prompt, the weight of all pairs per prompt) for
+    metrics: accuracy pooled over pairs is their sums' ratio.
     """
     rewards = rewards.float()  # the loss in fp32 whatever the model computes in (bf16 under QLoRA)
     weights = torch.ones_like(rewards) if weights is None else weights.float()
@@ -46,7 +47,10 @@ def kwise_loss(rewards: torch.Tensor, group: torch.Tensor, ranks: torch.Tensor, 
         0, group[w_idx], pair_weight)
     has_pairs = group_weight > 0
     loss = (group_loss[has_pairs] / group_weight[has_pairs]).mean()
-    return loss, (rewards[w_idx] > rewards[l_idx]).float(), pair_weight
+    with torch.no_grad():
+        group_correct = torch.zeros_like(group_weight).index_add(
+            0, group[w_idx], (rewards[w_idx] > rewards[l_idx]).float() * pair_weight)
+    return loss, group_correct, group_weight.detach()
 
 
 class RankingCollator:
@@ -186,6 +190,7 @@ class RankingRewardTrainer(RewardTrainer):
 
     def __init__(self, *args, use_margins: bool = False, **kwargs):
         self.use_margins, self.tokens_trained = use_margins, 0
+        self.pair_counts = {"train": [0.0, 0.0], "eval": [0.0, 0.0]}  # (correct, all) pairs since the last log
         tokenizer = kwargs.get("processing_class")
         kwargs.setdefault("data_collator", RankingCollator(tokenizer.pad_token_id))
         super().__init__(*args, **kwargs)
@@ -212,19 +217,34 @@ class RankingRewardTrainer(RewardTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         rewards = completion_rewards(model, inputs, self.accelerator.unwrap_model(model))
-        loss, correct, pair_weight = kwise_loss(rewards, inputs["group"], inputs["ranks"], inputs["weights"],
+        loss, correct, pairs = kwise_loss(rewards, inputs["group"], inputs["ranks"], inputs["weights"],
                                                 inputs.get("margins"))
         if self.args.center_rewards_coefficient is not None:
             loss = loss + self.args.center_rewards_coefficient * torch.mean(rewards**2)
         with torch.no_grad():
-            accuracy = (correct * pair_weight).sum() / pair_weight.sum().clamp(min=1)
-            self._metrics[mode]["accuracy"].append(self.accelerator.gather_for_metrics(accuracy).mean().item())
+            # Per ranking, so that gather_for_metrics drops the rankings accelerate repeats to even out the last
+            # batch across processes; pooled over pairs in log().
+            hits, total = self.accelerator.gather_for_metrics(torch.stack([correct, pairs], 1)).sum(0).tolist()
+            self.pair_counts[mode][0] += hits
+            self.pair_counts[mode][1] += total
             self._metrics[mode]["mean_reward"].append(rewards.mean().item())
             self._metrics[mode]["completions"].append(float(len(rewards)))
             if mode == "train":  # the positions computed (shared tokens once), logged as TRL's trainers log theirs
                 self.tokens_trained += int(self.accelerator.gather_for_metrics(inputs["num_tokens"]).sum())
                 self._metrics[mode]["num_tokens"] = [self.tokens_trained]
         return (loss, rewards) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's log, with ``accuracy`` pooled over the pairs since the last log. TRL averages a metric over batches,
+        and a batch's pair count varies (tied responses make no pair; the last batch may hold one ranking, and
+        one without pairs counted 0): on the real track's 49 held-out rankings in batches of 16, the batch mean
+        read 0.467 where 0.611 of the 180 pairs were ordered right."""
+        mode = "train" if self.model.training else "eval"
+        hits, pairs = self.pair_counts[mode]
+        if pairs:
+            self._metrics[mode]["accuracy"] = [hits / pairs]
+        self.pair_counts[mode] = [0.0, 0.0]
+        super().log(logs, start_time)
 
 
 def build_ranking_dataset(ds, tokenizer, max_length: int | None, path: str, k_max: int = 9,
