@@ -19,12 +19,9 @@ from rlhf_kit.core.runs import read_config, write_atomic
 TRAINED = ("ppo", "dpo", "rloo", "grpo")
 
 
-def _last(stage_dir: Path, key: str) -> int | None:
-    """The largest ``key`` the stage's log history holds; None without a log or the key."""
-    path = stage_dir / "log_history.json"
-    if not path.is_file():
-        return None
-    values = [r[key] for r in json.loads(path.read_text()) if key in r]
+def _last(log: list[dict], key: str) -> int | None:
+    """The largest ``key`` a log history holds; None without it."""
+    values = [r[key] for r in log if key in r]
     return max(values) if values else None
 
 
@@ -33,9 +30,11 @@ def training_cost(stage_dir: Path, config: dict) -> dict:
     step per update (a batch of rollouts) and takes num_ppo_epochs x num_mini_batches optimizer steps in each (TRL
     1.12's loop); TRL's trainers log optimizer steps. Counts are per process. ``config``: the stage's resolved
     config."""
-    steps, stage = _last(stage_dir, "step"), config.get("stage")
+    path = stage_dir / "log_history.json"
+    log = json.loads(path.read_text()) if path.is_file() else []
+    steps, stage = _last(log, "step"), config.get("stage")
     if stage == "ppo":  # the episodes logged: probe_patience may stop PPO before total_episodes
-        sampled = _last(stage_dir, "ppo/episode") or config.get("total_episodes")
+        sampled = _last(log, "ppo/episode") or config.get("total_episodes")
         steps = steps and steps * config.get("num_ppo_epochs", 4) * config.get("num_mini_batches", 1)
     elif stage in ("rloo", "grpo"):
         # TRL samples per_device_train_batch_size x steps_per_generation completions every steps_per_generation x

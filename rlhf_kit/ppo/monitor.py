@@ -69,8 +69,8 @@ def probes(log_history: list[dict]) -> list[dict]:
 
 def stop_due(log_history: list[dict], patience: int) -> bool:
     """Whether the last ``patience`` probes of a log history were all flagged over-optimised (never with 0)."""
-    flags = [r.get("probe/overoptimised", 0.0) for r in probes(log_history)][-patience:] if patience > 0 else []
-    return len(flags) == patience > 0 and all(f == 1.0 for f in flags)
+    flags = [r.get("probe/overoptimised", 0.0) for r in probes(log_history)][-patience:]
+    return patience > 0 and len(flags) == patience and all(f == 1.0 for f in flags)
 
 
 class ProbeMonitor:
