@@ -59,33 +59,32 @@ def test_bf16_is_refused_on_a_cpu_without_it(bf16_cpu, stage, flags, fix):
         _parse(stage, flags)
 
 
-@pytest.mark.parametrize("bf16_cpu", [True], indirect=True)
-@pytest.mark.parametrize("amx", [True, False])
-def test_bf16_without_amx_gets_one_note_that_float32_is_faster(bf16_cpu, amx, monkeypatch, capsys):
-    from rlhf_kit.integrations import hardware as scaling
-
-    monkeypatch.setattr(scaling, "cpu_has_amx", lambda *a: amx)
-    assert _parse("ppo", ["--bf16", "true"])[1].bf16  # taken either way
-    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: bf16")]
-    assert notes == ([] if amx else ["note: bf16: true on a CPU with AVX512-BF16 but no AMX runs no faster than "
-                                     "float32 (and rounds more); `bf16: false` is the faster choice here"])
-    _parse("ppo", ["--bf16", "false", "--dtype", "float32"])
-    assert "note:" not in capsys.readouterr().err
-    _parse("compare", ["--dtype", "bfloat16"])  # sampling in bf16 pays with AVX512-BF16 alone: no note
-    assert "note:" not in capsys.readouterr().err
-
-
-def test_amx_is_read_from_the_cpu_flags(tmp_path):
-    from rlhf_kit.integrations.hardware import cpu_has_amx, cpu_supports_bf16
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    from rlhf_kit.integrations.hardware import cpu_supports_bf16
 
     info = tmp_path / "cpuinfo"
-    info.write_text("flags\t\t: fpu avx512f avx512_bf16\n")
-    assert cpu_supports_bf16(str(info)) and not cpu_has_amx(str(info))
-    info.write_text("flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
-    assert cpu_has_amx(str(info))
-    info.write_text("flags\t\t: fpu avx2\n")
-    assert not cpu_supports_bf16(str(info)) and not cpu_has_amx(str(info))
-    assert cpu_has_amx(str(tmp_path / "missing"))
+    for flags, native in [("fpu avx512f avx512_bf16", True), ("fpu avx512f avx512_bf16 amx_bf16 amx_tile", True),
+                          ("fpu avx2", False)]:
+        info.write_text(f"flags\t\t: {flags}\n")
+        assert cpu_supports_bf16(str(info)) is native
+    assert cpu_supports_bf16(str(tmp_path / "missing"))  # unreadable: refuse only what we know cannot run well
+
+
+def test_the_bf16_speedup_is_measured_once_per_process(monkeypatch):
+    """The measurement behind ``bf16: auto`` for training without AMX: bf16 over float32 matmul throughput, taken
+    once (a stage resolves ``bf16`` and ``dtype`` from it), from two real measurements."""
+    from rlhf_kit.integrations import hardware
+
+    calls = []
+    monkeypatch.setattr(hardware, "matmul_gflops", lambda dtype, **kw: calls.append(dtype) or
+                        {"bfloat16": 863.0, "float32": 204.0}[dtype])
+    hardware.bf16_matmul_speedup.cache_clear()
+    try:
+        assert hardware.bf16_matmul_speedup() == pytest.approx(863 / 204)
+        assert hardware.bf16_matmul_speedup() == pytest.approx(863 / 204)
+        assert calls == ["bfloat16", "float32"]
+    finally:
+        hardware.bf16_matmul_speedup.cache_clear()
 
 
 @pytest.mark.parametrize("bf16_cpu", [False], indirect=True)
@@ -111,9 +110,11 @@ def test_a_bf16_refusal_is_one_line_from_the_command(tmp_path):
 # --------------------------------------------------------------------------- bf16: auto / dtype: auto (by hardware)
 
 REAL = "recipes/configs/smollm2-135m-ifeval"
-# flags -> (bf16 for training, bf16 for sampling)
-CPUS = {"neither": ("fpu avx512f avx2", False, False), "avx512_bf16": ("fpu avx512f avx512_bf16", False, True),
-        "amx": ("fpu avx512f avx512_bf16 amx_bf16 amx_tile", True, True)}
+# name -> (flags, bf16 for training, bf16 for sampling, bf16 / float32 matmul throughput measured; None: not measured)
+CPUS = {"neither": ("fpu avx512f avx2", False, False, None),
+        "avx512_bf16": ("fpu avx512f avx512_bf16", False, True, 0.94),   # 75 vs 80 GFLOP/s (2026-11)
+        "avx512_bf16_fast": ("fpu avx512f avx512_bf16", True, True, 4.23),  # 863 vs 204 GFLOP/s (2026-12-04)
+        "amx": ("fpu avx512f avx512_bf16 amx_bf16 amx_tile", True, True, None)}
 SAMPLING = ("demos", "compare", "eval")
 
 
@@ -123,17 +124,45 @@ def _fake_cpu(monkeypatch, tmp_path, flags: str) -> None:
     monkeypatch.setenv("RLHF_KIT_CPUINFO", str(info))
 
 
+def _measured(monkeypatch, speedup: float | None) -> None:
+    """The bf16 matmul speedup a faked CPU measures; None: the flags decide, and measuring is a failure."""
+    from rlhf_kit.integrations import hardware
+
+    def measure():
+        assert speedup is not None, "measured the bf16 speedup where the CPU's flags decide"
+        return speedup
+
+    monkeypatch.setattr(hardware, "bf16_matmul_speedup", measure)
+
+
+@pytest.mark.parametrize("cpu", ["amx", "avx512_bf16", "avx512_bf16_fast"])
+def test_explicit_bf16_training_gets_one_note_where_float32_is_faster(cpu, monkeypatch, tmp_path,
+                                                                      capsys):
+    _fake_cpu(monkeypatch, tmp_path, CPUS[cpu][0])
+    _measured(monkeypatch, CPUS[cpu][3])
+    assert _parse("ppo", ["--bf16", "true"])[1].bf16  # taken either way
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: bf16")]
+    assert notes == ([] if CPUS[cpu][1] else [
+        "note: bf16: true gains nothing here (training on a CPU with AVX512-BF16, no AMX: bf16 matmuls measured 0.9x "
+        "float32 here, no faster than float32); `bf16: false` is the faster choice"])
+    _parse("ppo", ["--bf16", "false", "--dtype", "float32"])
+    assert "note:" not in capsys.readouterr().err
+    _parse("compare", ["--dtype", "bfloat16"])  # sampling in bf16 pays with AVX512-BF16 alone: no note
+    assert "note:" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("cpu", sorted(CPUS))
 @pytest.mark.parametrize("stage", ["demos", "sft", "compare", "reward", "ppo", "eval"])
 def test_the_real_track_configs_choose_precision_by_the_cpu(cpu, stage, monkeypatch, tmp_path, capsys):
-    """The real track unedited, on a faked /proc/cpuinfo: training in bf16 only with AMX, sampling in bf16 with
-    AVX512-BF16 too, float32 on a CPU with neither (no refusal there, no "float32 is faster" note), and one line
-    saying what was chosen."""
+    """The real track unedited, on a faked /proc/cpuinfo: training in bf16 with AMX, or with AVX512-BF16 where its
+    bf16 matmuls measure faster than float32's; sampling in bf16 with AVX512-BF16 too; float32 on a CPU with neither
+    (no refusal there, no "float32 is faster" note); and one line saying what was chosen."""
     from rlhf_kit.run.configs import parse_stage_args
 
-    flags, train_bf16, sample_bf16 = CPUS[cpu]
+    flags, train_bf16, sample_bf16, speedup = CPUS[cpu]
     bf16 = sample_bf16 if stage in SAMPLING else train_bf16
     _fake_cpu(monkeypatch, tmp_path, flags)
+    _measured(monkeypatch, speedup)
     parsed = parse_stage_args(recipe_dataclasses(load_recipe(stage)), ["--config", f"{REAL}/{stage}.yaml"])
     config = yaml.safe_load(open(f"{REAL}/{stage}.yaml"))
     assert "auto" in (config.get("dtype"), config.get("bf16"))  # every sampling or training stage of the track
@@ -145,7 +174,8 @@ def test_the_real_track_configs_choose_precision_by_the_cpu(cpu, stage, monkeypa
     lines = [line for line in err.splitlines() if line.startswith("precision: ")]
     assert len(lines) == 1 and ("-> bfloat16" in lines[0] or "-> true" in lines[0]) is bf16
     why = {"neither": "would be emulated", "amx": "AMX-BF16",
-           "avx512_bf16": "reads half the bytes" if bf16 else "no faster than float32"}[cpu]
+           "avx512_bf16": "reads half the bytes" if bf16 else "measured 0.9x float32 here, no faster than float32",
+           "avx512_bf16_fast": "reads half the bytes" if stage in SAMPLING else "measured 4.2x float32 here"}[cpu]
     assert why in lines[0]
     assert "note:" not in err and "error" not in err
 

@@ -10,6 +10,7 @@ traceback, or a rank would fail minutes later inside a collective). Two entry po
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -47,14 +48,6 @@ def cpu_supports_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """
     flags = cpu_flags(cpuinfo)
     return flags is None or bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
-def cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this x86 CPU has AMX-BF16 tiles, where bf16 matmuls run ~4x float32 (measured on this project's
-    Xeon: 317 vs 73 GFLOP/s); with AVX512-BF16 alone they run at about float32's speed (75 vs 80 GFLOP/s).
-    An unreadable cpuinfo counts as AMX (no advice is better than wrong advice)."""
-    flags = cpu_flags(cpuinfo)
-    return flags is None or "amx_bf16" in flags
 
 
 def configure(env=None) -> str | None:
@@ -140,8 +133,9 @@ def cpu_defaults(dataclass_types: tuple, env=None) -> dict:
 
 def check_bf16(parsed: tuple) -> None:
     """Refuse bf16 training (``bf16: true``) or bf16 models (``dtype: bfloat16``) on a CPU without native bf16, where
-    PyTorch emulates it many times slower than float32; for training on one with AVX512-BF16 but no AMX, say in one
-    note that float32 is the faster choice there (sampling in bf16 pays there: see :func:`auto_precision`)."""
+    PyTorch emulates it many times slower than float32; for training on one with native bf16 whose bf16 matmuls
+    measure no faster than float32's, say in one note that float32 is the faster choice there (sampling in bf16 pays
+    on any of them: see :func:`auto_precision`)."""
     asked = [(key, value, "training" if key == "bf16" else workload(args))
              for args in parsed for key, value in (("bf16", True), ("dtype", "bfloat16"))
              if getattr(args, key, None) == value]
@@ -153,10 +147,12 @@ def check_bf16(parsed: tuple) -> None:
         raise UserError(f"{key}: {str(value).lower()} needs a GPU or a CPU with native bf16 (AMX-BF16 or "
                         f"AVX512-BF16 in /proc/cpuinfo), and this CPU has neither; set `{fixes[key]}` in the config")
     training = [(k, v) for k, v, w in asked if w == "training"]
-    if training and not cpu_has_amx():  # runs, but gains nothing (docs/benchmarks.md: bf16 vs float32 training)
-        key, value = training[0]
-        print(f"note: {key}: {str(value).lower()} on a CPU with AVX512-BF16 but no AMX runs no faster than float32 "
-              f"(and rounds more); `{fixes[key]}` is the faster choice here", file=sys.stderr)
+    if training:  # runs, but where bf16 gains nothing it only rounds more (docs/benchmarks.md: bf16 vs float32)
+        pays, why = auto_precision("training")
+        if not pays:
+            key, value = training[0]
+            print(f"note: {key}: {str(value).lower()} gains nothing here ({why}); `{fixes[key]}` is the faster "
+                  f"choice", file=sys.stderr)
 
 
 def workload(args) -> str:
@@ -170,11 +166,13 @@ AUTO = "auto"
 
 def auto_precision(workload: str = "training", cpuinfo: str = "/proc/cpuinfo") -> tuple[bool, str]:
     """What ``bf16: auto`` / ``dtype: auto`` mean here for a ``workload`` (``training`` or ``sampling``): (bf16?, why).
-    bf16 only where it is native *and* pays. On a CUDA GPU with bf16 (Ampere or later), always. On a CPU: for
-    training only with AMX-BF16 (with AVX512-BF16 alone bf16 matmuls run at float32's speed, so training gains
-    nothing); for sampling with AVX512-BF16 or AMX, since decoding one token at a time is bound by reading the weights,
-    and bf16 reads half the bytes. Without native bf16, PyTorch emulates it, many times slower: float32. The
-    measurements behind each choice are in docs/benchmarks.md (precision)."""
+    bf16 only where it is native *and* pays. On a CUDA GPU with bf16 (Ampere or later), always. On a CPU with
+    AMX-BF16, always (bf16 matmuls ~4x float32). On one with AVX512-BF16 (or Arm's BF16) but no AMX: for sampling
+    always, since decoding one token at a time is bound by reading the weights, and bf16 reads half the bytes; for
+    training where this CPU's bf16 matmuls measure at least :data:`BF16_TRAINING_SPEEDUP` times float32's
+    (:func:`bf16_matmul_speedup`): the flags do not say it (docs/benchmarks.md, *Sampling and precision*: 0.9x on one
+    such Xeon in 2026-11, 4.2x on another in 2026-12). Without native bf16, PyTorch emulates it, many times slower:
+    float32."""
     if has_gpu():
         import torch
 
@@ -190,8 +188,24 @@ def auto_precision(workload: str = "training", cpuinfo: str = "/proc/cpuinfo") -
     if flags & {"avx512_bf16", "bf16"}:
         if workload == "sampling":
             return True, "sampling on a CPU with AVX512-BF16: decoding reads half the bytes in bf16, ~1.5x float32"
-        return False, "training on a CPU with AVX512-BF16 but no AMX: bf16 matmuls run no faster than float32"
+        speedup = bf16_matmul_speedup()
+        measured = f"training on a CPU with AVX512-BF16, no AMX: bf16 matmuls measured {speedup:.1f}x float32 here"
+        if speedup >= BF16_TRAINING_SPEEDUP:
+            return True, measured
+        return False, f"{measured}, no faster than float32"
     return False, "CPU without native bf16 (no AMX-BF16 or AVX512-BF16): bf16 would be emulated, many times slower"
+
+
+# bf16 training only where its matmuls are clearly faster: mixed precision also rounds more (autocast's bf16 keeps 8
+# bits of mantissa), so a tie goes to float32. The CPUs seen so far sit far on either side (0.9x, 4.2x).
+BF16_TRAINING_SPEEDUP = 1.5
+
+
+@functools.cache
+def bf16_matmul_speedup() -> float:
+    """This CPU's bf16 matmul throughput over its float32 one, measured once per process (1024 x 1024, about half a
+    second): what decides ``bf16: auto`` for training on a CPU with AVX512-BF16 but no AMX."""
+    return matmul_gflops("bfloat16", seconds=0.2) / matmul_gflops("float32", seconds=0.2)
 
 
 def matmul_gflops(dtype: str = "float32", n: int = 1024, seconds: float = 1.0) -> float:
