@@ -77,19 +77,25 @@ REASONS = ("off_task", "too_short", "instruction_repeated", "about_the_answer")
 # A line that talks about the requested text instead of being it: "The first point is about the impact of a broken
 # umbrella", "This is point 1, which is about ...", "The letter to the local newspaper should be simple yet
 # impactful", "The blog post is about a broken umbrella" -- what the real track's PPO learned once the check asked for
-# the topic (tests/fixtures/task_labels/README.md); and a line that is only a template's placeholder ("[Title]",
-# "[Your Name]"). "The first point is to feed the puppy well" is advice, not talk about it: the verb decides.
+# the topic (tests/fixtures/task_labels/README.md). "The first point is to feed the puppy well" is advice, not talk
+# about it: the verb decides.
 _KINDS = (r"letter|blog post|post|poem|story|email|e-mail|note|paragraph|postcard|advertisement|ad|description|"
           r"invitation|announcement|summary|list|answer|response")
 _PARTS = r"point|tip|bullet|section|paragraph|line|stanza|verse|sentence|part"
 _TALK = (r"is about|is the mention|is a mention|mentions|is point|highlights|represents|emphasi[sz]es|describes|"
          r"discusses|concludes|focuses on|refers to|is meant")  # "the first tip should be to ..." is a tip
-_KIND_TALK = _TALK + r"|should|will|would"  # "the letter should be simple yet impactful" is not the letter
+# "the letter should be simple yet impactful", "the story begins with a scene set in ..." narrate the text, not it
+_KIND_TALK = _TALK + r"|should|will|would|could|begins|follows|revolves around"
 ABOUT_THE_ANSWER = re.compile(
-    rf"^(?:this is |the |my |our )?(?:(?:first|second|third|fourth|fifth|next|last|final) )?(?:{_PARTS})(?: \d+)?\b"
-    rf".{{0,24}}?\b(?:{_TALK})\b"
-    rf"|^(?:the|this|my|our) (?:{_KINDS})\b[^.\n]{{0,48}}?\b(?:{_KIND_TALK})\b"
-    r"|^\[[^\]\n]{1,40}\]\W*$")
+    rf"^(?:this is |the |my |our )?(?:(?:first|second|third|fourth|fifth|next|last|final) )?(?:highlighted )?"
+    rf"(?:{_PARTS})(?: \d+)?\b.{{0,24}}?\b(?:{_TALK})\b"
+    rf"|^(?:the|this|my|our) (?:{_KINDS}|plot)\b[^.\n]{{0,48}}?\b(?:{_KIND_TALK})\b")
+# Placeholders: a template's slots ("[Title]"; a sentence with two, "including [benefit1] and [benefit2]", is a
+# template's sentence) and IFEval's own example of a highlight said back ("*highlighted section*": two words, under
+# the repeated-instruction test's four-word runs). A line that is a slot and a word or two ("Dear [Teacher's Name],",
+# "*Highlighted section: Tips*") frames a real answer; a slot alone does not.
+SLOT = re.compile(r"\[[^\]\n]{1,40}\]")
+EXAMPLE_HIGHLIGHT = re.compile(r"\bhighlighted section\b")
 LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022#>]+|\d+[.)])\s*|\*+")
 # An answer is talk about the answer when such lines are at least half of its lines and sentences: a real letter
 # signed "[Your Name]", or a poem that ends "This poem is about the passage of time", is still the letter or poem.
@@ -189,11 +195,20 @@ def segments(text: str) -> list[str]:
     return out
 
 
+def placeholder(segment: str) -> bool:
+    """Whether a line or sentence is a template's placeholder: nothing but slots and IFEval's example highlight, or
+    two slots or more (:data:`SLOT`, :data:`EXAMPLE_HIGHLIGHT`)."""
+    slots = len(SLOT.findall(segment))
+    rest = EXAMPLE_HIGHLIGHT.sub(" ", SLOT.sub(" ", segment))
+    return slots >= 2 or (rest != segment and not words(rest))
+
+
 def about_the_answer(response: str) -> bool:
-    """Whether at least half of the response's lines and sentences talk about the requested text or are a
-    template's placeholders (:data:`ABOUT_THE_ANSWER`) instead of being that text."""
+    """Whether at least half of the response's lines and sentences talk about the requested text
+    (:data:`ABOUT_THE_ANSWER`) or are a template's placeholders (:func:`placeholder`) instead of being that text."""
     parts = segments(response)
-    return bool(parts) and sum(bool(ABOUT_THE_ANSWER.search(p)) for p in parts) * ABOUT_SHARE >= len(parts)
+    flagged = sum(bool(ABOUT_THE_ANSWER.search(p)) or placeholder(p) for p in parts)
+    return bool(parts) and flagged * ABOUT_SHARE >= len(parts)
 
 
 def check_task(task: str, instructions: str, response: str, kwargs_list: list[dict] = ()) -> TaskVerdict:
