@@ -186,6 +186,16 @@ ABOUT = [  # (talks about the answer instead of giving it?, response)
     (False, "Dear Editor,\n\nOur town needs more bike lanes. Cyclists are at risk on Main Street. Please act.\n\n"
             "Sincerely,\n[Your Name]"),
     (False, "The sand sleeps,\nthe sun burns,\nthe wind sings,\nthis poem is about the heat."),
+    # a template's slots and IFEval's example highlight said back (the 2026-12-08 final PPO's answers)
+    (True, "Having a pet offers numerous benefits, including [benefit1], which includes [benefit2] and [benefit3]. "
+           "Pets provide unconditional [benefit4] and can be a great [benefit5]."),
+    (True, "*highlighted section*\n\n*highlighted section*\n\nHere's a sample blog post to help you plan a party:"
+           "\n\n*highlighted section*"),
+    (True, "* The story begins with a scene set in a fishing village.\n* The story follows the captain."),
+    (False, "Dear [Teacher's Name],\n\nMy son Tom has a fever today and will stay home. He will catch up on his "
+            "reading.\n\nBest regards,\n[Your Name]"),
+    (False, "*Highlighted section: Tips for a cheap holiday*\n\nBook early, travel off season and cook your own "
+            "meals."),
 ]
 
 

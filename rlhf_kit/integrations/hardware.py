@@ -171,8 +171,8 @@ def auto_precision(workload: str = "training", cpuinfo: str = "/proc/cpuinfo") -
     always, since decoding one token at a time is bound by reading the weights, and bf16 reads half the bytes; for
     training where this CPU's bf16 matmuls measure at least :data:`BF16_TRAINING_SPEEDUP` times float32's
     (:func:`bf16_matmul_speedup`): the flags do not say it (docs/benchmarks.md, *Sampling and precision*: 0.9x on one
-    such Xeon in 2026-11, 4.2x on another in 2026-12). Without native bf16, PyTorch emulates it, many times slower:
-    float32."""
+    such Xeon in 2026-11, 4.2x on another and 4.3x on an AMD EPYC in 2026-12). Without native bf16, PyTorch emulates
+    it, many times slower: float32."""
     if has_gpu():
         import torch
 
@@ -197,7 +197,7 @@ def auto_precision(workload: str = "training", cpuinfo: str = "/proc/cpuinfo") -
 
 
 # bf16 training only where its matmuls are clearly faster: mixed precision also rounds more (autocast's bf16 keeps 8
-# bits of mantissa), so a tie goes to float32. The CPUs seen so far sit far on either side (0.9x, 4.2x).
+# bits of mantissa), so a tie goes to float32. The CPUs seen so far sit far on either side (0.9x; 4.2x, 4.3x).
 BF16_TRAINING_SPEEDUP = 1.5
 
 
