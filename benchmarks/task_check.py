@@ -130,8 +130,11 @@ def pmi(args) -> None:
         return sum((s > threshold) == t for s, t in zip(scores, truth)) / len(truth)
 
     best = max(sorted(scores), key=agreement)
+    # PMI as a second gate after the check: what the lexical check passes on topic without doing the request
+    gated = [check_row(x, x["response"]).does_task and score > 0 for x, score in zip(labels, scores)]
     print(f"{len(labels)} labelled answers: PMI > 0 agrees {agreement(0.0):.3f}; best threshold {best:.3f} "
-          f"agrees {agreement(best):.3f} (fitted on these labels)")
+          f"agrees {agreement(best):.3f} (fitted on these labels); the task check and PMI > 0 together "
+          f"{sum(g == t for g, t in zip(gated, truth)) / len(truth):.3f}")
 
 
 def judge(args) -> None:
