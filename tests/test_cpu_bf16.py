@@ -87,6 +87,7 @@ def test_the_bf16_speedup_is_measured_once_per_process(monkeypatch):
         hardware.bf16_matmul_speedup.cache_clear()
 
 
+
 @pytest.mark.parametrize("bf16_cpu", [False], indirect=True)
 def test_float32_runs_are_untouched_on_a_cpu_without_bf16(bf16_cpu):
     assert _parse("sft", ["--bf16", "false"])[1].bf16 is False
@@ -133,6 +134,30 @@ def _measured(monkeypatch, speedup: float | None) -> None:
         return speedup
 
     monkeypatch.setattr(hardware, "bf16_matmul_speedup", measure)
+
+
+@pytest.mark.parametrize("cpu", sorted(CPUS))
+def test_a_launch_measures_once_for_all_its_ranks(cpu, monkeypatch, tmp_path):
+    """The launcher measures before its ranks start (a CPU where auto measures) and every rank reads that figure, so
+    two ranks cannot choose different precisions; where the flags decide, nothing is measured or set."""
+    from rlhf_kit.integrations import hardware
+
+    _fake_cpu(monkeypatch, tmp_path, CPUS[cpu][0])
+    monkeypatch.delenv(hardware.SPEEDUP_ENV, raising=False)
+    monkeypatch.setattr(hardware, "matmul_gflops", lambda dtype, **kw: {"bfloat16": 863.0, "float32": 204.0}[dtype])
+    hardware.bf16_matmul_speedup.cache_clear()
+    env = {}
+    try:
+        hardware.share_bf16_speedup(env)
+        assert env == ({hardware.SPEEDUP_ENV: "4.230"} if cpu.startswith("avx512_bf16") else {})
+        if env:  # a rank: a new process (empty cache) that reads the launcher's figure, not its own measurement
+            hardware.bf16_matmul_speedup.cache_clear()
+            monkeypatch.setenv(hardware.SPEEDUP_ENV, "1.2")
+            monkeypatch.setattr(hardware, "matmul_gflops", lambda *a, **kw: pytest.fail("a rank measured again"))
+            assert hardware.bf16_matmul_speedup() == 1.2
+            assert hardware.auto_precision("training")[0] is False
+    finally:
+        hardware.bf16_matmul_speedup.cache_clear()
 
 
 @pytest.mark.parametrize("cpu", ["amx", "avx512_bf16", "avx512_bf16_fast"])

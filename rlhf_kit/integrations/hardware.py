@@ -201,11 +201,29 @@ def auto_precision(workload: str = "training", cpuinfo: str = "/proc/cpuinfo") -
 BF16_TRAINING_SPEEDUP = 1.5
 
 
+# One measurement for all of a launch's ranks: measured apart, two ranks near the threshold could choose different
+# precisions and train one model in two dtypes. rlhf_kit.run.launch measures before the ranks start and sets it.
+SPEEDUP_ENV = "RLHF_KIT_BF16_SPEEDUP"
+
+
 @functools.cache
 def bf16_matmul_speedup() -> float:
     """This CPU's bf16 matmul throughput over its float32 one, measured once per process (1024 x 1024, about half a
-    second): what decides ``bf16: auto`` for training on a CPU with AVX512-BF16 but no AMX."""
-    return matmul_gflops("bfloat16", seconds=0.2) / matmul_gflops("float32", seconds=0.2)
+    second), or the launcher's measurement (:data:`SPEEDUP_ENV`, :func:`share_bf16_speedup`): what decides
+    ``bf16: auto`` for training on a CPU with AVX512-BF16 but no AMX."""
+    try:
+        return float(os.environ[SPEEDUP_ENV])
+    except (KeyError, ValueError):
+        return matmul_gflops("bfloat16", seconds=0.2) / matmul_gflops("float32", seconds=0.2)
+
+
+def share_bf16_speedup(env=None) -> None:
+    """In a launcher, before its ranks start: where ``auto`` will measure (a CPU with AVX512-BF16 but no AMX, no
+    GPU), measure once and put the figure in ``env`` (default ``os.environ``) for every rank to read."""
+    env = os.environ if env is None else env
+    flags = cpu_flags() or set()
+    if SPEEDUP_ENV not in env and flags & {"avx512_bf16", "bf16"} and "amx_bf16" not in flags and not has_gpu():
+        env[SPEEDUP_ENV] = f"{bf16_matmul_speedup():.3f}"
 
 
 def matmul_gflops(dtype: str = "float32", n: int = 1024, seconds: float = 1.0) -> float:

@@ -16,7 +16,7 @@ import yaml
 
 from rlhf_kit.core.errors import UserError, exit_on_user_error
 from rlhf_kit.core.stages import STAGES
-from rlhf_kit.integrations.hardware import CONFIG_ENV, check_accelerate_config
+from rlhf_kit.integrations.hardware import CONFIG_ENV, check_accelerate_config, share_bf16_speedup
 from rlhf_kit.run.configs import skip_exit_collection
 
 # Command-line flags of `accelerate launch` that override the config file's value of the same name.
@@ -76,9 +76,12 @@ def main() -> None:
     from accelerate.commands.launch import launch_command, launch_command_parser
 
     args = launch_command_parser().parse_args()
-    pick_port(args, exit_on_user_error(lambda: check_launch(args)))
+    config = exit_on_user_error(lambda: check_launch(args))
+    pick_port(args, config)
     if args.config_file:
         os.environ[CONFIG_ENV] = args.config_file  # the ranks' one-line errors name the config
+    if int(config.get("num_processes") or 1) > 1:
+        share_bf16_speedup()  # several ranks: every rank's `bf16: auto` reads one measurement
     try:
         launch_command(args)
     except subprocess.CalledProcessError as err:
