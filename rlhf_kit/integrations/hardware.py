@@ -218,12 +218,14 @@ def bf16_matmul_speedup() -> float:
 
 
 def share_bf16_speedup(env=None) -> None:
-    """In a launcher, before its ranks start: where ``auto`` will measure (a CPU with AVX512-BF16 but no AMX, no
-    GPU), measure once and put the figure in ``env`` (default ``os.environ``) for every rank to read."""
+    """In a launcher, before its ranks start: decide ``auto`` for training as a rank would (:func:`auto_precision`
+    measures only where the flags do not decide) and, if that measured, put the figure in ``env`` (default
+    ``os.environ``) for every rank to read."""
     env = os.environ if env is None else env
-    flags = cpu_flags() or set()
-    if SPEEDUP_ENV not in env and flags & {"avx512_bf16", "bf16"} and "amx_bf16" not in flags and not has_gpu():
-        env[SPEEDUP_ENV] = f"{bf16_matmul_speedup():.3f}"
+    if SPEEDUP_ENV not in env:
+        auto_precision("training")
+        if bf16_matmul_speedup.cache_info().currsize:  # measured (or read) for this decision
+            env[SPEEDUP_ENV] = f"{bf16_matmul_speedup():.3f}"
 
 
 def matmul_gflops(dtype: str = "float32", n: int = 1024, seconds: float = 1.0) -> float:
