@@ -226,6 +226,26 @@ def build_peft_config(model_args, task_type: str):
     return config
 
 
+def lora_value_model(reward_model, peft_config):
+    """A value model for PPO from a copy of ``reward_model``: LoRA adapters (``peft_config``'s rank, alpha and
+    targets) injected in place, in float32, and the score head trained in full (float32); every other weight frozen
+    in the reward model's dtype. In place rather than a PeftModel, so the model keeps its class and attributes (its
+    transformer and ``score``), as the whole-model value model has them."""
+    import copy
+
+    from peft import LoraConfig, inject_adapter_in_model
+
+    value_model = copy.deepcopy(reward_model)
+    config = LoraConfig(r=peft_config.r, lora_alpha=peft_config.lora_alpha, lora_dropout=peft_config.lora_dropout,
+                        target_modules=peft_config.target_modules, exclude_modules=["score"], bias="none")
+    value_model = inject_adapter_in_model(config, value_model)
+    for name, param in value_model.named_parameters():
+        param.requires_grad = "lora_" in name or name.startswith("score.")
+        if param.requires_grad:  # bf16 weights would round most Adam updates away
+            param.data = param.data.float()
+    return value_model
+
+
 def save_stage_model(model, tokenizer, output_dir: str, base_path: str, model_args=None, state_dict=None) -> None:
     """Save a stage's model as a merged checkpoint (LoRA adapter also kept under ``adapter/``).
 

@@ -82,6 +82,7 @@ def load_ppo_inputs(script_args, training_args, model_args) -> dict:
     import copy
 
     from rlhf_kit.core import runs
+    from rlhf_kit.core.errors import UserError
     from rlhf_kit.data.cards import load_stage_rows
     from rlhf_kit.data.datasets import build_prompt_dataset
     from rlhf_kit.integrations import modeling
@@ -109,9 +110,18 @@ def load_ppo_inputs(script_args, training_args, model_args) -> dict:
         reward_model = modeling.load_reward_model(rm, require_head=True, dtype=model_args.dtype)
         ref_policy = (modeling.load_causal_lm(ref, what="reference policy", dtype=model_args.dtype)
                       if explicit_ref else None)
+    if script_args.value_use_peft:
+        if peft_config is None:
+            raise UserError("value_use_peft: true needs use_peft: true (the value model's LoRA takes the policy's "
+                            "lora_r, lora_alpha and lora_target_modules); set use_peft: true or value_use_peft: false")
+        # A LoRA value model: its backward skips the frozen weights' gradients and AdamW holds adapter states only,
+        # the one choice InstructGPT's recipe leaves free (it names the value model's init, not how it is tuned).
+        value_model = modeling.lora_value_model(reward_model, peft_config)
+    else:
+        value_model = copy.deepcopy(reward_model).float()
     return {
         "tokenizer": tokenizer, "policy": policy, "peft_config": peft_config, "ref_policy": ref_policy,
-        "reward_model": reward_model, "value_model": copy.deepcopy(reward_model).float(),
+        "reward_model": reward_model, "value_model": value_model,
         "train_dataset": prompts, "eval_dataset": prompts.select(range(min(script_args.eval_rows, len(prompts)))),
     }
 

@@ -210,7 +210,9 @@ class PolicyAndValue(torch.nn.Module):
         output = self.critic_backbone(**kwargs)
         hidden = output.hidden_states[-1]
         hidden = hidden[:, logits_to_keep] if torch.is_tensor(logits_to_keep) else hidden[:, -logits_to_keep:]
-        return self.policy(logits_to_keep=logits_to_keep, **kwargs), self.value_model.score(hidden)
+        # The head's dtype: a LoRA value model trains its head in float32 over a trunk that may be bf16.
+        score = self.value_model.score
+        return self.policy(logits_to_keep=logits_to_keep, **kwargs), score(hidden.to(score.weight.dtype))
 
 
 def disable_dropout(model) -> None:

@@ -227,6 +227,10 @@ class PPOArguments(DataArguments):
         "help": "The reference policy of the KL penalty when it is not the starting policy: later RLHF rounds start "
                 "PPO from the previous round's policy and keep the SFT model as reference (InstructGPT's KL is to "
                 "SFT). Unset: the starting policy (model_name_or_path)."})
+    value_use_peft: bool = field(default=False, metadata={
+        "help": "Train the value model (initialised from the reward model) as LoRA adapters with the policy's lora_r, "
+                "lora_alpha and lora_target_modules, plus its score head in full, over a frozen base in the policy's "
+                "dtype; needs use_peft. False: the whole value model is trained, in float32 weights."})
     kl_horizon: int = field(default=10000, metadata={
         "help": "Adaptive KL: episodes over which beta corrects the KL error (Ziegler et al.: 10000)."})
     probe_dataset_path: str | None = field(default=None, metadata={
