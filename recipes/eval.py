@@ -55,11 +55,13 @@ def main(args: EvalArguments):
     reward_model = (modeling.load_reward_model(stages["reward"], dtype=args.dtype, require_head=bool(args.best_of_n))
                     if "reward" in stages else None)  # best-of-n picks by it: a random head would pick noise
     draws = ev.KeptDraws(out / "parts", stages, prompts, args, fresh=args.force)
-    models, responses, finished = {}, {}, {}
+    models, responses, finished, sampled = {}, {}, {}, {}
     for p in policies:
         models[p] = modeling.load_causal_lm(stages[p], what=f"{p} policy", dtype=args.dtype)
         got = draws.get(p, p, models[p], lambda p=p: draws.sample(models[p], tokenizer, p))
         responses[p], finished[p] = got["responses"], got["finished"]
+        if "logprobs" in got:  # parts kept by an older version have none: the KL scores them again
+            sampled[p] = {"ids": got["ids"], "logprobs": got["logprobs"]}
     kl_bounds = {}
     if args.best_of_n:
         name, source = f"best-of-{args.best_of_n}", args.best_of_n_policy
@@ -74,7 +76,7 @@ def main(args: EvalArguments):
             k: bon[k] for k in ("samples", "tokens_sampled", "rm_passes", "wall_seconds")}
     heldout = load_rows(f"{stages['compare']}/rankings_heldout.jsonl").to_list() if "compare" in stages else None
     summary, scores, rm_scores = ev.compare_policies(rows, responses, models, tokenizer, judge, baseline, reward_model,
-                                                     heldout, args.batch_size, kl_bounds)
+                                                     heldout, args.batch_size, kl_bounds, sampled)
     if args.best_of_n:
         summary["best_of_n"] = best
     summary["judge"] = args.judge

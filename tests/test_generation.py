@@ -111,6 +111,30 @@ def test_temperature_zero_is_refused(tiny):
         sample_responses(model, tokenizer, [_chat("cat")], temperature=0)
 
 
+def test_the_sampler_reads_off_the_log_probs_a_scoring_pass_gives_its_tokens(tiny):
+    """The eval's KL takes log pi of each sampled token from the decode loop (temperature 1, whatever the sampling
+    temperature) instead of a second forward: they must be what a forward over the sampled ids gives, token for
+    token, ended responses (their end token included) and cut-off ones alike."""
+    from rlhf_kit.eval.evaluation import response_logprobs
+    from rlhf_kit.sampling.generation import sample_responses
+
+    model, tokenizer = tiny
+    prompts = [_chat(t) for t in ["cat dog sun", "red", "blue fish moon tree sea", "rock"]]
+    ids, logprobs, finished = [], [], []
+    sample_responses(model, tokenizer, prompts, k=2, temperature=0.7, max_new_tokens=6, batch_size=3, seed=3,
+                     finished=finished, ids=ids, logprobs=logprobs)
+    flat_ids = [s for per_prompt in ids for s in per_prompt]
+    flat_logprobs = [s for per_prompt in logprobs for s in per_prompt]
+    assert [len(s) for s in flat_ids] == [len(s) for s in flat_logprobs]
+    ended = [f for per_prompt in finished for f in per_prompt]
+    assert any(ended) and not all(ended)  # both kinds are compared
+    scored = response_logprobs(model, tokenizer, [p for p in prompts for _ in range(2)], response_ids=flat_ids,
+                               batch_size=3)
+    for got, want in zip(flat_logprobs, scored):
+        assert got == pytest.approx(want, abs=1e-4)
+    assert min(min(s) for s in flat_logprobs) < -0.05  # not all near-certain tokens: the check can fail
+
+
 def test_scoring_passes_give_each_response_what_it_gets_alone(tiny):
     """The eval's KL and reward passes batch responses by length; each still gets its own values, in order."""
     from transformers import LlamaForSequenceClassification

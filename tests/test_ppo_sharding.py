@@ -20,6 +20,7 @@ COMMON = ["--total_episodes", "32", "--per_device_train_batch_size", "4", "--num
           "--num_mini_batches", "2", "--response_length", "12", "--lora_r", "4", "--lora_alpha", "8",
           "--save_strategy", "no", "--report_to", "none"]
 CPU2 = ["--num_processes", "2", "--mixed_precision", "no"]
+LORA_VALUE = ["--value_use_peft", "true"]  # the value model as LoRA adapters and its head (the real track's)
 TOL = 1e-5
 
 
@@ -43,23 +44,29 @@ def wide_sft(wide):  # noqa: F811  (the imported fixture)
 
 @pytest.fixture(scope="module")
 def one_process(pipeline, wide_sft, tmp_path_factory):
-    """1-process PPO runs (4 micro-batches accumulated): on the tiny SFT policy, and on the wide one."""
+    """1-process PPO runs (4 micro-batches accumulated): on the tiny SFT policy, on the wide one, and on the tiny
+    one with a LoRA value model (``value_use_peft``)."""
     root = tmp_path_factory.mktemp("one_process")
-    for name, policy in (("tiny", None), ("wide", wide_sft)):
-        run_inprocess("ppo", _args(pipeline, policy) + ["--gradient_accumulation_steps", "4",
-                                                        "--output_dir", str(root / name)])
+    for name, policy, extra in (("tiny", None, []), ("wide", wide_sft, []), ("tiny-lora-value", None, LORA_VALUE)):
+        run_inprocess("ppo", _args(pipeline, policy) + extra + ["--gradient_accumulation_steps", "4",
+                                                                "--output_dir", str(root / name)])
     return root
 
 
-@pytest.mark.parametrize("launcher,kind", [("accelerate-2proc", "MULTI_CPU"), ("fsdp.yaml", "FSDP"),
-                                           ("zero3.yaml", "DEEPSPEED")])
-def test_two_process_ppo_matches_one(pipeline, wide_sft, one_process, tmp_path, launcher, kind):
+@pytest.mark.parametrize("launcher,kind,extra", [
+    pytest.param("accelerate-2proc", "MULTI_CPU", [], id="accelerate-2proc-MULTI_CPU"),
+    pytest.param("fsdp.yaml", "FSDP", [], id="fsdp.yaml-FSDP"),
+    pytest.param("zero3.yaml", "DEEPSPEED", [], id="zero3.yaml-DEEPSPEED"),
+    pytest.param("fsdp.yaml", "FSDP", LORA_VALUE, id="fsdp.yaml-FSDP-lora-value")])
+def test_two_process_ppo_matches_one(pipeline, wide_sft, one_process, tmp_path, launcher, kind, extra):
     from transformers import AutoModelForCausalLM
 
     # ZeRO-3 on the wide policy: the tiny one's tensors are all under DeepSpeed's persistence threshold.
     policy = wide_sft if launcher == "zero3.yaml" else None
-    one, two = one_process / ("wide" if policy else "tiny"), tmp_path / "two"
-    proc = run_cli("ppo", _args(pipeline, policy) + ["--gradient_accumulation_steps", "2", "--output_dir", str(two)],
+    one = one_process / ("wide" if policy else "tiny-lora-value" if extra else "tiny")
+    two = tmp_path / "two"
+    proc = run_cli("ppo", _args(pipeline, policy) + extra + ["--gradient_accumulation_steps", "2",
+                                                             "--output_dir", str(two)],
                    launcher=launcher, launch_args=[] if launcher == "accelerate-2proc" else CPU2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):  # both ranks trained, under the sharding asked for (not a silent fallback)

@@ -18,14 +18,16 @@ from rlhf_kit.data.rows import prompt_key
 
 def compare_policies(rows: list[dict], responses: dict[str, list[str]], models: dict, tokenizer, judge, baseline: str,
                      reward_model=None, heldout_rankings: list[dict] | None = None, batch_size: int = 128,
-                     kl_bounds: dict[str, float] | None = None):
+                     kl_bounds: dict[str, float] | None = None, sampled: dict[str, dict] | None = None):
     """The summary's metrics for policies' ``responses`` to prompt ``rows`` (policies in ``responses`` order).
 
     Returns (summary, judge scores per policy, RM scores per policy or {}). Win rates count ties as half and carry
     a normal-approximation 95% CI; KL is the k1 estimate per token of each policy to the baseline on the policy's
     own samples, except for a policy in ``kl_bounds`` (no model to score its samples, e.g. best-of-n): its bound
     in nats per response, spread over its mean response length; RM accuracy is measured on held-out rankings
-    against the judge's order.
+    against the judge's order. ``sampled``: per policy, the sampler's ``ids`` and ``logprobs`` of its responses
+    (:meth:`KeptDraws.sample`); the KL then reads log pi off them and scores the same tokens under the baseline,
+    one forward instead of two.
     """
     policies = list(responses)
     prompts = [r["prompt"] for r in rows]
@@ -52,9 +54,15 @@ def compare_policies(rows: list[dict], responses: dict[str, list[str]], models: 
         if p in (kl_bounds or {}):
             summary["kl_to_baseline"][p] = kl_bounds[p] / max(summary["response_length"][p], 1.0)
             continue
-        own = response_logprobs(models[p], tokenizer, prompts, responses[p], progress=f"KL {p}: log pi_{p}")
-        ref = response_logprobs(models[baseline], tokenizer, prompts, responses[p],
-                                progress=f"KL {p}: log pi_{baseline}")
+        kept = (sampled or {}).get(p)
+        if kept is not None:
+            own = kept["logprobs"]
+            ref = response_logprobs(models[baseline], tokenizer, prompts, response_ids=kept["ids"],
+                                    progress=f"KL {p}: log pi_{baseline}")
+        else:
+            own = response_logprobs(models[p], tokenizer, prompts, responses[p], progress=f"KL {p}: log pi_{p}")
+            ref = response_logprobs(models[baseline], tokenizer, prompts, responses[p],
+                                    progress=f"KL {p}: log pi_{baseline}")
         summary["kl_to_baseline"][p] = per_token_kl(own, ref)
     rm_scores = {}
     if reward_model is not None:
@@ -102,16 +110,17 @@ class KeptDraws:
         return value
 
     def sample(self, model, tokenizer, name: str) -> dict:
-        """One response per prompt from ``model``: ``responses``, ``finished`` ([ended on its own] per prompt)."""
+        """One response per prompt from ``model``: ``responses``, ``finished`` ([ended on its own] per prompt),
+        and the sampled token ``ids`` with their ``logprobs`` (the KL to the baseline reads them)."""
         import time
 
         from rlhf_kit.sampling.generation import sample_responses
 
-        a, started, finished = self.args, time.time(), []
+        a, started, finished, ids, logprobs = self.args, time.time(), [], [], []
         got = sample_responses(model, tokenizer, self.prompts, 1, a.temperature, a.max_new_tokens, a.batch_size,
-                               a.seed, finished=finished, progress=f"eval {name}")
-        return {"responses": [r[0] for r in got], "finished": finished,
-                "wall_seconds": round(time.time() - started, 2)}
+                               a.seed, finished=finished, progress=f"eval {name}", ids=ids, logprobs=logprobs)
+        return {"responses": [r[0] for r in got], "finished": finished, "ids": [i[0] for i in ids],
+                "logprobs": [lp[0] for lp in logprobs], "wall_seconds": round(time.time() - started, 2)}
 
 
 def mean_ci95(xs: list[float]) -> list[float]:
@@ -286,14 +295,20 @@ def score_ids(model, seqs: list[list[int]], pad_token_id: int, batch_size: int =
     return scores
 
 
-def response_logprobs(model, tokenizer, prompts: list[list[dict]], responses: list[str],
-                      batch_size: int = 128, progress: str | None = None) -> list[list[float]]:
+def response_logprobs(model, tokenizer, prompts: list[list[dict]], responses: list[str] | None = None,
+                      batch_size: int = 128, progress: str | None = None,
+                      response_ids: list[list[int]] | None = None) -> list[list[float]]:
     """Per-token log-probabilities of each response (its tokens and end-of-turn) given its prompt (``progress``: a
-    bar's label)."""
+    bar's label); ``response_ids`` instead of ``responses``: those tokens as sampled (the end token where the
+    response ended), not the text tokenized again."""
     import torch
 
-    seqs = [reply_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
-    starts = [len(chat_ids(tokenizer, p, add_generation_prompt=True)) for p in prompts]
+    heads = [chat_ids(tokenizer, p, add_generation_prompt=True) for p in prompts]
+    if response_ids is not None:
+        seqs = [head + list(ids) for head, ids in zip(heads, response_ids)]
+    else:
+        seqs = [reply_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
+    starts = [len(head) for head in heads]
     out: list[list[float]] = [[] for _ in seqs]
     model.eval()
     for batch in _batches(seqs, batch_size, progress):
