@@ -76,6 +76,11 @@ def test_each_reason_is_named():
     assert copied.reasons == ("instruction_repeated",) and copied.words == 18  # the copied runs are not counted
     prefixed = check_task(task, train + rule, own + " I refrain from the use of any commas.")  # under a third copied
     assert prefixed.does_task
+    tips = "List a few tips for a person who wants to learn a new language."
+    said_back = check_task(tips, "", "*tips for a person who wants to learn a new language*\n" * 3)
+    assert said_back.reasons == ("instruction_repeated",)  # the task said back: repeated, though on topic
+    assert check_task(tips, "", "Tips for a person who wants to learn a new language: practise every day, watch "
+                                "films with subtitles and find a partner to speak with each week.").does_task
 
 
 def test_a_synonym_of_the_topic_is_not_matched():
@@ -196,6 +201,16 @@ ABOUT = [  # (talks about the answer instead of giving it?, response)
             "reading.\n\nBest regards,\n[Your Name]"),
     (False, "*Highlighted section: Tips for a cheap holiday*\n\nBook early, travel off season and cook your own "
             "meals."),
+    # a promise instead of the text, talk further into a sentence, "is to highlight" (the 2026-12-08 LoRA-value run's
+    # final PPO); sharing the text is not promising it
+    (True, "Sure, I'd be happy to write a blog post about a cup of coffee. I'll include a description of the craft."),
+    (True, "A broken umbrella is a must-write. It's a must-read piece, and this blog post is going to make an impact. "
+           "I'm always happy to provide the perfect blog post."),
+    (True, "* The first point is to highlight the importance of your home.\n* The second point is to mention rain."),
+    (False, "I'm thrilled to share a blog post about my morning coffee. The first sip tasted of caramel and smoke."),
+    (False, "Dear Editor,\n\nI am writing about our streets. I would like to share what I saw: cyclists squeezed "
+            "between buses on Main Street every morning. Painted lanes would save lives. Please act.\n\nSincerely,"
+            "\nAnna"),
 ]
 
 

@@ -13,12 +13,13 @@ other attribute: a response does the task when
   phrase, keywords) do not count, since the instructions, not the task, put them there;
 - **long enough for the task**: a floor of words by the kind of request (a poem, a list, a story or letter, an
   explanation; :data:`MIN_WORDS`), the end phrase and any instruction text repeated back not counted;
-- **not the instruction repeated back**: runs of four words of the instruction text with two content words in them
-  ("refrain from the use of commas", "This is point 1") make up less than a third of its words, the end phrase and
-  keywords aside;
+- **not the prompt repeated back**: runs of four words of the instruction text with two content words in them
+  ("refrain from the use of commas", "This is point 1") make up less than a third of its words, and with those of
+  the task ("tips for a person who wants to learn a new language") no more than half, the end phrase and keywords
+  aside;
 - **not talk about the answer**: fewer than half of its lines and sentences talk about the requested text instead
-  of being it ("The first point is about ...", "The letter ... should be simple yet impactful") or are a template's
-  placeholders ("[Title]", "[Date]").
+  of being it ("The first point is about ...", "The letter ... should be simple yet impactful"), promise it ("Sure,
+  I'd be happy to write a blog post about ...") or are a template's placeholders ("[Title]", "[Date]").
 
 Rule-based on purpose: the labeler ranks thousands of samples and the judge scores every probe, so the check must be
 cheap and deterministic, and a user can read why an answer failed (:func:`check_task` returns the reasons). The
@@ -71,6 +72,7 @@ NGRAM = 4  # words of the instruction text repeated in a row that count as repea
 # An answer repeats the instruction back when copied runs make up at least a third of its words: a template prefix
 # ("* This is point 1: A wooden chess set is ...") in an answer that goes on to do the task is not the answer.
 COPIED_SHARE = 3
+TASK_SAID_BACK_SHARE = 2  # with the task's runs: over half (a third would catch "Tips for ... a new language: ...")
 # Instruction arguments whose text the instruction makes the response contain (IFEval's kwargs names).
 REQUIRED_TEXT = ("end_phrase", "keywords", "postscript_marker", "first_word")
 REASONS = ("off_task", "too_short", "instruction_repeated", "about_the_answer")
@@ -83,13 +85,17 @@ _KINDS = (r"letter|blog post|post|poem|story|email|e-mail|note|paragraph|postcar
           r"invitation|announcement|summary|list|answer|response")
 _PARTS = r"point|tip|bullet|section|paragraph|line|stanza|verse|sentence|part"
 _TALK = (r"is about|is the mention|is a mention|mentions|is point|highlights|represents|emphasi[sz]es|describes|"
-         r"discusses|concludes|focuses on|refers to|is meant")  # "the first tip should be to ..." is a tip
+         r"discusses|concludes|focuses on|refers to|is meant|"
+         r"is to (?:highlight|emphasi[sz]e|discuss|describe|mention)")  # "the first tip should be to ..." is a tip
 # "the letter should be simple yet impactful", "the story begins with a scene set in ..." narrate the text, not it
-_KIND_TALK = _TALK + r"|should|will|would|could|begins|follows|revolves around"
+_KIND_TALK = _TALK + r"|should|will|would|could|is going to|begins|follows|revolves around"
 ABOUT_THE_ANSWER = re.compile(
     rf"^(?:this is |the |my |our )?(?:(?:first|second|third|fourth|fifth|next|last|final) )?(?:highlighted )?"
     rf"(?:{_PARTS})(?: \d+)?\b.{{0,24}}?\b(?:{_TALK})\b"
-    rf"|^(?:the|this|my|our) (?:{_KINDS}|plot)\b[^.\n]{{0,48}}?\b(?:{_KIND_TALK})\b")
+    rf"|(?:^|, (?:and )?)(?:the|this|my|our) (?:{_KINDS}|plot)\b[^.\n]{{0,48}}?\b(?:{_KIND_TALK})\b"
+    # a promise of the text in its place: "Sure, I'd be happy to write a blog post about ...", "I'll include ..."
+    rf"|^(?:(?:sure|certainly|of course|okay|ok)\W+)?(?:i'd|i would|i'll|i will|i'm|i am|let me)\b.{{0,30}}?"
+    rf"\b(?:write|provide|create|include|draft|compose)\b")
 # Placeholders: a template's slots ("[Title]"; a sentence with two, "including [benefit1] and [benefit2]", is a
 # template's sentence) and IFEval's own example of a highlight said back ("*highlighted section*": two words, under
 # the repeated-instruction test's four-word runs). A line that is a slot and a word or two ("Dear [Teacher's Name],",
@@ -219,6 +225,9 @@ def check_task(task: str, instructions: str, response: str, kwargs_list: list[di
     response_words = words(_without(response, required))
     copied = repeated_instruction(response_words, words(_without(instructions, required)))
     own = [w for i, w in enumerate(response_words) if i not in copied]
+    # The task said back counts as repeated too ("*tips for a person who wants to learn a new language*" five times),
+    # from half of the answer's words, its words still the answer's own: an answer may open by restating its task.
+    said_back = copied | repeated_instruction(response_words, words(task))
     topic = topic_words(task, exclude)
     floor, _ = min_words(task)
     reasons = []
@@ -226,7 +235,8 @@ def check_task(task: str, instructions: str, response: str, kwargs_list: list[di
         reasons.append("off_task")
     if len(own) < floor:
         reasons.append("too_short")
-    if len(copied) * COPIED_SHARE >= max(len(response_words), 1) and copied:
+    if (len(copied) * COPIED_SHARE >= max(len(response_words), 1) and copied) or (
+            len(said_back) * TASK_SAID_BACK_SHARE > len(response_words)):
         reasons.append("instruction_repeated")
     if about_the_answer(_without(response, required)):
         reasons.append("about_the_answer")
