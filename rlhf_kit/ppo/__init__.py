@@ -100,20 +100,21 @@ def load_ppo_inputs(script_args, training_args, model_args) -> dict:
     prompts = build_prompt_dataset(rows, tokenizer, script_args.max_prompt_length, label, "ppo",
                                    max_rows=script_args.max_rows)
     peft_config = modeling.build_peft_config(model_args, "CAUSAL_LM")
+    if script_args.value_use_peft and peft_config is None:  # before any model loads
+        raise UserError("value_use_peft: true needs use_peft: true (the value model's LoRA takes the policy's "
+                        "lora_r, lora_alpha and lora_target_modules); set use_peft: true or value_use_peft: false")
     policy = modeling.load_causal_lm(sft, model_args, "SFT policy")
     explicit_ref = ref != sft or peft_config is None  # with LoRA the reference is the adapter-disabled policy
     if ref != sft:
         modeling.require_same_tokenizer(tokenizer, modeling.load_tokenizer(ref), "policy", "reference policy")
-    # The frozen models (reward, reference) take the policy's dtype, e.g. bfloat16 on a CPU with AMX; the value model
-    # is trained in full, so it keeps float32 weights (bf16 weights would round most Adam updates away).
+    # The frozen models (reward, reference) take the policy's dtype, e.g. bfloat16 on a CPU with AMX; a value model
+    # trained in full keeps float32 weights (bf16 weights would round most Adam updates away), a LoRA one only its
+    # adapters and head.
     with zero3_init_disabled():  # frozen, outside the DeepSpeed engine: never partitioned by ZeRO-3's zero.Init
         reward_model = modeling.load_reward_model(rm, require_head=True, dtype=model_args.dtype)
         ref_policy = (modeling.load_causal_lm(ref, what="reference policy", dtype=model_args.dtype)
                       if explicit_ref else None)
     if script_args.value_use_peft:
-        if peft_config is None:
-            raise UserError("value_use_peft: true needs use_peft: true (the value model's LoRA takes the policy's "
-                            "lora_r, lora_alpha and lora_target_modules); set use_peft: true or value_use_peft: false")
         # A LoRA value model: its backward skips the frozen weights' gradients and AdamW holds adapter states only,
         # the one choice InstructGPT's recipe leaves free (it names the value model's init, not how it is tuned).
         value_model = modeling.lora_value_model(reward_model, peft_config)

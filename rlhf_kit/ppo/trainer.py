@@ -212,7 +212,9 @@ class PolicyAndValue(torch.nn.Module):
         hidden = hidden[:, logits_to_keep] if torch.is_tensor(logits_to_keep) else hidden[:, -logits_to_keep:]
         # The head's dtype: a LoRA value model trains its head in float32 over a trunk that may be bf16.
         score = self.value_model.score
-        return self.policy(logits_to_keep=logits_to_keep, **kwargs), score(hidden.to(score.weight.dtype))
+        head = next(score.parameters(), None)  # none for a parameter-free head (the monitor test's stub)
+        return self.policy(logits_to_keep=logits_to_keep, **kwargs), score(hidden if head is None
+                                                                             else hidden.to(head.dtype))
 
 
 def disable_dropout(model) -> None:
