@@ -119,7 +119,9 @@ def _sample_batch(model, tokenizer, ids: list[list[int]], k: int, temperature: f
             for row, token in zip(rows, next_tokens.tolist()):
                 sampled[row].append(token)
             if logprobs:
-                read = torch.log_softmax(logits.float(), -1).gather(1, next_tokens[:, None])[:, 0]
+                # log softmax at the drawn token only: its logit less the log-sum-exp, no vocabulary-wide tensor
+                full = logits.float()
+                read = full.gather(1, next_tokens[:, None])[:, 0] - full.logsumexp(-1)
                 for row, score in zip(rows, read.tolist()):
                     scores[row].append(score)
             going = next_tokens != eos if eos is not None else torch.ones_like(next_tokens, dtype=torch.bool)
